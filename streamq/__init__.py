@@ -1,0 +1,69 @@
+"""streamq: ordered, at-least-once stream processing over Kafka and Redis Streams.
+
+Write plain handler functions per topic; streamq runs them as consumer-group members, in
+order per partition, commits only after processing, retries with backoff and jitter, and
+dead-letters what cannot be handled.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata as _metadata
+
+# Application
+from .app import App
+from .brokers.base import RecordMetadata
+from .dispatch import IMPLEMENTATION
+
+# Errors
+from .errors import (
+    BrokerError,
+    BrokerUnavailable,
+    CommitFailed,
+    ConfigError,
+    DecodeError,
+    PartitionHalted,
+    PoisonMessage,
+    Reject,
+    SchemaError,
+    ShutdownTimeout,
+    StreamqError,
+)
+
+# Policies and enums
+from .handlers import CommitMode, Ordering
+
+# Records
+from .message import Message, TopicPartition
+from .producer import Producer
+from .retry import RetryPolicy
+from .settings import Settings
+
+try:
+    __version__ = _metadata.version("streamq")
+except _metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+local"
+
+__all__ = [
+    "IMPLEMENTATION",
+    "App",
+    "BrokerError",
+    "BrokerUnavailable",
+    "CommitFailed",
+    "CommitMode",
+    "ConfigError",
+    "DecodeError",
+    "Message",
+    "Ordering",
+    "PartitionHalted",
+    "PoisonMessage",
+    "Producer",
+    "RecordMetadata",
+    "Reject",
+    "RetryPolicy",
+    "SchemaError",
+    "Settings",
+    "ShutdownTimeout",
+    "StreamqError",
+    "TopicPartition",
+    "__version__",
+]

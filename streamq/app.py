@@ -1,0 +1,202 @@
+"""``App``: handlers registered per topic, run as members of consumer groups."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
+
+from .errors import ConfigError
+from .handlers import HandlerSpec, build_spec
+from .runtime.group import Stats
+from .settings import Settings, load_settings
+
+__all__ = ["App"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class App:
+    """A named set of handlers; the name is the default consumer group.
+
+    Args:
+        name: Application name, and the consumer group of handlers that name none.
+        broker: Broker URL (``memory://``, ``kafka://``, ``redis://``); else ``STREAMQ_BROKER``.
+        **settings: Any field of ``streamq.settings.Settings``; else ``STREAMQ_<FIELD>``.
+
+    Raises:
+        ConfigError: Unknown or invalid settings, all of them listed.
+    """
+
+    def __init__(self, name: str, broker: str | None = None, **settings: Any) -> None:
+        if not isinstance(name, str) or not name:
+            raise ConfigError("name: must be a non-empty string (it is the default group)")
+        self.name = name
+        if broker is not None:
+            settings["broker"] = broker
+        self._overrides = settings
+        self.settings: Settings = load_settings(**settings)
+        self.handlers: dict[tuple[str, str], HandlerSpec] = {}
+        self.stats = Stats()
+
+    def configure(self, **overrides: Any) -> None:
+        """Replace settings (the CLI's ``--broker`` uses this); validated like the constructor."""
+        merged = {**self._overrides, **overrides}
+        self.settings = load_settings(**merged)
+        self._overrides = merged
+        self._reresolve_dlq()
+
+    def _reresolve_dlq(self) -> None:
+        # dlq=True topics derive from dlq_suffix, which configure() may have changed.
+        suffix = self.settings.dlq_suffix
+        for key, spec in self.handlers.items():
+            if spec.dlq is True:
+                self.handlers[key] = dataclasses.replace(spec, dlq_topic=spec.topic + suffix)
+
+    def handler(
+        self,
+        topic: str,
+        *,
+        group: str | None = None,
+        batch: bool = False,
+        max_batch: int = 500,
+        ordering: Literal["partition", "key"] = "partition",
+        max_retries: int = 3,
+        retry_backoff: float = 0.2,
+        retry_backoff_max: float = 30.0,
+        retry_jitter: bool = True,
+        dlq: bool | str = True,
+        dedup: Any = None,
+        commit: Literal["after", "before"] = "after",
+    ) -> Callable[[F], F]:
+        """Register the decorated function as the handler of ``topic``.
+
+        The signature is inspected now: a parameter annotated with a pydantic model (or any
+        type pydantic's TypeAdapter accepts) receives the decoded, validated payload; one
+        annotated ``streamq.Message`` receives the record; ``batch=True`` handlers take one
+        ``list[streamq.Message]``. Sync and async functions both work.
+
+        Args:
+            topic: Topic to consume.
+            group: Consumer group; default the app name.
+            batch: Call once per partition batch (up to ``max_batch`` records) instead of per
+                record. A failing batch is retried whole, then each record alone once; records
+                that still fail are dead-lettered.
+            max_batch: Largest batch handed to a ``batch=True`` handler.
+            ordering: ``"partition"`` (one at a time per partition) or ``"key"`` (per key
+                lane: different keys in parallel, each key in order).
+            max_retries: In-place retries after the first attempt, in order.
+            retry_backoff: First retry delay in seconds; doubles each retry (Celery's name).
+            retry_backoff_max: Cap on one delay, in seconds.
+            retry_jitter: Full jitter: each delay uniform in [0, computed].
+            dlq: True for ``<topic>.dlq``, a topic name, or False to halt the partition on a
+                record that exhausted its retries.
+            dedup: Reserved for dedup stores; must be None in this release.
+            commit: ``"after"`` (at-least-once) or ``"before"`` (at-most-once).
+
+        Raises:
+            ConfigError: Invalid options or a signature that cannot be served, all listed,
+                naming the handler and parameter.
+        """
+
+        def register(fn: F) -> F:
+            spec = build_spec(
+                fn,
+                topic=topic,
+                group=group if group is not None else self.name,
+                batch=batch,
+                max_batch=max_batch,
+                ordering=ordering,
+                max_retries=max_retries,
+                retry_backoff=retry_backoff,
+                retry_backoff_max=retry_backoff_max,
+                retry_jitter=retry_jitter,
+                dlq=dlq,
+                dedup=dedup,
+                commit=commit,
+                dlq_suffix=self.settings.dlq_suffix,
+            )
+            key = (spec.group, spec.topic)
+            if key in self.handlers:
+                other = self.handlers[key].name
+                raise ConfigError(
+                    f"handler {spec.name!r}: topic {topic!r} in group {spec.group!r} already has "
+                    f"handler {other!r}; use another group to consume it twice"
+                )
+            self.handlers[key] = spec
+            return fn
+
+        return register
+
+    def groups(self) -> dict[str, dict[str, HandlerSpec]]:
+        """Handlers by consumer group, then topic."""
+        out: dict[str, dict[str, HandlerSpec]] = {}
+        for (group, topic), spec in self.handlers.items():
+            out.setdefault(group, {})[topic] = spec
+        return out
+
+    def run(self, workers: int = 1, until_idle: float | None = None) -> None:
+        """Consume until SIGINT/SIGTERM, or until caught up for ``until_idle`` seconds.
+
+        Graceful stop: stop polling, let running handlers finish (up to
+        ``shutdown_timeout``), commit synchronously, leave the group. With ``until_idle``,
+        idle time counts only while this member holds its whole assignment with nothing in
+        flight and everything committed, so it means "the group has caught up".
+
+        Args:
+            workers: Member processes to run; more than one needs a broker shared across
+                processes (not ``memory://``).
+            until_idle: Seconds without new records after which to stop; None runs forever.
+
+        Raises:
+            ConfigError: Invalid arguments or settings.
+            ShutdownTimeout: Handlers outlived ``shutdown_timeout``.
+            PartitionHalted: The run ended with partitions halted at a record.
+        """
+        self._check_run_args(workers, until_idle)
+        from .runtime.worker import run_worker
+
+        if workers == 1:
+            run_worker(self, until_idle)
+            return
+        from .runtime.supervisor import supervise
+
+        code = supervise(lambda: _child_run(self, until_idle), workers)
+        if code:
+            raise SystemExit(code)
+
+    async def serve(self, until_idle: float | None = None) -> None:
+        """Run one worker inside an existing event loop (sync handlers block that loop)."""
+        self._check_run_args(1, until_idle)
+        from .runtime.worker import Worker
+
+        await Worker(self, until_idle).serve()
+
+    def _check_run_args(self, workers: int, until_idle: float | None) -> None:
+        problems = []
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            problems.append(f"workers: must be an integer >= 1, got {workers!r}")
+        elif workers > 1 and self.settings.broker.startswith("memory:"):
+            problems.append(
+                "workers: memory:// lives inside one process, so extra worker processes would "
+                "each see an empty log; use workers=1, or a Kafka or Redis broker"
+            )
+        if until_idle is not None and (
+            not isinstance(until_idle, int | float) or until_idle < 0
+        ):
+            problems.append(f"until_idle: must be seconds >= 0, got {until_idle!r}")
+        if not self.handlers:
+            problems.append(f"app {self.name!r} has no handlers: nothing to consume")
+        if problems:
+            raise ConfigError(problems)
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r}, broker={self.settings.broker!r}, handlers={len(self.handlers)})"
+
+
+def _child_run(app: App, until_idle: float | None) -> int:
+    from .runtime.worker import run_worker
+
+    run_worker(app, until_idle)
+    return 0
+

@@ -1,0 +1,39 @@
+"""Broker backends, chosen by URL scheme.
+
+``connect(url)`` returns the ``Broker`` for a URL. Backends with client libraries import them
+lazily, so ``memory://`` works with the base install and a missing extra says how to add it.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from ..errors import ConfigError
+from .base import Admin, Backend, Broker, ProducerBackend, RecordMetadata
+
+__all__ = ["Admin", "Backend", "Broker", "ProducerBackend", "RecordMetadata", "connect"]
+
+SCHEMES = ("memory", "kafka", "redis", "rediss")
+
+
+def connect(url: str) -> Broker:
+    """The broker client factory for ``url``; raises ConfigError for what cannot be served."""
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(
+            f"broker: {url!r} is not a broker URL; expected memory://NAME, "
+            "kafka://host:port or redis://host:port/db"
+        )
+    scheme = urlsplit(url).scheme.lower()
+    if scheme == "memory":
+        from .memory import MemoryBroker
+
+        return MemoryBroker(url)
+    if scheme in ("kafka", "redis", "rediss"):
+        raise ConfigError(
+            f"broker: {scheme}:// is not supported by this build of streamq yet; "
+            "use memory:// for now"
+        )
+    raise ConfigError(
+        f"broker: unknown URL scheme {scheme!r} in {url!r}; use one of "
+        + ", ".join(f"{s}://" for s in SCHEMES)
+    )

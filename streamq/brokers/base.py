@@ -1,0 +1,110 @@
+"""The broker interface every backend implements; semantics are stated here, once.
+
+Offsets. An offset names the *next* record to read. ``commit({tp: n})`` records that every
+record of ``tp`` before ``n`` is done, so a restarted group resumes at ``n``. The worker only
+ever commits the first offset not yet done (``streamq.offsets``): commits never pass an
+unfinished record.
+
+Assignment. ``subscribe`` joins the consumer group. The backend calls ``on_assign`` for
+partitions it now owns and ``on_revoke`` for partitions it is about to give up, both from
+inside ``poll_batch`` on the poll thread. During ``on_revoke`` the backend still owns the
+partitions, so the worker drains them and commits synchronously there. ``on_lost`` reports
+partitions already owned by someone else: nothing of theirs may be committed any more.
+
+Pause. ``pause`` stops fetching from a partition without leaving the group; ``poll_batch``
+must still be called (it drives heartbeats and rebalances) and simply returns nothing for
+paused partitions. Pause state does not survive a revoke: a partition assigned again starts
+unpaused, and the worker re-applies its own caps.
+
+Threads. A backend's consumer is used from one thread only (the worker's poll thread). A
+producer may be used from any thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
+from typing import NamedTuple, Protocol
+
+from ..message import Headers, Message, TopicPartition
+
+__all__ = ["Admin", "Backend", "Broker", "ProducerBackend", "RecordMetadata", "Rebalance"]
+
+Rebalance = Callable[[list[TopicPartition]], None]
+
+
+class RecordMetadata(NamedTuple):
+    """Where the broker stored a produced record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class Backend(Protocol):
+    """One group member's consumer."""
+
+    def subscribe(
+        self, topics: Sequence[str], on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance
+    ) -> None: ...
+
+    def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
+        """Up to ``max_records`` records from unpaused owned partitions, in log order each."""
+
+    def pause(self, tps: Sequence[TopicPartition]) -> None: ...
+
+    def resume(self, tps: Sequence[TopicPartition]) -> None: ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int], *, sync: bool) -> None:
+        """Commit positions; raises ``CommitFailed`` for partitions no longer owned."""
+
+    def seek(self, tp: TopicPartition, offset: int) -> None: ...
+
+    def offsets_for_times(self, topic: str, timestamp_ms: int) -> dict[TopicPartition, int | None]:
+        """First offset at or after ``timestamp_ms`` per partition; None past the end."""
+
+    @property
+    def settled(self) -> bool:
+        """True once this member holds its whole current assignment (no rebalance pending)."""
+
+    def close(self) -> None:
+        """Leave the group; pending revokes run first, so the worker can commit."""
+
+
+class ProducerBackend(Protocol):
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> Future[RecordMetadata]:
+        """Queue a record; the future resolves when the broker acknowledged it."""
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait for queued records; returns how many are still unacknowledged."""
+
+    def close(self) -> None: ...
+
+
+class Admin(Protocol):
+    def create_topic(self, name: str, partitions: int) -> None: ...
+
+    def list_topics(self) -> dict[str, int]:
+        """Topic name to partition count."""
+
+    def close(self) -> None: ...
+
+
+class Broker(Protocol):
+    """A factory for one broker URL's clients."""
+
+    url: str
+
+    def consumer(self, group: str, settings: object) -> Backend: ...
+
+    def producer(self) -> ProducerBackend: ...
+
+    def admin(self) -> Admin: ...

@@ -1,0 +1,241 @@
+"""The ``streamq`` command line.
+
+Every failure a user can cause (a bad ``MODULE:APP``, an unknown URL scheme, an unreachable
+broker, a malformed input line) is one line on stderr and a non-zero exit, never a
+traceback. Exit codes: 1 broker or runtime error, 2 bad usage or configuration, 3 shutdown
+timed out with handlers still running, 4 the run ended with halted partitions.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import IO, Any, TypeVar
+
+import click
+import orjson
+
+from . import __version__
+from .app import App
+from .brokers import connect
+from .dispatch import IMPLEMENTATION
+from .errors import ConfigError, PartitionHalted, ShutdownTimeout, StreamqError
+from .producer import Producer
+from .settings import load_settings
+
+__all__ = ["main"]
+
+EXIT_RUNTIME, EXIT_USAGE, EXIT_SHUTDOWN_TIMEOUT, EXIT_HALTED = 1, 2, 3, 4
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"streamq: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _errors_as_exit_codes(fn: F) -> F:
+    """Turn streamq's errors into one stderr line and the documented exit code."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            _fail(str(exc).replace("\n", "\n  "), EXIT_USAGE)
+        except ShutdownTimeout as exc:
+            _fail(str(exc), EXIT_SHUTDOWN_TIMEOUT)
+        except PartitionHalted as exc:
+            _fail(str(exc), EXIT_HALTED)
+        except StreamqError as exc:
+            _fail(str(exc), EXIT_RUNTIME)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+def load_app(spec: str) -> App:
+    """Import ``MODULE:ATTR`` from the current directory and return the App there."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"{spec!r} is not MODULE:APP (for example billing:app)")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise ConfigError(f"cannot import module {module_name!r}: {exc}") from None
+        raise ConfigError(f"importing {module_name!r} failed: {exc}") from None
+    except StreamqError:
+        raise
+    except Exception as exc:
+        raise ConfigError(
+            f"importing {module_name!r} failed: {type(exc).__name__}: {exc} "
+            f"(run: python -c 'import {module_name}' for the traceback)"
+        ) from None
+    app = getattr(module, attr, None)
+    if app is None:
+        raise ConfigError(f"module {module_name!r} has no attribute {attr!r}")
+    if not isinstance(app, App):
+        raise ConfigError(f"{spec} is a {type(app).__name__}, not a streamq.App")
+    return app
+
+
+def _broker_url(broker: str | None) -> str:
+    return broker if broker is not None else load_settings().broker
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(
+    __version__, message=f"streamq %(version)s (dispatch core: {IMPLEMENTATION})"
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+def cli(log_level: str) -> None:
+    """Run and operate streamq consumer groups."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@cli.command()
+@click.argument("app_spec", metavar="MODULE:APP")
+@click.option("--broker", help="Broker URL; overrides the app and STREAMQ_BROKER.")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--until-idle",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Stop once caught up and idle for this many seconds.",
+)
+@_errors_as_exit_codes
+def run(app_spec: str, broker: str | None, workers: int, until_idle: float | None) -> None:
+    """Consume with the handlers of MODULE:APP until SIGINT/SIGTERM (or idle)."""
+    app = load_app(app_spec)
+    if broker is not None:
+        app.configure(broker=broker)
+    try:
+        app.run(workers=workers, until_idle=until_idle)
+    finally:
+        stats = app.stats
+        if workers == 1:
+            click.echo(
+                f"streamq: handled {sum(stats.handled.values())}, "
+                f"dead-lettered {sum(stats.dead_lettered.values())}, "
+                f"retried {sum(stats.retried.values())}",
+                err=True,
+            )
+
+
+@cli.group()
+def topics() -> None:
+    """Create and list topics."""
+
+
+@topics.command("create")
+@click.argument("name")
+@click.option("--partitions", type=click.IntRange(min=1), required=True)
+@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@_errors_as_exit_codes
+def topics_create(name: str, partitions: int, broker: str | None) -> None:
+    """Create topic NAME with P partitions."""
+    url = _broker_url(broker)
+    _warn_memory(url)
+    admin = connect(url).admin()
+    try:
+        admin.create_topic(name, partitions)
+    finally:
+        admin.close()
+    click.echo(f"created {name} with {partitions} partitions")
+
+
+@topics.command("list")
+@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@_errors_as_exit_codes
+def topics_list(broker: str | None) -> None:
+    """List topics and their partition counts."""
+    admin = connect(_broker_url(broker)).admin()
+    try:
+        for name, count in sorted(admin.list_topics().items()):
+            click.echo(f"{name}\t{count}")
+    finally:
+        admin.close()
+
+
+@cli.command()
+@click.argument("topic")
+@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@click.option("--key-field", help="Use this field of each JSON object as the record key.")
+@click.option(
+    "--file", "source", type=click.File("rb"), default="-", help="JSONL input; default stdin."
+)
+@_errors_as_exit_codes
+def produce(topic: str, broker: str | None, key_field: str | None, source: IO[bytes]) -> None:
+    """Send one record per JSON line of the input to TOPIC."""
+    url = _broker_url(broker)
+    _warn_memory(url)
+    name = getattr(source, "name", "stdin")
+    sent = 0
+    with Producer(url) as producer:
+        for lineno, line, obj in _json_lines(source, name, lambda: sent):
+            key = _key_of(obj, key_field, f"{name}:{lineno}", sent) if key_field else None
+            producer.send(topic, line, key=key)
+            sent += 1
+        unacked = producer.flush(30.0)
+    if unacked:
+        _fail(f"{unacked} of {sent} records were not acknowledged by the broker", EXIT_RUNTIME)
+    click.echo(f"sent {sent} records to {topic}", err=True)
+
+
+def _json_lines(
+    source: IO[bytes], name: str, sent: Callable[[], int]
+) -> Iterator[tuple[int, bytes, Any]]:
+    for lineno, raw in enumerate(source, start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            yield lineno, line, orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{name}:{lineno}: not valid JSON ({exc}); {sent()} records were sent before it"
+            ) from None
+
+
+def _key_of(obj: Any, field: str, where: str, sent: int) -> str:
+    if not isinstance(obj, dict) or field not in obj:
+        raise ConfigError(
+            f"{where}: no field {field!r} for the key; {sent} records were sent before it"
+        )
+    value = obj[field]
+    return value if isinstance(value, str) else orjson.dumps(value).decode()
+
+
+def _warn_memory(url: str) -> None:
+    if url.startswith("memory:"):
+        click.echo(
+            "streamq: warning: memory:// lives only inside this process; "
+            "what this command writes is gone when it exits",
+            err=True,
+        )
+
+
+def main() -> None:
+    cli(prog_name="streamq")
+
+
+if __name__ == "__main__":
+    main()

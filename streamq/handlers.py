@@ -1,0 +1,260 @@
+"""Handler registration: options validated and the signature inspected once, eagerly.
+
+The result is a ``HandlerSpec`` with an ``invoke(msg)`` closure specialised to the signature,
+so the hot path never inspects, branches on options, or builds keyword dicts per record.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from .codec import make_decoder
+from .errors import ConfigError
+from .message import Message
+from .retry import RetryPolicy
+
+__all__ = ["CommitMode", "HandlerSpec", "Ordering", "build_spec"]
+
+
+class Ordering(str, Enum):
+    """What a handler's records are ordered by."""
+
+    PARTITION = "partition"
+    """One record at a time per partition, in log order."""
+
+    KEY = "key"
+    """Per key lane inside a partition: different keys run in parallel, each key in order."""
+
+
+class CommitMode(str, Enum):
+    """When a record's offset is committed relative to its handler."""
+
+    AFTER = "after"
+    """After the handler finished (or the record was dead-lettered): at-least-once."""
+
+    BEFORE = "before"
+    """Before the handler starts: at-most-once, a crash loses the in-flight records."""
+
+
+Invoke = Callable[[Any], Any]
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """Everything the worker needs to run one handler, fixed at registration."""
+
+    topic: str
+    group: str
+    name: str
+    fn: Callable[..., Any]
+    invoke: Invoke
+    is_async: bool
+    batch: bool
+    max_batch: int
+    ordering: Ordering
+    retry: RetryPolicy
+    dlq: bool | str
+    dlq_topic: str | None
+    commit: CommitMode
+
+
+def build_spec(
+    fn: Callable[..., Any],
+    *,
+    topic: str,
+    group: str,
+    batch: bool,
+    max_batch: int,
+    ordering: str,
+    max_retries: int,
+    retry_backoff: float,
+    retry_backoff_max: float,
+    retry_jitter: bool,
+    dlq: bool | str,
+    dedup: Any,
+    commit: str,
+    dlq_suffix: str,
+) -> HandlerSpec:
+    name = getattr(fn, "__qualname__", repr(fn))
+    problems: list[str] = []
+    if not isinstance(topic, str) or not topic:
+        problems.append("topic: must be a non-empty string")
+    if not isinstance(group, str) or not group:
+        problems.append("group: must be a non-empty string")
+    if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
+        problems.append("max_batch: must be an integer >= 1")
+    ordering_v = _enum(Ordering, ordering, "ordering", problems)
+    commit_v = _enum(CommitMode, commit, "commit", problems)
+    if not isinstance(dlq, bool) and not (isinstance(dlq, str) and dlq):
+        problems.append("dlq: must be True, False or a topic name")
+    if isinstance(dlq, str) and dlq == topic:
+        problems.append("dlq: must differ from the topic it protects")
+    if dedup is not None:
+        problems.append(
+            "dedup: dedup stores are not available in this release; pass dedup=None "
+            "(redelivery after a crash re-runs the handler: make it idempotent)"
+        )
+    retry: RetryPolicy | None = None
+    try:
+        retry = RetryPolicy(max_retries, retry_backoff, retry_backoff_max, bool(retry_jitter))
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    invoke: Invoke | None = None
+    is_async = False
+    try:
+        invoke, is_async = build_invoker(fn, batch=batch)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        raise ConfigError([f"handler {name!r} for topic {topic!r}: {p}" for p in problems])
+    assert invoke is not None and retry is not None
+    assert ordering_v is not None and commit_v is not None
+    dlq_topic = None if dlq is False else (topic + dlq_suffix if dlq is True else str(dlq))
+    return HandlerSpec(
+        topic=topic,
+        group=group,
+        name=name,
+        fn=fn,
+        invoke=invoke,
+        is_async=is_async,
+        batch=batch,
+        max_batch=max_batch,
+        ordering=ordering_v,
+        retry=retry,
+        dlq=dlq,
+        dlq_topic=dlq_topic,
+        commit=commit_v,
+    )
+
+
+def _enum(cls: type[Any], value: Any, key: str, problems: list[str]) -> Any:
+    try:
+        return cls(value)
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in cls)
+        problems.append(f"{key}: {value!r} is not one of {allowed}")
+        return None
+
+
+def _is_async(fn: Callable[..., Any]) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
+    )
+
+
+def build_invoker(fn: Callable[..., Any], *, batch: bool) -> tuple[Invoke, bool]:
+    """Map the handler's parameters to (payload, message) once; return the call closure."""
+    if not callable(fn):
+        raise ConfigError(f"{fn!r} is not callable")
+    try:
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn)
+    except (TypeError, ValueError, NameError) as exc:
+        raise ConfigError(f"cannot inspect the signature: {exc}") from None
+    params = [
+        p
+        for p in sig.parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    required = [p for p in params if p.default is p.empty]
+    if batch:
+        return _batch_invoker(fn, required, hints), _is_async(fn)
+    msg_param: inspect.Parameter | None = None
+    payload_param: inspect.Parameter | None = None
+    problems = []
+    for p in params:
+        hint = hints.get(p.name, p.empty)
+        if hint is Message:
+            if msg_param is not None:
+                problems.append(f"parameter {p.name!r}: only one parameter may take streamq.Message")
+            msg_param = p
+        elif p.default is not p.empty:
+            continue  # optional extras are left to their defaults
+        elif hint is p.empty:
+            problems.append(
+                f"parameter {p.name!r} has no annotation: annotate it with a pydantic model "
+                "(or any type pydantic accepts) for the payload, or with streamq.Message"
+            )
+        elif payload_param is not None:
+            problems.append(
+                f"parameter {p.name!r}: a second payload parameter (already {payload_param.name!r});"
+                " a handler takes one payload and optionally one streamq.Message"
+            )
+        else:
+            payload_param = p
+    if msg_param is None and payload_param is None and not problems:
+        problems.append("takes no parameters: it must accept the payload or a streamq.Message")
+    if problems:
+        raise ConfigError(problems)
+    decode = None
+    if payload_param is not None:
+        try:
+            decode = make_decoder(hints[payload_param.name])
+        except Exception as exc:
+            raise ConfigError(
+                f"parameter {payload_param.name!r}: pydantic cannot validate "
+                f"{hints[payload_param.name]!r} ({exc})"
+            ) from None
+    return _specialise(fn, params, msg_param, payload_param, decode), _is_async(fn)
+
+
+def _specialise(
+    fn: Callable[..., Any],
+    params: list[inspect.Parameter],
+    msg_param: inspect.Parameter | None,
+    payload_param: inspect.Parameter | None,
+    decode: Callable[[bytes | None], Any] | None,
+) -> Invoke:
+    """A closure per signature shape, so no per-record branching or kwargs dicts."""
+    used = [p for p in params if p is msg_param or p is payload_param]
+    positional = all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in used)
+    contiguous = used == params[: len(used)]
+    if decode is None:
+        assert msg_param is not None
+        if positional and contiguous:
+            return fn
+        mname = msg_param.name
+        return lambda m: fn(**{mname: m})
+    if msg_param is None:
+        assert payload_param is not None
+        if positional and contiguous:
+            return lambda m: fn(decode(m.value))
+        pname = payload_param.name
+        return lambda m: fn(**{pname: decode(m.value)})
+    assert payload_param is not None
+    if positional and contiguous:
+        if used[0] is payload_param:
+            return lambda m: fn(decode(m.value), m)
+        return lambda m: fn(m, decode(m.value))
+    pname, mname = payload_param.name, msg_param.name
+    return lambda m: fn(**{pname: decode(m.value), mname: m})
+
+
+def _batch_invoker(
+    fn: Callable[..., Any], required: list[inspect.Parameter], hints: dict[str, Any]
+) -> Invoke:
+    if len(required) != 1:
+        names = ", ".join(repr(p.name) for p in required) or "none"
+        raise ConfigError(
+            f"batch=True handlers take exactly one required parameter, list[streamq.Message];"
+            f" required parameters: {names}"
+        )
+    p = required[0]
+    hint = hints.get(p.name, p.empty)
+    origin = typing.get_origin(hint)
+    if origin not in (list, Sequence) or typing.get_args(hint) != (Message,):
+        raise ConfigError(
+            f"parameter {p.name!r}: batch=True handlers receive list[streamq.Message]; "
+            f"annotate it so (got {hint!r})"
+            if hint is not p.empty
+            else f"parameter {p.name!r}: annotate it list[streamq.Message] (batch=True)"
+        )
+    if p.kind == p.KEYWORD_ONLY:
+        name = p.name
+        return lambda batch: fn(**{name: batch})
+    return fn

@@ -1,0 +1,90 @@
+"""``Producer``: send records to any broker URL, with the same partitioner everywhere."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any
+
+from .brokers import connect
+from .brokers.base import RecordMetadata
+from .codec import encode_headers, encode_key, encode_value
+from .errors import ConfigError
+from .settings import load_settings
+
+__all__ = ["Producer"]
+
+
+class Producer:
+    """Sends records; keyed records go to Kafka's murmur2 partition on every broker.
+
+    Args:
+        url: Broker URL; defaults to ``STREAMQ_BROKER`` or ``memory://default``.
+
+    ``send`` returns a future that resolves to ``RecordMetadata`` once the broker acknowledged
+    the record; ``flush`` waits for all of them. Use it as a context manager to flush on exit.
+    """
+
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url if url is not None else load_settings().broker
+        self._backend = connect(self.url).producer()
+        self._closed = False
+
+    def send(
+        self,
+        topic: str,
+        value: Any,
+        key: bytes | str | int | None = None,
+        headers: Mapping[str, bytes | str] | Sequence[tuple[str, bytes | str]] | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> Future[RecordMetadata]:
+        """Queue one record.
+
+        Args:
+            topic: Destination topic.
+            value: bytes as they are; str as UTF-8; dict, list or a pydantic model as JSON
+                (orjson); None for a tombstone.
+            key: Partitioning key (str and int are UTF-8 encoded).
+            headers: Header names to bytes (or str, UTF-8 encoded).
+            partition: Explicit partition, bypassing the partitioner.
+            timestamp: Milliseconds since the epoch; default now.
+
+        Raises:
+            ConfigError: The value, key or topic cannot be sent.
+            UnknownTopicOrPartition: ``partition`` does not exist.
+        """
+        if self._closed:
+            raise ConfigError("producer is closed")
+        if not isinstance(topic, str) or not topic:
+            raise ConfigError("topic: must be a non-empty string")
+        return self._backend.send(
+            topic,
+            encode_value(value),
+            encode_key(key),
+            encode_headers(headers),
+            partition,
+            timestamp,
+        )
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait for outstanding records; returns how many are still unacknowledged."""
+        return self._backend.flush(timeout)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._backend.flush(None)
+            self._backend.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

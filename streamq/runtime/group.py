@@ -1,0 +1,655 @@
+"""One consumer group inside one worker: a poll thread and ordered lanes on the event loop.
+
+Threads and ownership:
+
+- The *poll thread* owns the broker consumer, the offset tracker and every commit. It polls,
+  splits each batch into units (``streamq.dispatch``), tracks their offsets, hands the units
+  to the event loop in one call per batch, applies completions, commits, and pauses or
+  resumes partitions. Rebalance callbacks run on it too. Handlers never run on it, so a slow
+  handler or a long backoff never delays a poll (``max.poll.interval.ms`` stays safe).
+- The *event loop* runs one task per lane (a partition, or a key lane of one). A lane runs
+  one unit at a time, so records of a lane are handled in log order; lanes run concurrently.
+  Sync handlers run inline on the loop (cheapest for cheap work); async handlers are awaited.
+- Completions go back through a deque (thread-safe appends), tagged with the ownership epoch,
+  so a completion that arrives after its partition was revoked is ignored.
+
+Every record ends in exactly one outcome reported to the tracker: handled, or dead-lettered
+once its DLQ write was acknowledged. A record that can be neither (DLQ disabled or a
+process-critical error) halts its partition uncommitted; it is redelivered after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..brokers.base import Backend, Broker, ProducerBackend
+from ..dispatch import Dispatcher
+from ..dlq import dead_letter_record
+from ..errors import BrokerError, PoisonMessage, Reject
+from ..handlers import CommitMode, HandlerSpec, Ordering
+from ..message import Message, TopicPartition
+from ..offsets import OffsetTracker
+from ..retry import NEVER_POISON
+from ..settings import Settings
+
+__all__ = ["GroupRunner", "Stats"]
+
+log = logging.getLogger("streamq.worker")
+
+LaneKey = tuple[TopicPartition, int]
+# (tp, epoch, finished records, halted): one entry per unit, appended by the loop thread
+Completion = tuple[TopicPartition, int, list[Message], bool]
+
+# Seconds cancelled lanes get to unwind and report what they finished.
+_CANCEL_GRACE = 2.0
+
+
+class Stats:
+    """Per-topic outcome counters, updated once per unit on the event loop thread."""
+
+    def __init__(self) -> None:
+        self.handled: Counter[str] = Counter()
+        self.failed: Counter[str] = Counter()
+        self.retried: Counter[str] = Counter()
+        self.dead_lettered: Counter[str] = Counter()
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {
+            "handled": dict(self.handled),
+            "failed": dict(self.failed),
+            "retried": dict(self.retried),
+            "dead_lettered": dict(self.dead_lettered),
+        }
+
+
+class Lane:
+    """Ordered work of one partition (or key lane); lives on the event loop thread."""
+
+    __slots__ = (
+        "dead_lettered",
+        "epoch",
+        "halted",
+        "key",
+        "pending",
+        "progress",
+        "spec",
+        "stopped",
+        "task",
+        "wake",
+    )
+
+    def __init__(self, key: LaneKey, epoch: int, spec: HandlerSpec) -> None:
+        self.key = key
+        self.epoch = epoch
+        self.spec = spec
+        self.pending: deque[list[Message]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.stopped = False
+        self.halted = False
+        self.wake = asyncio.Event()
+        self.dead_lettered = 0  # in the current unit, so "handled" excludes them
+        self.progress = 0  # records of the current unit finished (async lanes)
+
+    def take(self, limit: int) -> list[Message]:
+        """The next unit: one polled chunk, or up to ``limit`` records for batch handlers."""
+        first = self.pending.popleft()
+        if len(first) > limit:
+            self.pending.appendleft(first[limit:])
+            return first[:limit]
+        while self.pending and len(first) + len(self.pending[0]) <= limit:
+            first = first + self.pending.popleft()
+        return first
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.pending.clear()
+        self.wake.set()
+
+
+class GroupRunner:
+    """Consumes one group's topics with the handlers registered for them."""
+
+    def __init__(
+        self,
+        group: str,
+        specs: dict[str, HandlerSpec],
+        broker: Broker,
+        producer: ProducerBackend,
+        settings: Settings,
+        loop: asyncio.AbstractEventLoop,
+        stats: Stats,
+        on_critical: Callable[[BaseException], None],
+    ) -> None:
+        self.group = group
+        self._specs = specs
+        self._settings = settings
+        self._backend: Backend = broker.consumer(group, settings)
+        self._producer = producer
+        self._loop = loop
+        self._stats = stats
+        self._on_critical = on_critical
+        self._dispatcher = Dispatcher()
+        self._tracker = OffsetTracker()
+        # poll-thread state
+        self._assigned: dict[TopicPartition, int] = {}
+        self._paused: set[TopicPartition] = set()
+        self._halted: set[TopicPartition] = set()
+        self._halted_in_run: set[TopicPartition] = set()  # survives revokes: for the outcome
+        self._since_commit = 0
+        self._last_commit = time.monotonic()
+        self._closing = False
+        # loop-thread state
+        self._lanes: dict[LaneKey, Lane] = {}
+        # shared
+        self._completions: deque[Completion] = deque()
+        self._stop = threading.Event()
+        self.closed = threading.Event()
+        self.idle_since: float | None = None
+        self.timed_out = False
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._poll_main, name=f"streamq-poll[{group}]", daemon=True
+        )
+
+    # -- lifecycle (any thread) ----------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def halted(self) -> list[TopicPartition]:
+        """Partitions that halted at a record during this run (read after it ended)."""
+        return sorted(self._halted_in_run)
+
+    # -- the poll thread -----------------------------------------------------------------------
+
+    def _poll_main(self) -> None:
+        settings = self._settings
+        failures = 0
+        try:
+            self._backend.subscribe(
+                list(self._specs), self._on_assign, self._on_revoke, self._on_lost
+            )
+            while not self._stop.is_set():
+                self._apply_completions()
+                self._maybe_commit()
+                try:
+                    batch = self._backend.poll_batch(
+                        settings.max_poll_records, settings.poll_timeout
+                    )
+                except BrokerError as exc:
+                    failures += 1
+                    delay = min(30.0, 0.1 * 2 ** min(failures, 9))
+                    if failures == 1 or failures % 10 == 0:
+                        log.warning(
+                            "group %s: poll failed (%s); retrying in %.1fs", self.group, exc, delay
+                        )
+                    self._stop.wait(delay)
+                    continue
+                failures = 0
+                if batch:
+                    self.idle_since = None
+                    self._dispatch(batch)
+                else:
+                    self._check_idle()
+        except BaseException as exc:
+            self.error = exc
+            log.exception("group %s: poll loop failed; stopping this worker", self.group)
+        finally:
+            try:
+                self._shutdown()
+            finally:
+                self.closed.set()
+
+    def _dispatch(self, batch: list[Message]) -> None:
+        units: list[tuple[LaneKey, int, HandlerSpec, list[Message]]] = []
+        lanes = self._settings.key_lanes
+        tracker = self._tracker
+        for tp, msgs in self._dispatcher.split(batch).items():
+            epoch = self._assigned.get(tp)
+            if epoch is None:
+                continue  # fetched just before a revoke: it will be redelivered to the owner
+            spec = self._specs[tp.topic]
+            part = tracker.track(tp, msgs)
+            if spec.commit is CommitMode.BEFORE and not self._commit_before(tp, msgs):
+                continue
+            if spec.ordering is Ordering.KEY:
+                for lane, sub in self._dispatcher.split_keys(msgs, lanes).items():
+                    units.append(((tp, lane), epoch, spec, sub))
+            else:
+                units.append(((tp, 0), epoch, spec, msgs))
+            if (
+                part.in_flight >= self._settings.max_in_flight
+                or part.bytes >= self._settings.max_in_flight_bytes
+            ):
+                self._pause([tp])
+        if self._over_worker_cap(1.0):
+            self._pause(list(self._assigned))
+        if units:
+            self._loop.call_soon_threadsafe(self._enqueue, units)
+
+    def _commit_before(self, tp: TopicPartition, msgs: list[Message]) -> bool:
+        """At-most-once: the position moves past the records before any handler sees them."""
+        position = {tp: msgs[-1].offset + 1}
+        try:
+            self._backend.commit(position, sync=True)
+        except BrokerError as exc:
+            log.warning("group %s: commit before handling failed (%s); not handling", self.group, exc)
+            self._tracker.complete(tp, self._assigned[tp], msgs)
+            return False
+        self._tracker.mark_committed(position)
+        return True
+
+    def _apply_completions(self) -> None:
+        completions = self._completions
+        tracker = self._tracker
+        while completions:
+            tp, epoch, msgs, halted = completions.popleft()
+            if not tracker.complete(tp, epoch, msgs):
+                continue
+            self._since_commit += len(msgs)
+            if halted:
+                self._halted.add(tp)
+                self._halted_in_run.add(tp)
+                self._pause([tp])
+        if self._paused:
+            self._resume_drained()
+
+    def _resume_drained(self) -> None:
+        if self._over_worker_cap(0.5):
+            return
+        s = self._settings
+        ready = []
+        for tp in self._paused:
+            part = self._tracker.parts.get(tp)
+            if tp in self._halted or part is None:
+                continue
+            if part.in_flight <= s.max_in_flight // 2 and part.bytes <= s.max_in_flight_bytes // 2:
+                ready.append(tp)
+        if ready:
+            self._paused.difference_update(ready)
+            self._backend.resume(ready)
+
+    def _over_worker_cap(self, fraction: float) -> bool:
+        s = self._settings
+        return (
+            self._tracker.in_flight_records >= s.worker_max_in_flight * fraction
+            or self._tracker.in_flight_bytes >= s.worker_max_in_flight_bytes * fraction
+        )
+
+    def _pause(self, tps: list[TopicPartition]) -> None:
+        new = [tp for tp in tps if tp not in self._paused]
+        if new:
+            self._paused.update(new)
+            self._backend.pause(new)
+
+    def _maybe_commit(self) -> None:
+        now = time.monotonic()
+        if (
+            self._since_commit >= self._settings.commit_every
+            or now - self._last_commit >= self._settings.commit_interval
+        ):
+            self._commit(sync=False)
+
+    def _commit(self, *, sync: bool, only: Iterable[TopicPartition] | None = None) -> bool:
+        self._last_commit = time.monotonic()
+        self._since_commit = 0
+        positions = self._tracker.dirty_positions()
+        if only is not None:
+            keep = set(only)
+            positions = {tp: pos for tp, pos in positions.items() if tp in keep}
+        if not positions:
+            return True
+        try:
+            self._backend.commit(positions, sync=sync)
+        except BrokerError as exc:
+            log.warning(
+                "group %s: commit failed (%s); records after the last committed offsets will be "
+                "redelivered if these partitions move",
+                self.group,
+                exc,
+            )
+            return False
+        self._tracker.mark_committed(positions)
+        return True
+
+    def _in_flight_unhalted(self) -> int:
+        halted = sum(
+            self._tracker.parts[tp].in_flight for tp in self._halted if tp in self._tracker.parts
+        )
+        return self._tracker.in_flight_records - halted
+
+    def _check_idle(self) -> None:
+        """Idle means caught up: assignment settled, nothing in flight, everything committed."""
+        self._apply_completions()
+        if not self._backend.settled or self._in_flight_unhalted() > 0:
+            self.idle_since = None
+            return
+        if self._tracker.dirty_positions() and not self._commit(sync=True):
+            self.idle_since = None
+            return
+        if self.idle_since is None:
+            self.idle_since = time.monotonic()
+
+    # -- rebalance callbacks (poll thread, inside poll_batch) ------------------------------------
+
+    def _on_assign(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self._assigned[tp] = self._tracker.assign(tp)
+            self._paused.discard(tp)  # pause state never survives reassignment (C7)
+            self._halted.discard(tp)
+        self.idle_since = None
+        log.info("group %s: assigned %s", self.group, _fmt(tps))
+
+    def _on_revoke(self, tps: list[TopicPartition]) -> None:
+        """Drain then fence: finished work is committed, unfinished work is redelivered."""
+        tps = [tp for tp in tps if tp in self._assigned]
+        if not tps:
+            return
+        if not self._closing:
+            self._quiesce(tps, self._settings.revoke_timeout)
+        self._apply_completions()
+        self._commit(sync=True, only=tps)
+        self._forget(tps)
+        log.info("group %s: revoked %s", self.group, _fmt(tps))
+
+    def _on_lost(self, tps: list[TopicPartition]) -> None:
+        """Someone else may own these already: stop them and commit nothing."""
+        tps = [tp for tp in tps if tp in self._assigned]
+        if not self._closing:
+            self._quiesce(tps, 0.0)
+        self._forget(tps)
+        log.warning(
+            "group %s: lost %s without a revoke; their uncommitted records will be redelivered",
+            self.group,
+            _fmt(tps),
+        )
+
+    def _forget(self, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            self._tracker.revoke(tp)
+            self._assigned.pop(tp, None)
+            self._paused.discard(tp)
+            self._halted.discard(tp)
+
+    def _quiesce(self, tps: list[TopicPartition] | None, timeout: float) -> bool:
+        """Stop the lanes of ``tps`` (all if None) and wait for their running unit.
+
+        On timeout the lanes are cancelled: async handlers get CancelledError and report the
+        records they finished, so only the unfinished ones are redelivered. A sync handler
+        that hangs blocks the loop itself; its records simply stay uncommitted.
+        """
+        if self._loop.is_closed():
+            return False
+        finished = threading.Event()
+        fut = asyncio.run_coroutine_threadsafe(self._stop_lanes(tps, finished), self._loop)
+        if finished.wait(timeout):
+            return True
+        fut.cancel()
+        finished.wait(_CANCEL_GRACE)
+        if timeout > 0:
+            log.warning(
+                "group %s: handlers still running after %.1fs were cancelled; their records "
+                "were not committed and will be redelivered",
+                self.group,
+                timeout,
+            )
+        return False
+
+    def _shutdown(self) -> None:
+        self._closing = True
+        if not self._quiesce(None, self._settings.shutdown_timeout):
+            self.timed_out = True
+        self._apply_completions()
+        self._commit(sync=True)
+        try:
+            self._backend.close()
+        except BrokerError as exc:
+            log.warning("group %s: leaving the group failed: %s", self.group, exc)
+
+    # -- the event loop thread -------------------------------------------------------------------
+
+    def _enqueue(self, units: list[tuple[LaneKey, int, HandlerSpec, list[Message]]]) -> None:
+        lanes = self._lanes
+        for key, epoch, spec, msgs in units:
+            lane = lanes.get(key)
+            if lane is None or lane.epoch != epoch:
+                lane = lanes[key] = Lane(key, epoch, spec)
+            if lane.stopped or lane.halted:
+                continue
+            lane.pending.append(msgs)
+            if lane.task is None:
+                lane.task = self._loop.create_task(self._run_lane(lane))
+
+    async def _stop_lanes(
+        self, tps: list[TopicPartition] | None, finished: threading.Event
+    ) -> None:
+        wanted = None if tps is None else set(tps)
+        tasks = []
+        for key, lane in list(self._lanes.items()):
+            if wanted is None or key[0] in wanted:
+                lane.stop()
+                del self._lanes[key]
+                if lane.task is not None:
+                    tasks.append(lane.task)
+        try:
+            if tasks:
+                await asyncio.wait(tasks)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
+        finally:
+            finished.set()
+
+    async def _run_lane(self, lane: Lane) -> None:
+        spec = lane.spec
+        tp, epoch = lane.key[0], lane.epoch
+        limit = spec.max_batch if spec.batch else 1 << 30
+        try:
+            while lane.pending and not lane.stopped:
+                unit = lane.take(limit)
+                lane.dead_lettered = lane.progress = 0
+                try:
+                    if spec.batch:
+                        done = await self._run_batch(lane, unit)
+                    elif spec.is_async:
+                        done = await self._run_async(lane, unit)
+                    else:
+                        done = await self._run_sync(lane, unit)
+                except asyncio.CancelledError:
+                    if lane.progress:  # cancelled mid-unit: keep what finished
+                        self._completions.append((tp, epoch, unit[: lane.progress], False))
+                    raise
+                if done > lane.dead_lettered:
+                    self._stats.handled[spec.topic] += done - lane.dead_lettered
+                # Commit-before units report too: the tracker counts in-flight work for both.
+                if done == len(unit):
+                    self._completions.append((tp, epoch, unit, False))
+                    continue
+                self._completions.append((tp, epoch, unit[:done], not lane.stopped))
+                lane.halted = not lane.stopped
+                break
+        finally:
+            lane.task = None
+
+    async def _run_sync(self, lane: Lane, unit: list[Message]) -> int:
+        invoke = lane.spec.invoke
+        i = 0
+        while True:
+            try:
+                for msg in unit[i:] if i else unit:
+                    invoke(msg)
+                    i += 1
+                return i
+            except BaseException as exc:
+                if not await self._recover(lane, unit[i], exc):
+                    return i
+                i += 1
+
+    async def _run_async(self, lane: Lane, unit: list[Message]) -> int:
+        invoke = lane.spec.invoke
+        for i, msg in enumerate(unit):
+            try:
+                await invoke(msg)
+            except BaseException as exc:
+                if not await self._recover(lane, msg, exc):
+                    return i
+            lane.progress = i + 1
+        return len(unit)
+
+    async def _call(self, spec: HandlerSpec, arg: Any) -> None:
+        result = spec.invoke(arg)
+        if spec.is_async:
+            await result
+
+    async def _recover(self, lane: Lane, msg: Message, exc: BaseException) -> bool:
+        """Retry ``msg`` in place, then dead-letter it. False: the lane must halt here."""
+        spec = lane.spec
+        self._stats.failed[spec.topic] += 1
+        if self._is_critical(lane, msg, exc):
+            return False
+        if isinstance(exc, PoisonMessage | Reject):
+            return await self._dead_letter(lane, msg, exc)
+        policy = spec.retry
+        for retry in range(1, policy.max_retries + 1):
+            delay = policy.delay(retry)
+            log.warning(
+                "handler %s failed on %s[%d]@%d (attempt %d of %d): %s: %s; retrying in %.2fs",
+                spec.name, msg.topic, msg.partition, msg.offset, msg.attempt,
+                policy.max_retries + 1, type(exc).__name__, exc, delay,
+            )  # fmt: skip
+            if not await self._sleep(lane, delay):
+                return False
+            self._stats.retried[spec.topic] += 1
+            msg.attempt = retry + 1
+            try:
+                await self._call(spec, msg)
+                return True
+            except BaseException as again:
+                exc = again
+                self._stats.failed[spec.topic] += 1
+                if self._is_critical(lane, msg, exc):
+                    return False
+                if isinstance(exc, PoisonMessage | Reject):
+                    break
+        return await self._dead_letter(lane, msg, exc)
+
+    async def _run_batch(self, lane: Lane, unit: list[Message]) -> int:
+        """Retry the whole batch; then try each member alone once and dead-letter the failures."""
+        spec = lane.spec
+        policy = spec.retry
+        for attempt in range(1, policy.max_retries + 2):
+            if attempt > 1:
+                if not await self._sleep(lane, policy.delay(attempt - 1)):
+                    return 0
+                self._stats.retried[spec.topic] += len(unit)
+                for m in unit:
+                    m.attempt = attempt
+            try:
+                await self._call(spec, unit)
+                return len(unit)
+            except BaseException as exc:
+                self._stats.failed[spec.topic] += 1
+                if self._is_critical(lane, unit[0], exc):
+                    return 0
+                log.warning(
+                    "batch handler %s failed on %d records of %s[%d] from offset %d "
+                    "(attempt %d of %d): %s: %s",
+                    spec.name, len(unit), unit[0].topic, unit[0].partition, unit[0].offset,
+                    attempt, policy.max_retries + 1, type(exc).__name__, exc,
+                )  # fmt: skip
+                if isinstance(exc, PoisonMessage | Reject):
+                    break
+        for i, msg in enumerate(unit):
+            try:
+                await self._call(spec, [msg])
+            except BaseException as exc:
+                if self._is_critical(lane, msg, exc) or not await self._dead_letter(
+                    lane, msg, exc
+                ):
+                    return i
+        return len(unit)
+
+    def _is_critical(self, lane: Lane, msg: Message, exc: BaseException) -> bool:
+        """Process-critical errors are never poison: halt uncommitted and stop the worker."""
+        if not isinstance(exc, NEVER_POISON):
+            return False
+        task = asyncio.current_task()
+        if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
+            raise exc  # our own cancellation (forced shutdown): let it unwind the lane
+        log.critical(
+            "handler %s raised %s on %s[%d]@%d: not dead-lettering a process-critical error; "
+            "the partition stops uncommitted, the worker stops, and the record will be "
+            "redelivered on restart",
+            lane.spec.name, type(exc).__name__, msg.topic, msg.partition, msg.offset,
+        )  # fmt: skip
+        self._on_critical(exc)
+        return True
+
+    async def _dead_letter(self, lane: Lane, msg: Message, exc: BaseException) -> bool:
+        """Produce the DLQ copy and wait for its ack; only then may the commit pass it."""
+        spec = lane.spec
+        if spec.dlq_topic is None:
+            log.error(
+                "handler %s gave up on %s[%d]@%d (%s: %s) and dlq=False: partition %d halts "
+                "here uncommitted until the worker restarts",
+                spec.name, msg.topic, msg.partition, msg.offset, type(exc).__name__, exc,
+                msg.partition,
+            )  # fmt: skip
+            return False
+        key, value, headers = dead_letter_record(
+            msg,
+            exc,
+            group=self.group,
+            handler=spec.name,
+            traceback_limit=self._settings.traceback_limit,
+        )
+        delay = 0.1
+        while True:
+            try:
+                fut = self._producer.send(spec.dlq_topic, value, key, headers)
+                await asyncio.wrap_future(fut)
+                break
+            except Exception as dlq_exc:
+                log.warning(
+                    "DLQ write to %s for %s[%d]@%d failed (%s); the partition waits and "
+                    "retries in %.1fs",
+                    spec.dlq_topic, msg.topic, msg.partition, msg.offset, dlq_exc, delay,
+                )  # fmt: skip
+                if not await self._sleep(lane, delay):
+                    return False
+                delay = min(delay * 2, 30.0)
+        self._stats.dead_lettered[spec.topic] += 1
+        lane.dead_lettered += 1
+        level = logging.INFO if isinstance(exc, Reject) else logging.WARNING
+        log.log(
+            level,
+            "dead-lettered %s[%d]@%d to %s after %d attempt(s): %s: %s",
+            msg.topic, msg.partition, msg.offset, spec.dlq_topic, msg.attempt,
+            type(exc).__name__, exc,
+        )  # fmt: skip
+        return True
+
+    async def _sleep(self, lane: Lane, delay: float) -> bool:
+        """Back off without blocking other lanes; False if the lane was stopped meanwhile."""
+        if delay > 0 and not lane.stopped:
+            try:
+                await asyncio.wait_for(lane.wake.wait(), delay)
+            except TimeoutError:
+                pass
+        return not lane.stopped
+
+
+def _fmt(tps: Iterable[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "nothing"

@@ -1,0 +1,154 @@
+"""One worker process: a ``GroupRunner`` per consumer group, sharing one event loop.
+
+``serve()`` is the asyncio entry point; ``run_worker()`` wraps it for a blocking call with
+signal handling: the first SIGINT/SIGTERM stops gracefully (stop polling, finish running
+units, commit synchronously, leave the group), a second one exits at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from ..brokers import connect
+from ..errors import ConfigError, PartitionHalted, ShutdownTimeout
+from .group import GroupRunner
+
+if TYPE_CHECKING:
+    from ..app import App
+
+__all__ = ["EXIT_SHUTDOWN_TIMEOUT", "Worker", "run_worker"]
+
+log = logging.getLogger("streamq.worker")
+
+# Exit code when handlers outlive shutdown_timeout: their records are not committed.
+EXIT_SHUTDOWN_TIMEOUT = 3
+
+
+class Worker:
+    def __init__(self, app: App, until_idle: float | None) -> None:
+        self.app = app
+        self.until_idle = until_idle
+        self._stop: asyncio.Event | None = None
+        self._stop_requested = threading.Event()
+        self.critical: BaseException | None = None
+        self.runners: list[GroupRunner] = []
+
+    def request_stop(self) -> None:
+        """Thread-safe: ask the worker to stop gracefully."""
+        self._stop_requested.set()
+
+    def _critical(self, exc: BaseException) -> None:
+        if self.critical is None:
+            self.critical = exc
+        self.request_stop()
+
+    async def serve(self) -> None:
+        app = self.app
+        if not app.handlers:
+            raise ConfigError(f"app {app.name!r} has no handlers: nothing to consume")
+        settings = app.settings
+        loop = asyncio.get_running_loop()
+        broker = connect(settings.broker)
+        producer = broker.producer()
+        try:
+            for group, specs in app.groups().items():
+                self.runners.append(
+                    GroupRunner(
+                        group, specs, broker, producer, settings, loop, app.stats, self._critical
+                    )
+                )
+            for runner in self.runners:
+                runner.start()
+            await self._wait_for_stop()
+        finally:
+            for runner in self.runners:
+                runner.stop()
+            # Keep the loop turning while the poll threads drain: running lanes finish on it.
+            while not all(r.closed.is_set() for r in self.runners):
+                await asyncio.sleep(0.01)
+            producer.flush(settings.shutdown_timeout)
+            producer.close()
+        self._raise_outcome()
+
+    async def _wait_for_stop(self) -> None:
+        until_idle = self.until_idle
+        while not self._stop_requested.is_set():
+            await asyncio.sleep(0.02)
+            if any(r.closed.is_set() for r in self.runners):
+                return  # a poll loop died: stop the others too
+            if until_idle is not None:
+                since = [r.idle_since for r in self.runners]
+                if all(s is not None for s in since):
+                    if time.monotonic() - max(s for s in since if s is not None) >= until_idle:
+                        return
+
+    def _raise_outcome(self) -> None:
+        if self.critical is not None:
+            raise self.critical
+        for runner in self.runners:
+            if runner.error is not None:
+                raise runner.error
+        if any(r.timed_out for r in self.runners):
+            raise ShutdownTimeout(
+                "handlers were still running after shutdown_timeout; their records were not "
+                "committed and will be redelivered"
+            )
+        halted = [tp for r in self.runners for tp in r.halted]
+        if halted:
+            names = ", ".join(f"{tp.topic}[{tp.partition}]" for tp in halted)
+            raise PartitionHalted(
+                f"stopped with halted partitions: {names}; their records from the halt on "
+                "were not committed and will be redelivered"
+            )
+
+
+def run_worker(app: App, until_idle: float | None) -> None:
+    """Block in one worker until stopped (signal) or idle; raise what ended it badly."""
+    worker = Worker(app, until_idle)
+    done = threading.Event()
+    signals = 0
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("received %s: stopping gracefully", signal.Signals(signum).name)
+            worker.request_stop()
+            _watchdog(done, app.settings.shutdown_timeout + 5.0)
+        else:
+            log.warning("second signal: exiting now without committing running work")
+            os._exit(128 + signum)
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = {}
+    if in_main:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, on_signal)
+    try:
+        asyncio.run(worker.serve())
+    finally:
+        done.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _watchdog(done: threading.Event, deadline: float) -> None:
+    """A sync handler that hangs blocks the event loop itself; only exiting frees it."""
+
+    def watch() -> None:
+        if not done.wait(deadline):
+            log.critical(
+                "shutdown did not finish within %.0fs (a handler is hung); exiting with code %d; "
+                "uncommitted records will be redelivered",
+                deadline,
+                EXIT_SHUTDOWN_TIMEOUT,
+            )
+            os._exit(EXIT_SHUTDOWN_TIMEOUT)
+
+    threading.Thread(target=watch, name="streamq-shutdown-watchdog", daemon=True).start()

@@ -1,0 +1,88 @@
+"""Worker settings: keyword arguments to ``App``, else ``STREAMQ_*`` environment variables.
+
+Precedence is pydantic-settings' own: ``App(..., key=value)`` beats the environment, and
+``streamq run --broker`` beats both. Every problem is reported at once as a ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = ["Settings", "load_settings"]
+
+
+class Settings(BaseSettings):
+    """Tuning for one worker process; the handler decorator keeps the cross-broker semantics."""
+
+    model_config = SettingsConfigDict(env_prefix="STREAMQ_", extra="forbid", frozen=True)
+
+    broker: str = "memory://default"
+    """Broker URL: memory://NAME[?partitions=P], kafka://host:port[,...], redis://host:port/db."""
+
+    poll_timeout: float = Field(0.1, gt=0, le=10)
+    """Seconds one poll waits for records; bounds how late completions are noticed."""
+
+    max_poll_records: int = Field(500, ge=1)
+    """Records fetched per poll, across partitions."""
+
+    commit_interval: float = Field(1.0, gt=0)
+    """Seconds between steady-state (asynchronous) commits."""
+
+    commit_every: int = Field(10_000, ge=1)
+    """Commit early once this many records completed since the last commit."""
+
+    max_in_flight: int = Field(10_000, ge=1)
+    """Per partition: fetched but unfinished records before the partition is paused."""
+
+    max_in_flight_bytes: int = Field(16 << 20, ge=1)
+    """Per partition: fetched but unfinished payload bytes before the partition is paused."""
+
+    worker_max_in_flight: int = Field(100_000, ge=1)
+    """Per worker: unfinished records before every partition is paused."""
+
+    worker_max_in_flight_bytes: int = Field(64 << 20, ge=1)
+    """Per worker: unfinished payload bytes before every partition is paused."""
+
+    shutdown_timeout: float = Field(30.0, gt=0)
+    """Seconds a graceful stop waits for running handlers before giving up on them."""
+
+    revoke_timeout: float = Field(5.0, gt=0)
+    """Seconds a revoke waits for the revoked partitions' handlers before dropping them."""
+
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a group with no committed offset starts. Earliest: nothing is skipped."""
+
+    key_lanes: int = Field(16, ge=1, le=4096)
+    """Parallel lanes per partition for ``ordering="key"`` handlers."""
+
+    dlq_suffix: str = Field(".dlq", min_length=1)
+    """``dlq=True`` dead-letters to ``<topic><dlq_suffix>``."""
+
+    traceback_limit: int = Field(8192, ge=256)
+    """Bytes of traceback kept in a DLQ header, so the DLQ record still fits."""
+
+    @model_validator(mode="after")
+    def _worker_caps_hold_a_partition(self) -> Settings:
+        if self.worker_max_in_flight < self.max_in_flight:
+            raise ValueError("worker_max_in_flight must be >= max_in_flight")
+        return self
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build settings, turning pydantic's errors into one ConfigError naming every key."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting"
+            problems.append(f"{loc}: {msg}")
+        raise ConfigError(problems) from None

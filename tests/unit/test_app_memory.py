@@ -1,0 +1,416 @@
+"""End to end on memory://: the guarantees users rely on, on both dispatch cores."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+from pydantic import BaseModel
+
+import streamq
+from streamq import Message, PartitionHalted, Producer, ShutdownTimeout, TopicPartition
+from streamq.brokers.memory import get_log, parse_url
+from streamq.runtime import group as group_mod
+from streamq.runtime.worker import Worker
+
+
+class Order(BaseModel):
+    id: int
+    customer: str
+
+
+@pytest.fixture(autouse=True)
+def both_cores(dispatch_impl: type, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(group_mod, "Dispatcher", dispatch_impl)
+
+
+def make_app(url: str, **settings) -> streamq.App:
+    settings.setdefault("poll_timeout", 0.02)
+    settings.setdefault("commit_interval", 0.05)
+    return streamq.App("svc", broker=url, **settings)
+
+
+def log_of(url: str):
+    return get_log(parse_url(url)[0])
+
+
+def committed(url: str, group: str = "svc") -> dict[TopicPartition, int]:
+    return dict(log_of(url).group(group).committed)
+
+
+def dlq_records(url: str, topic: str) -> list[tuple]:
+    parts = log_of(url).topics.get(topic, [])
+    return [rec for part in parts for rec in part]
+
+
+def end_offsets(url: str, topic: str) -> dict[TopicPartition, int]:
+    return {TopicPartition(topic, p): len(r) for p, r in enumerate(log_of(url).topics[topic])}
+
+
+def produce_orders(url: str, n: int, customers: int = 50) -> None:
+    with Producer(url) as p:
+        for i in range(n):
+            p.send("orders", {"id": i, "customer": f"c{i % customers}"}, key=f"c{i % customers}")
+
+
+def test_done_when_exactly_once_in_key_order_and_bad_records_in_dlq(memory_url: str) -> None:
+    """The foundation issue's acceptance test, as a user would write it."""
+    app = make_app(memory_url)
+    seen: list[tuple[str, int]] = []
+
+    @app.handler("orders")
+    def handle(order: Order) -> None:
+        seen.append((order.customer, order.id))
+
+    produce_orders(memory_url, 3000)
+    with Producer(memory_url) as p:
+        p.send("orders", b"{not json", key="bad1")
+        p.send("orders", b"\xff\xfe", key="bad2")
+        p.send("orders", {"id": "seven", "customer": "c1"}, key="bad3")
+        p.send("orders", {"customer": "c1"}, key="bad4")
+        p.send("orders", None, key="bad5")
+
+    app.run(until_idle=0.2)
+
+    assert sorted(i for _, i in seen) == list(range(3000))  # each valid one exactly once
+    by_customer = defaultdict(list)
+    for customer, i in seen:
+        by_customer[customer].append(i)
+    assert all(ids == sorted(ids) for ids in by_customer.values())
+    dead = dlq_records(memory_url, "orders.dlq")
+    assert sorted(r[0] for r in dead) == [b"bad1", b"bad2", b"bad3", b"bad4", b"bad5"]
+    types = {dict(r[2])["streamq-error-type"] for r in dead}
+    assert types == {b"streamq.errors.DecodeError", b"streamq.errors.SchemaError"}
+    assert all(dict(r[2])["streamq-attempts"] == b"1" for r in dead)  # poison: no retries
+    assert committed(memory_url) == end_offsets(memory_url, "orders")
+    assert app.stats.handled["orders"] == 3000 and app.stats.dead_lettered["orders"] == 5
+
+
+def test_retries_in_place_keep_partition_order(memory_url: str) -> None:
+    app = make_app(memory_url + "?partitions=1")
+    ledger: list[tuple[int, int]] = []
+    flaky = {3, 10}
+
+    @app.handler("orders", retry_backoff=0.001, retry_backoff_max=0.01)
+    def handle(order: Order, msg: Message) -> None:
+        ledger.append((order.id, msg.attempt))
+        if order.id in flaky and msg.attempt < 3:
+            raise RuntimeError("transient")
+
+    produce_orders(memory_url + "?partitions=1", 15)
+    app.run(until_idle=0.2)
+    assert ledger[3:6] == [(3, 1), (3, 2), (3, 3)]  # nothing after 3 starts before 3 is done
+    assert [i for i, a in ledger if a == 1] == list(range(15))
+    assert dlq_records(memory_url, "orders.dlq") == []
+    assert app.stats.retried["orders"] == 4
+
+
+def test_exhausted_retries_go_to_dlq_then_the_partition_moves_on(memory_url: str) -> None:
+    url = memory_url + "?partitions=1"
+    app = make_app(url)
+    ledger: list[tuple[int, int]] = []
+
+    @app.handler("orders", max_retries=3, retry_backoff=0.001)
+    def handle(order: Order, msg: Message) -> None:
+        ledger.append((order.id, msg.attempt))
+        if order.id == 2:
+            raise ValueError(f"cannot charge {order.id}")
+
+    produce_orders(url, 5)
+    app.run(until_idle=0.2)
+    assert ledger == [(0, 1), (1, 1), (2, 1), (2, 2), (2, 3), (2, 4), (3, 1), (4, 1)]
+    (dead,) = dlq_records(url, "orders.dlq")
+    headers = dict(dead[2])
+    assert headers["streamq-attempts"] == b"4"
+    assert headers["streamq-original-offset"] == b"2"
+    assert headers["streamq-error-type"] == b"builtins.ValueError"
+    assert headers["streamq-error-message"] == b"cannot charge 2"
+    assert b"ValueError: cannot charge 2" in headers["streamq-traceback"]
+    assert dead[1] == b'{"id":2,"customer":"c2"}'  # payload byte-exact
+    assert committed(url) == {TopicPartition("orders", 0): 5}
+
+
+def test_reject_dead_letters_at_once(memory_url: str) -> None:
+    url = memory_url + "?partitions=1"
+    app = make_app(url)
+    attempts = []
+
+    @app.handler("orders", dlq="rejected")
+    def handle(order: Order, msg: Message) -> None:
+        attempts.append(msg.attempt)
+        raise streamq.Reject("not for us")
+
+    produce_orders(url, 2)
+    app.run(until_idle=0.2)
+    assert attempts == [1, 1]
+    assert len(dlq_records(url, "rejected")) == 2
+
+
+def test_dlq_disabled_halts_the_partition_uncommitted(memory_url: str) -> None:
+    url = memory_url + "?partitions=2"
+    app = make_app(url)
+    handled = []
+
+    @app.handler("orders", dlq=False, max_retries=1, retry_backoff=0.001)
+    def handle(msg: Message) -> None:
+        if msg.partition == 0 and msg.offset == 3:
+            raise RuntimeError("stuck")
+        handled.append((msg.partition, msg.offset))
+
+    with Producer(url) as p:
+        for i in range(10):
+            p.send("orders", b"{}", partition=i % 2)
+    with pytest.raises(PartitionHalted, match=r"orders\[0\]"):
+        app.run(until_idle=0.2)
+    assert committed(url) == {TopicPartition("orders", 0): 3, TopicPartition("orders", 1): 5}
+    assert sorted(o for p, o in handled if p == 0) == [0, 1, 2]
+    assert dlq_records(url, "orders.dlq") == []
+
+
+def test_a_new_run_resumes_after_the_committed_position(memory_url: str) -> None:
+    first = make_app(memory_url)
+    count = []
+
+    @first.handler("orders")
+    def h1(order: Order) -> None:
+        count.append(order.id)
+
+    produce_orders(memory_url, 200)
+    first.run(until_idle=0.1)
+    second = make_app(memory_url)
+    again: list[int] = []
+
+    @second.handler("orders")
+    def h2(order: Order) -> None:
+        again.append(order.id)
+
+    second.run(until_idle=0.1)
+    assert len(count) == 200 and again == []
+    produce_orders(memory_url, 10)
+    second.run(until_idle=0.1)
+    assert sorted(again) == list(range(10))
+
+
+def test_async_handlers_run_partitions_concurrently_in_order(memory_url: str) -> None:
+    app = make_app(memory_url)
+    active = 0
+    peak = 0
+    per_partition: dict[int, list[int]] = defaultdict(list)
+
+    @app.handler("orders")
+    async def handle(order: Order, msg: Message) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.001)
+        per_partition[msg.partition].append(msg.offset)
+        active -= 1
+
+    produce_orders(memory_url, 200)
+    app.run(until_idle=0.2)
+    assert peak > 1  # more than one partition in flight at once
+    assert sum(len(v) for v in per_partition.values()) == 200
+    assert all(v == sorted(v) and len(set(v)) == len(v) for v in per_partition.values())
+
+
+def test_key_ordering_runs_keys_of_one_partition_in_parallel(memory_url: str) -> None:
+    url = memory_url + "?partitions=1"
+    app = make_app(url, key_lanes=8)
+    active = 0
+    peak = 0
+    by_key: dict[str, list[int]] = defaultdict(list)
+
+    @app.handler("orders", ordering="key")
+    async def handle(order: Order) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await asyncio.sleep(0.001)
+        by_key[order.customer].append(order.id)
+        active -= 1
+
+    produce_orders(url, 300, customers=20)
+    app.run(until_idle=0.2)
+    assert peak > 1  # one partition, yet several keys in flight
+    assert sum(len(v) for v in by_key.values()) == 300
+    assert all(v == sorted(v) for v in by_key.values())
+    assert committed(url) == {TopicPartition("orders", 0): 300}
+
+
+def test_batch_handler_isolates_the_poison(memory_url: str) -> None:
+    url = memory_url + "?partitions=1"
+    app = make_app(url)
+    sizes: list[int] = []
+    good: list[int] = []
+
+    @app.handler("orders", batch=True, max_batch=16, max_retries=1, retry_backoff=0.001)
+    def handle(batch: list[Message]) -> None:
+        sizes.append(len(batch))
+        ids = [m.json()["id"] for m in batch]
+        if 20 in ids:
+            raise ValueError("bad record in batch")
+        good.extend(ids)
+
+    produce_orders(url, 40)
+    app.run(until_idle=0.2)
+    assert max(sizes) <= 16
+    assert sorted(set(good)) == [i for i in range(40) if i != 20]
+    (dead,) = dlq_records(url, "orders.dlq")
+    assert dict(dead[2])["streamq-original-offset"] == b"20"
+    assert committed(url) == {TopicPartition("orders", 0): 40}
+
+
+def test_commit_before_is_at_most_once(memory_url: str) -> None:
+    url = memory_url + "?partitions=1"
+    app = make_app(url)
+    positions_seen = []
+
+    @app.handler("orders", commit="before")
+    def handle(msg: Message) -> None:
+        positions_seen.append(committed(url).get(TopicPartition("orders", 0), 0) > msg.offset)
+
+    produce_orders(url, 30)
+    app.run(until_idle=0.2)
+    assert len(positions_seen) == 30 and all(positions_seen)  # committed before handling
+
+
+@pytest.mark.parametrize("critical", [SystemExit, KeyboardInterrupt, MemoryError])
+def test_process_critical_errors_are_never_poison(memory_url: str, critical: type) -> None:
+    url = memory_url + "?partitions=1"
+    app = make_app(url)
+    calls = []
+
+    @app.handler("orders", max_retries=3)
+    def handle(order: Order) -> None:
+        calls.append(order.id)
+        if order.id == 2:
+            raise critical()
+
+    produce_orders(url, 5)
+    with pytest.raises(critical):
+        app.run(until_idle=0.2)
+    assert calls == [0, 1, 2]  # no retries, nothing after it
+    assert dlq_records(url, "orders.dlq") == []
+    assert committed(url) == {TopicPartition("orders", 0): 2}  # redelivered from the record
+
+
+def test_backpressure_pauses_and_drops_nothing(memory_url: str, monkeypatch) -> None:
+    from streamq.brokers.memory import MemoryConsumer
+
+    pauses: list[list] = []
+    original = MemoryConsumer.pause
+    monkeypatch.setattr(
+        MemoryConsumer, "pause", lambda self, tps: (pauses.append(list(tps)), original(self, tps))
+    )
+    app = make_app(memory_url, max_in_flight=20, max_poll_records=50)
+    seen = []
+
+    @app.handler("orders")
+    async def handle(order: Order) -> None:
+        await asyncio.sleep(0.0005)
+        seen.append(order.id)
+
+    produce_orders(memory_url, 500)
+    app.run(until_idle=0.2)
+    assert pauses  # the cap was hit
+    assert sorted(seen) == list(range(500))
+
+
+def test_members_of_one_group_share_partitions_without_duplicates(memory_url: str) -> None:
+    produce_orders(memory_url, 2000)
+    seen: list[tuple[str, int]] = []
+    lock = threading.Lock()
+
+    by_member: dict[int, int] = defaultdict(int)
+
+    def member(n: int) -> streamq.App:
+        app = make_app(memory_url)
+
+        @app.handler("orders")
+        def handle(order: Order) -> None:
+            time.sleep(0.0002)
+            with lock:
+                seen.append((order.customer, order.id))
+                by_member[n] += 1
+
+        return app
+
+    errors: list[BaseException] = []
+
+    def run(app: streamq.App) -> None:
+        try:
+            app.run(until_idle=0.5)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(member(n),)) for n in range(2)]
+    for t in threads:
+        t.start()
+        time.sleep(0.05)
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert by_member[0] > 0 and by_member[1] > 0, "the second member never got partitions"
+    assert sorted(i for _, i in seen) == list(range(2000))  # revoke drained and committed
+    by_customer = defaultdict(list)
+    for customer, i in seen:
+        by_customer[customer].append(i)
+    assert all(v == sorted(v) for v in by_customer.values())
+
+
+def test_until_idle_waits_for_partitions_held_by_another_member(
+    memory_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Idle time must not count while the assignment is still being handed over."""
+    import streamq.brokers.memory as memory
+    from streamq.brokers import connect
+    from streamq.settings import load_settings
+
+    produce_orders(memory_url, 100)
+    holder = connect(memory_url).consumer("svc", load_settings(broker=memory_url))
+    holder.subscribe(["orders"], lambda t: None, lambda t: None, lambda t: None)
+    holder.poll_batch(0, 0)  # owns all partitions, then never polls again (a dead member)
+    monkeypatch.setattr(memory, "SESSION_TIMEOUT", 0.6)
+    app = make_app(memory_url)
+    seen = []
+
+    @app.handler("orders")
+    def handle(order: Order) -> None:
+        seen.append(order.id)
+
+    app.run(until_idle=0.1)
+    assert sorted(seen) == list(range(100))  # it waited out the dead member instead of exiting
+
+
+def test_hung_handler_at_shutdown_times_out_uncommitted(memory_url: str) -> None:
+    url = memory_url + "?partitions=1"
+    app = make_app(url, shutdown_timeout=0.3)
+    started = threading.Event()
+
+    @app.handler("orders")
+    async def handle(order: Order) -> None:
+        if order.id == 1:
+            started.set()
+            await asyncio.sleep(3600)
+
+    produce_orders(url, 3)
+    worker = Worker(app, None)
+    outcome: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            asyncio.run(worker.serve())
+        except BaseException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    assert started.wait(10), "the handler never started"
+    worker.request_stop()
+    thread.join(20)
+    assert not thread.is_alive()
+    assert len(outcome) == 1 and isinstance(outcome[0], ShutdownTimeout)
+    assert committed(url) == {TopicPartition("orders", 0): 1}  # the hung record is redelivered

@@ -1,0 +1,116 @@
+"""The commit position never passes an unfinished offset, whatever the order and gaps."""
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamq.message import Message, TopicPartition
+from streamq.offsets import OffsetTracker, PartitionOffsets
+
+TP = TopicPartition("t", 0)
+
+
+def msgs(offsets: list[int]) -> list[Message]:
+    return [Message("t", 0, o, None, b"x" * 10) for o in offsets]
+
+
+@st.composite
+def sparse_offsets(draw: st.DrawFn) -> list[int]:
+    start = draw(st.integers(min_value=0, max_value=10**6))
+    gaps = draw(st.lists(st.integers(min_value=1, max_value=10**9), min_size=1, max_size=60))
+    out, cur = [], start
+    for g in gaps:
+        out.append(cur)
+        cur += g
+    return out
+
+
+@settings(max_examples=300)
+@given(offsets=sparse_offsets(), seed=st.integers(), chunk=st.integers(min_value=1, max_value=7))
+def test_position_is_first_unfinished(offsets: list[int], seed: int, chunk: int) -> None:
+    part = PartitionOffsets(epoch=1)
+    for i in range(0, len(offsets), chunk):
+        part.track(offsets[i : i + chunk])
+    order = offsets[:]
+    random.Random(seed).shuffle(order)
+    done: set[int] = set()
+    for o in order:
+        assert part.done(o)
+        assert not part.done(o)  # a duplicate completion is ignored (faust #625)
+        done.add(o)
+        unfinished = [x for x in offsets if x not in done]
+        expected = unfinished[0] if unfinished else offsets[-1] + 1
+        assert part.position == expected
+        # memory is O(records in the window), never O(offset distance): gaps reach 1e9
+        # (faust #453)
+        assert len(part.pending) + len(part.done_above) <= 2 * len(offsets)
+        assert len(part.pending) == len(unfinished) + len(part.done_above)
+        assert part.done_above <= set(part.pending)
+        assert part.in_flight == len(unfinished)
+    assert not part.pending and not part.done_above
+
+
+def test_position_none_until_tracked_then_one_past_last() -> None:
+    part = PartitionOffsets(epoch=1)
+    assert part.position is None
+    part.track([5, 9])
+    assert part.position == 5
+    part.done(9)
+    assert part.position == 5
+    part.done(5)
+    assert part.position == 10
+
+
+def test_stale_and_unknown_completions_are_ignored() -> None:
+    part = PartitionOffsets(epoch=1)
+    part.track([10, 11])
+    assert not part.done(3)  # behind the position
+    assert not part.done(99)  # never tracked
+    assert part.position == 10
+
+
+def test_tracking_backwards_with_work_in_flight_is_refused() -> None:
+    part = PartitionOffsets(epoch=1)
+    part.track([10, 11])
+    with pytest.raises(ValueError, match="in flight"):
+        part.track([5])
+    assert list(part.pending) == [10, 11]
+
+
+def test_rewind_after_everything_is_done() -> None:
+    part = PartitionOffsets(epoch=1)
+    part.track([10, 11])
+    part.done(10)
+    part.done(11)
+    part.track([3, 4])  # a seek back (replay)
+    assert part.position == 3
+
+
+def test_tracker_epochs_fence_late_completions() -> None:
+    tracker = OffsetTracker()
+    e1 = tracker.assign(TP)
+    batch = msgs([0, 1, 2])
+    tracker.track(TP, batch)
+    assert tracker.in_flight_records == 3 and tracker.in_flight_bytes == 30
+    tracker.revoke(TP)
+    e2 = tracker.assign(TP)
+    assert e2 != e1
+    assert not tracker.complete(TP, e1, batch)  # from the old ownership: ignored
+    tracker.track(TP, msgs([3]))
+    assert tracker.complete(TP, e2, msgs([3]))
+    assert tracker.dirty_positions() == {TP: 4}
+    tracker.mark_committed({TP: 4})
+    assert tracker.dirty_positions() == {}
+    assert tracker.in_flight_records == 0 and tracker.in_flight_bytes == 0
+
+
+def test_counts_ignore_duplicate_completions() -> None:
+    tracker = OffsetTracker()
+    epoch = tracker.assign(TP)
+    batch = msgs([0, 1])
+    tracker.track(TP, batch)
+    tracker.complete(TP, epoch, batch)
+    tracker.complete(TP, epoch, batch)
+    assert tracker.in_flight_records == 0 and tracker.in_flight_bytes == 0
