@@ -98,8 +98,14 @@ class Lane:
         self.progress = 0  # records of the current unit finished (async lanes)
 
     def take(self, limit: int) -> list[Message]:
-        """The next unit: one polled chunk, or up to ``limit`` records for batch handlers."""
+        """The next unit: one polled chunk, or up to ``limit`` records for batch handlers.
+
+        Units stay chunk-sized for per-record handlers: a revoke or stop waits for at most
+        one unit, and no list is copied.
+        """
         first = self.pending.popleft()
+        if not self.spec.batch:
+            return first
         if len(first) > limit:
             self.pending.appendleft(first[limit:])
             return first[:limit]
@@ -455,7 +461,7 @@ class GroupRunner:
     async def _run_lane(self, lane: Lane) -> None:
         spec = lane.spec
         tp, epoch = lane.key[0], lane.epoch
-        limit = spec.max_batch if spec.batch else 1 << 30
+        limit = spec.max_batch
         try:
             while lane.pending and not lane.stopped:
                 unit = lane.take(limit)
@@ -467,6 +473,9 @@ class GroupRunner:
                         done = await self._run_async(lane, unit)
                     else:
                         done = await self._run_sync(lane, unit)
+                        # Inline work never suspends: yield once per unit so other lanes and
+                        # revoke/stop requests get the loop between units.
+                        await asyncio.sleep(0)
                 except asyncio.CancelledError:
                     if lane.progress:  # cancelled mid-unit: keep what finished
                         self._completions.append((tp, epoch, unit[: lane.progress], False))
