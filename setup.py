@@ -21,14 +21,20 @@ class OptionalBuildExt(build_ext):
     def run(self) -> None:
         try:
             super().run()
-        except Exception as exc:  # noqa: BLE001 - any compiler failure means "use the twin"
-            print(f"streamq: C extension not built ({exc}); using the pure-Python core", file=sys.stderr)
+        except Exception as exc:
+            print(
+                f"streamq: C extension not built ({exc}); using the pure-Python core",
+                file=sys.stderr,
+            )
 
     def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
         try:
             super().build_extension(ext)
-        except Exception as exc:  # noqa: BLE001
-            print(f"streamq: {ext.name} not built ({exc}); using the pure-Python core", file=sys.stderr)
+        except Exception as exc:
+            print(
+                f"streamq: {ext.name} not built ({exc}); using the pure-Python core",
+                file=sys.stderr,
+            )
 
 
 def extensions() -> list:  # type: ignore[type-arg]

@@ -181,9 +181,7 @@ class App:
                 "workers: memory:// lives inside one process, so extra worker processes would "
                 "each see an empty log; use workers=1, or a Kafka or Redis broker"
             )
-        if until_idle is not None and (
-            not isinstance(until_idle, int | float) or until_idle < 0
-        ):
+        if until_idle is not None and (not isinstance(until_idle, int | float) or until_idle < 0):
             problems.append(f"until_idle: must be seconds >= 0, got {until_idle!r}")
         if not self.handlers:
             problems.append(f"app {self.name!r} has no handlers: nothing to consume")
@@ -199,4 +197,3 @@ def _child_run(app: App, until_idle: float | None) -> int:
 
     run_worker(app, until_idle)
     return 0
-

@@ -93,9 +93,7 @@ def _broker_url(broker: str | None) -> str:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(
-    __version__, message=f"streamq %(version)s (dispatch core: {IMPLEMENTATION})"
-)
+@click.version_option(__version__, message=f"streamq %(version)s (dispatch core: {IMPLEMENTATION})")
 @click.option(
     "--log-level",
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
@@ -190,19 +188,20 @@ def produce(topic: str, broker: str | None, key_field: str | None, source: IO[by
     name = getattr(source, "name", "stdin")
     sent = 0
     with Producer(url) as producer:
-        for lineno, line, obj in _json_lines(source, name, lambda: sent):
-            key = _key_of(obj, key_field, f"{name}:{lineno}", sent) if key_field else None
-            producer.send(topic, line, key=key)
-            sent += 1
+        try:
+            for lineno, line, obj in _json_lines(source, name):
+                key = _key_of(obj, key_field, f"{name}:{lineno}") if key_field else None
+                producer.send(topic, line, key=key)
+                sent += 1
+        except ConfigError as exc:
+            raise ConfigError(f"{exc}; {sent} records were sent before it") from None
         unacked = producer.flush(30.0)
     if unacked:
         _fail(f"{unacked} of {sent} records were not acknowledged by the broker", EXIT_RUNTIME)
     click.echo(f"sent {sent} records to {topic}", err=True)
 
 
-def _json_lines(
-    source: IO[bytes], name: str, sent: Callable[[], int]
-) -> Iterator[tuple[int, bytes, Any]]:
+def _json_lines(source: IO[bytes], name: str) -> Iterator[tuple[int, bytes, Any]]:
     for lineno, raw in enumerate(source, start=1):
         line = raw.strip()
         if not line:
@@ -210,16 +209,12 @@ def _json_lines(
         try:
             yield lineno, line, orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise ConfigError(
-                f"{name}:{lineno}: not valid JSON ({exc}); {sent()} records were sent before it"
-            ) from None
+            raise ConfigError(f"{name}:{lineno}: not valid JSON ({exc})") from None
 
 
-def _key_of(obj: Any, field: str, where: str, sent: int) -> str:
+def _key_of(obj: Any, field: str, where: str) -> str:
     if not isinstance(obj, dict) or field not in obj:
-        raise ConfigError(
-            f"{where}: no field {field!r} for the key; {sent} records were sent before it"
-        )
+        raise ConfigError(f"{where}: no field {field!r} for the key")
     value = obj[field]
     return value if isinstance(value, str) else orjson.dumps(value).decode()
 

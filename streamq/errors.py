@@ -103,7 +103,11 @@ class _RecordError(StreamqError):
 
 
 def _rebuild(
-    cls: type[_RecordError], message: str, topic: str | None, partition: int | None, offset: int | None
+    cls: type[_RecordError],
+    message: str,
+    topic: str | None,
+    partition: int | None,
+    offset: int | None,
 ) -> _RecordError:
     return cls(message, topic=topic, partition=partition, offset=offset)
 

@@ -10,7 +10,7 @@ import inspect
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from .codec import make_decoder
@@ -21,7 +21,7 @@ from .retry import RetryPolicy
 __all__ = ["CommitMode", "HandlerSpec", "Ordering", "build_spec"]
 
 
-class Ordering(str, Enum):
+class Ordering(StrEnum):
     """What a handler's records are ordered by."""
 
     PARTITION = "partition"
@@ -31,7 +31,7 @@ class Ordering(str, Enum):
     """Per key lane inside a partition: different keys run in parallel, each key in order."""
 
 
-class CommitMode(str, Enum):
+class CommitMode(StrEnum):
     """When a record's offset is committed relative to its handler."""
 
     AFTER = "after"
@@ -156,11 +156,7 @@ def build_invoker(fn: Callable[..., Any], *, batch: bool) -> tuple[Invoke, bool]
         hints = typing.get_type_hints(fn)
     except (TypeError, ValueError, NameError) as exc:
         raise ConfigError(f"cannot inspect the signature: {exc}") from None
-    params = [
-        p
-        for p in sig.parameters.values()
-        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    ]
+    params = [p for p in sig.parameters.values() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     required = [p for p in params if p.default is p.empty]
     if batch:
         return _batch_invoker(fn, required, hints), _is_async(fn)
@@ -171,7 +167,9 @@ def build_invoker(fn: Callable[..., Any], *, batch: bool) -> tuple[Invoke, bool]
         hint = hints.get(p.name, p.empty)
         if hint is Message:
             if msg_param is not None:
-                problems.append(f"parameter {p.name!r}: only one parameter may take streamq.Message")
+                problems.append(
+                    f"parameter {p.name!r}: only one parameter may take streamq.Message"
+                )
             msg_param = p
         elif p.default is not p.empty:
             continue  # optional extras are left to their defaults
@@ -182,8 +180,9 @@ def build_invoker(fn: Callable[..., Any], *, batch: bool) -> tuple[Invoke, bool]
             )
         elif payload_param is not None:
             problems.append(
-                f"parameter {p.name!r}: a second payload parameter (already {payload_param.name!r});"
-                " a handler takes one payload and optionally one streamq.Message"
+                f"parameter {p.name!r}: a second payload parameter (already "
+                f"{payload_param.name!r}); a handler takes one payload and optionally one "
+                "streamq.Message"
             )
         else:
             payload_param = p

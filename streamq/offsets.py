@@ -16,6 +16,7 @@ Not thread-safe: the worker's poll thread owns it and feeds it completions.
 from __future__ import annotations
 
 from collections import deque
+
 from .message import Message, TopicPartition
 
 __all__ = ["OffsetTracker", "PartitionOffsets"]
@@ -75,11 +76,6 @@ class PartitionOffsets:
     def in_flight(self) -> int:
         return len(self.pending) - len(self.done_above)
 
-    @property
-    def dirty(self) -> bool:
-        pos = self.position
-        return pos is not None and (self.committed is None or pos > self.committed)
-
 
 class OffsetTracker:
     """Per-partition offsets for every partition a consumer currently owns."""
@@ -132,10 +128,11 @@ class OffsetTracker:
 
     def dirty_positions(self) -> dict[TopicPartition, int]:
         """Positions that moved past the last commit."""
-        out = {}
+        out: dict[TopicPartition, int] = {}
         for tp, part in self.parts.items():
-            if part.dirty:
-                out[tp] = part.position  # type: ignore[assignment]
+            pos = part.position
+            if pos is not None and (part.committed is None or pos > part.committed):
+                out[tp] = pos
         return out
 
     def mark_committed(self, positions: dict[TopicPartition, int]) -> None:

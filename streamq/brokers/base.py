@@ -28,7 +28,7 @@ from typing import NamedTuple, Protocol
 
 from ..message import Headers, Message, TopicPartition
 
-__all__ = ["Admin", "Backend", "Broker", "ProducerBackend", "RecordMetadata", "Rebalance"]
+__all__ = ["Admin", "Backend", "Broker", "ProducerBackend", "Rebalance", "RecordMetadata"]
 
 Rebalance = Callable[[list[TopicPartition]], None]
 

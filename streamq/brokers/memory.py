@@ -31,7 +31,7 @@ from ..message import Headers, Message, TopicPartition
 from ..murmur2 import partition_for_key
 from .base import Rebalance, RecordMetadata
 
-__all__ = ["MemoryBroker", "MemoryLog", "SESSION_TIMEOUT"]
+__all__ = ["SESSION_TIMEOUT", "MemoryBroker", "MemoryLog"]
 
 SESSION_TIMEOUT = 10.0
 

@@ -21,7 +21,7 @@ process-critical error) halts its partition uncommitted; it is redelivered after
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -250,7 +250,9 @@ class GroupRunner:
         try:
             self._backend.commit(position, sync=True)
         except BrokerError as exc:
-            log.warning("group %s: commit before handling failed (%s); not handling", self.group, exc)
+            log.warning(
+                "group %s: commit before handling failed (%s); not handling", self.group, exc
+            )
             self._tracker.complete(tp, self._assigned[tp], msgs)
             return False
         self._tracker.mark_committed(position)
@@ -584,9 +586,7 @@ class GroupRunner:
             try:
                 await self._call(spec, [msg])
             except BaseException as exc:
-                if self._is_critical(lane, msg, exc) or not await self._dead_letter(
-                    lane, msg, exc
-                ):
+                if self._is_critical(lane, msg, exc) or not await self._dead_letter(lane, msg, exc):
                     return i
         return len(unit)
 
@@ -653,10 +653,8 @@ class GroupRunner:
     async def _sleep(self, lane: Lane, delay: float) -> bool:
         """Back off without blocking other lanes; False if the lane was stopped meanwhile."""
         if delay > 0 and not lane.stopped:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lane.wake.wait(), delay)
-            except TimeoutError:
-                pass
         return not lane.stopped
 
 

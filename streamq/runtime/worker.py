@@ -70,7 +70,7 @@ class Worker:
             for runner in self.runners:
                 runner.stop()
             # Keep the loop turning while the poll threads drain: running lanes finish on it.
-            while not all(r.closed.is_set() for r in self.runners):
+            while not all(r.closed.is_set() for r in self.runners):  # noqa: ASYNC110
                 await asyncio.sleep(0.01)
             producer.flush(settings.shutdown_timeout)
             producer.close()
@@ -78,15 +78,16 @@ class Worker:
 
     async def _wait_for_stop(self) -> None:
         until_idle = self.until_idle
+        # Polls flags that poll threads and signal handlers set from other threads.
         while not self._stop_requested.is_set():
             await asyncio.sleep(0.02)
             if any(r.closed.is_set() for r in self.runners):
                 return  # a poll loop died: stop the others too
             if until_idle is not None:
                 since = [r.idle_since for r in self.runners]
-                if all(s is not None for s in since):
-                    if time.monotonic() - max(s for s in since if s is not None) >= until_idle:
-                        return
+                idle = [s for s in since if s is not None]
+                if len(idle) == len(since) and time.monotonic() - max(idle) >= until_idle:
+                    return
 
     def _raise_outcome(self) -> None:
         if self.critical is not None:

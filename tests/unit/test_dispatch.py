@@ -77,4 +77,4 @@ def test_cython_and_python_produce_identical_units(recs: list, lanes: int) -> No
 def test_implementation_is_named() -> None:
     assert dispatch.IMPLEMENTATION in ("cython", "python")
     expected = "python" if dispatch.NO_EXTENSIONS else "cython"
-    assert dispatch.IMPLEMENTATION == expected
+    assert expected == dispatch.IMPLEMENTATION

@@ -47,7 +47,13 @@ def test_payload_and_message_in_either_order(app: streamq.App) -> None:
 
     for i, topic in enumerate("abcde"):
         _invoke(app, topic, Message(topic, 0, i, None, b'{"id": 1}'))
-    assert got == [(Order(id=1), 0), (Order(id=1), 1), (Order(id=1), 2), (None, 3), (Order(id=1), 5)]
+    assert got == [
+        (Order(id=1), 0),
+        (Order(id=1), 1),
+        (Order(id=1), 2),
+        (None, 3),
+        (Order(id=1), 5),
+    ]
 
 
 def test_async_is_detected(app: streamq.App) -> None:
@@ -74,8 +80,8 @@ def test_group_defaults_to_app_name_and_can_be_set(app: streamq.App) -> None:
 @pytest.mark.parametrize(
     ("define", "fragment"),
     [
-        (lambda: (lambda x: None), "parameter 'x' has no annotation"),
-        (lambda: (lambda: None), "takes no parameters"),
+        (lambda: lambda x: None, "parameter 'x' has no annotation"),
+        (lambda: lambda: None, "takes no parameters"),
     ],
 )
 def test_unannotated_or_empty_signature(app: streamq.App, define, fragment: str) -> None:
@@ -86,7 +92,10 @@ def test_unannotated_or_empty_signature(app: streamq.App, define, fragment: str)
 def test_two_payloads_named(app: streamq.App) -> None:
     def h(a: Order, b: Order) -> None: ...
 
-    with pytest.raises(ConfigError, match=r"handler 'test_two_payloads_named.<locals>.h' for topic 't'.*parameter 'b'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"handler 'test_two_payloads_named.<locals>.h' for topic 't'.*parameter 'b'",
+    ):
         app.handler("t")(h)
 
 
@@ -95,7 +104,12 @@ def test_all_option_problems_listed_at_once(app: streamq.App) -> None:
 
     with pytest.raises(ConfigError) as info:
         app.handler(
-            "t", ordering="random", commit="never", max_retries=-1, max_batch=0, dlq=""  # type: ignore[arg-type]
+            "t",
+            ordering="random",
+            commit="never",
+            max_retries=-1,
+            max_batch=0,
+            dlq="",  # type: ignore[arg-type]
         )(h)
     problems = info.value.problems
     for word in ("ordering", "commit", "max_retries", "max_batch", "dlq"):
@@ -109,7 +123,7 @@ def test_batch_signature_must_be_list_of_messages(app: streamq.App) -> None:
 
     def bad(batch: list[Order]) -> None: ...
 
-    with pytest.raises(ConfigError, match="list\\[streamq.Message\\]"):
+    with pytest.raises(ConfigError, match=r"list\[streamq\.Message\]"):
         app.handler("bad", batch=True)(bad)
 
 

@@ -1,0 +1,47 @@
+# Every target sets itself up from nothing: a fresh clone needs only python3 (>= 3.11),
+# a C compiler for the Cython core, and redis-server for the integration tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+
+.PHONY: demo test test-unit test-integration lint format clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip "setuptools>=77" wheel
+
+# The base install (what a user gets) is enough for the demo.
+$(VENV)/.base: pyproject.toml setup.py ext/_dispatch.pyx | $(BIN)/python
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.dev: pyproject.toml setup.py ext/_dispatch.pyx | $(BIN)/python
+	$(PIP) install -q -e ".[dev]"
+	touch $@ $(VENV)/.base
+
+demo: $(VENV)/.base
+	$(BIN)/python -m examples.demo
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff format --check streamq tests examples setup.py
+	$(BIN)/ruff check streamq tests examples setup.py
+	$(BIN)/mypy streamq
+
+format: $(VENV)/.dev
+	$(BIN)/ruff format streamq tests examples setup.py
+	$(BIN)/ruff check --fix streamq tests examples setup.py
+
+# Unit tests run once per dispatch core (compiled, then the pure-Python twin);
+# integration tests talk to a private redis-server and Tansu started by the fixtures.
+test-unit: $(VENV)/.dev
+	$(BIN)/pytest tests/unit
+	STREAMQ_NO_EXTENSIONS=1 $(BIN)/pytest tests/unit -p no:randomly
+
+test-integration: $(VENV)/.dev
+	$(BIN)/pytest tests/integration tests/fault
+
+test: lint test-unit test-integration
+
+clean:
+	rm -rf build dist *.egg-info streamq/*.so ext/*.c ext/*.html .pytest_cache .mypy_cache .ruff_cache
