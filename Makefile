@@ -36,7 +36,7 @@ format: $(VENV)/.dev
 # integration tests talk to a private redis-server and Tansu started by the fixtures.
 test-unit: $(VENV)/.dev
 	$(BIN)/pytest tests/unit
-	STREAMQ_NO_EXTENSIONS=1 $(BIN)/pytest tests/unit -p no:randomly
+	STREAMQ_NO_EXTENSIONS=1 $(BIN)/pytest tests/unit
 
 test-integration: $(VENV)/.dev
 	$(BIN)/pytest tests/integration tests/fault
