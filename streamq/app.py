@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
@@ -32,6 +34,8 @@ class App:
         if not isinstance(name, str) or not name:
             raise ConfigError("name: must be a non-empty string (it is the default group)")
         self.name = name
+        # Where the app was defined, so spawned workers can import it again (workers > 1).
+        self._module: str | None = sys._getframe(1).f_globals.get("__name__")
         if broker is not None:
             settings["broker"] = broker
         self._overrides = settings
@@ -161,9 +165,23 @@ class App:
             return
         from .runtime.supervisor import supervise
 
-        code = supervise(lambda: _child_run(self, until_idle), workers)
+        module, attr = self._locate()
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        target = ("streamq.runtime.worker", "run_app_child")
+        code = supervise(target, (module, attr, self._overrides, until_idle, level), workers)
         if code:
             raise SystemExit(code)
+
+    def _locate(self) -> tuple[str, str]:
+        """The ``MODULE:ATTR`` a spawned worker imports to find this app again."""
+        module = sys.modules.get(self._module or "")
+        for attr, value in vars(module).items() if module is not None else ():
+            if value is self:
+                return self._module or "", attr
+        raise ConfigError(
+            "workers: worker processes import the app again, so it must be a module-level "
+            f"name (found no module attribute holding App({self.name!r}))"
+        )
 
     async def serve(self, until_idle: float | None = None) -> None:
         """Run one worker inside an existing event loop (sync handlers block that loop)."""
@@ -190,10 +208,3 @@ class App:
 
     def __repr__(self) -> str:
         return f"App({self.name!r}, broker={self.settings.broker!r}, handlers={len(self.handlers)})"
-
-
-def _child_run(app: App, until_idle: float | None) -> int:
-    from .runtime.worker import run_worker
-
-    run_worker(app, until_idle)
-    return 0

@@ -24,11 +24,11 @@ from .brokers import connect
 from .dispatch import IMPLEMENTATION
 from .errors import ConfigError, PartitionHalted, ShutdownTimeout, StreamqError
 from .producer import Producer
+from .runtime.supervisor import supervise
+from .runtime.worker import EXIT_HALTED, EXIT_RUNTIME, EXIT_SHUTDOWN_TIMEOUT, EXIT_USAGE
 from .settings import load_settings
 
 __all__ = ["main"]
-
-EXIT_RUNTIME, EXIT_USAGE, EXIT_SHUTDOWN_TIMEOUT, EXIT_HALTED = 1, 2, 3, 4
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -123,19 +123,26 @@ def cli(log_level: str) -> None:
 def run(app_spec: str, broker: str | None, workers: int, until_idle: float | None) -> None:
     """Consume with the handlers of MODULE:APP until SIGINT/SIGTERM (or idle)."""
     app = load_app(app_spec)
-    if broker is not None:
-        app.configure(broker=broker)
+    overrides = {"broker": broker} if broker is not None else {}
+    if overrides:
+        app.configure(**overrides)
+    if workers > 1:
+        app._check_run_args(workers, until_idle)
+        module, attr = app_spec.split(":", 1)
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        target = ("streamq.runtime.worker", "run_app_child")
+        code = supervise(target, (module, attr, overrides, until_idle, level), workers)
+        sys.exit(code)
     try:
-        app.run(workers=workers, until_idle=until_idle)
+        app.run(until_idle=until_idle)
     finally:
         stats = app.stats
-        if workers == 1:
-            click.echo(
-                f"streamq: handled {sum(stats.handled.values())}, "
-                f"dead-lettered {sum(stats.dead_lettered.values())}, "
-                f"retried {sum(stats.retried.values())}",
-                err=True,
-            )
+        click.echo(
+            f"streamq: handled {sum(stats.handled.values())}, "
+            f"dead-lettered {sum(stats.dead_lettered.values())}, "
+            f"retried {sum(stats.retried.values())}",
+            err=True,
+        )
 
 
 @cli.group()

@@ -21,14 +21,18 @@ class Producer:
 
     Args:
         url: Broker URL; defaults to ``STREAMQ_BROKER`` or ``memory://default``.
+        **settings: Client settings, as for ``App`` (for example ``kafka={...}``).
 
     ``send`` returns a future that resolves to ``RecordMetadata`` once the broker acknowledged
     the record; ``flush`` waits for all of them. Use it as a context manager to flush on exit.
     """
 
-    def __init__(self, url: str | None = None) -> None:
-        self.url = url if url is not None else load_settings().broker
-        self._backend = connect(self.url).producer()
+    def __init__(self, url: str | None = None, **settings: Any) -> None:
+        if url is not None:
+            settings["broker"] = url
+        resolved = load_settings(**settings)
+        self.url = resolved.broker
+        self._backend = connect(self.url, resolved).producer()
         self._closed = False
 
     def send(

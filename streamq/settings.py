@@ -66,6 +66,23 @@ class Settings(BaseSettings):
     traceback_limit: int = Field(8192, ge=256)
     """Bytes of traceback kept in a DLQ header, so the DLQ record still fits."""
 
+    broker_timeout: float = Field(30.0, gt=0)
+    """Seconds a starting worker (or a CLI command) retries an unreachable broker, then exits."""
+
+    kafka: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    """librdkafka settings passed through to every client (SASL, SSL, timeouts, ...).
+
+    From the environment as JSON: ``STREAMQ_KAFKA='{"security.protocol": "SASL_SSL"}'``.
+    Settings that would break commit-after-processing are refused.
+    """
+
+    instance_id: str | None = None
+    """Static membership (``group.instance.id``): a restart within the session timeout keeps
+    the assignment without a rebalance. With ``--workers N`` each worker appends its index."""
+
+    group_protocol: Literal["classic", "consumer"] = "classic"
+    """Kafka group protocol; ``consumer`` opts in to KIP-848 (broker must support it)."""
+
     @model_validator(mode="after")
     def _worker_caps_hold_a_partition(self) -> Settings:
         if self.worker_max_in_flight < self.max_in_flight:

@@ -6,18 +6,26 @@ lazily, so ``memory://`` works with the base install and a missing extra says ho
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError
 from .base import Admin, Backend, Broker, ProducerBackend, RecordMetadata
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = ["Admin", "Backend", "Broker", "ProducerBackend", "RecordMetadata", "connect"]
 
 SCHEMES = ("memory", "kafka", "redis", "rediss")
 
 
-def connect(url: str) -> Broker:
-    """The broker client factory for ``url``; raises ConfigError for what cannot be served."""
+def connect(url: str, settings: Settings | None = None) -> Broker:
+    """The broker client factory for ``url``; raises ConfigError for what cannot be served.
+
+    ``settings`` carries client options (librdkafka passthrough, timeouts); default: the
+    environment's.
+    """
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(
             f"broker: {url!r} is not a broker URL; expected memory://NAME, "
@@ -28,7 +36,15 @@ def connect(url: str) -> Broker:
         from .memory import MemoryBroker
 
         return MemoryBroker(url)
-    if scheme in ("kafka", "redis", "rediss"):
+    if settings is None:
+        from ..settings import load_settings
+
+        settings = load_settings(broker=url)
+    if scheme == "kafka":
+        from .kafka import KafkaBroker
+
+        return KafkaBroker(url, settings)
+    if scheme in ("redis", "rediss"):
         raise ConfigError(
             f"broker: {scheme}:// is not supported by this build of streamq yet; "
             "use memory:// for now"

@@ -24,9 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import NamedTuple, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ..message import Headers, Message, TopicPartition
+
+if TYPE_CHECKING:
+    from ..settings import Settings
 
 __all__ = ["Admin", "Backend", "Broker", "ProducerBackend", "Rebalance", "RecordMetadata"]
 
@@ -103,7 +106,7 @@ class Broker(Protocol):
 
     url: str
 
-    def consumer(self, group: str, settings: object) -> Backend: ...
+    def consumer(self, group: str, settings: Settings) -> Backend: ...
 
     def producer(self) -> ProducerBackend: ...
 

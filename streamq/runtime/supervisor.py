@@ -1,27 +1,38 @@
-"""``--workers N``: N member processes of the same consumer group, kept alive.
+"""``--workers N``: N member processes of the same consumer groups, kept alive.
 
 Scaling is the broker's consumer group: each child is an ordinary member. The supervisor
-only starts children, forwards SIGINT/SIGTERM to them, restarts a child that died with
-exponential backoff, and exits with the first failing child's code. Children die with the
-supervisor (PR_SET_PDEATHSIG), so a killed supervisor leaves no orphan holding partitions.
+only starts children (spawned, never forked: a fork after librdkafka or redis-py started
+threads inherits their locks), forwards SIGINT/SIGTERM once for a graceful drain, restarts a
+child that crashed with exponential backoff, and returns the exit code for the CLI. Children
+die with the supervisor (PR_SET_PDEATHSIG), so a killed supervisor leaves no orphan holding
+partitions, and they run in their own process group so a terminal's Ctrl-C reaches them
+once, through the supervisor.
 """
 
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import multiprocessing
 import os
 import signal
+import sys
 import time
-from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from typing import Any
 
-__all__ = ["supervise"]
+__all__ = ["EXIT_FINAL", "supervise"]
 
 log = logging.getLogger("streamq.supervisor")
 
 _PR_SET_PDEATHSIG = 1
+
+# Exit codes after which restarting cannot help: done, bad configuration, halted partitions.
+EXIT_FINAL = (0, 2, 4)
+
+# A child that ran this long before failing starts its backoff over.
+_HEALTHY_AFTER = 60.0
 
 
 def _die_with_parent(parent: int) -> None:
@@ -29,54 +40,55 @@ def _die_with_parent(parent: int) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     except (OSError, AttributeError):  # not Linux: best effort only
-        return
+        pass
     if os.getppid() != parent:  # the parent died before prctl took effect
         os._exit(1)
 
 
-def _child(target: Callable[[], int], parent: int) -> None:
+def _child(target: tuple[str, str], args: tuple[Any, ...], slot: int, parent: int) -> None:
+    os.setpgrp()
     _die_with_parent(parent)
-    code = 0
-    try:
-        code = target()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:
-        log.exception("worker %d failed", os.getpid())
-        code = 1
-    os._exit(code)
+    os.environ["STREAMQ_WORKER_INDEX"] = str(slot)
+    module, name = target
+    fn = getattr(importlib.import_module(module), name)
+    sys.exit(fn(slot, *args))
 
 
 def supervise(
-    target: Callable[[], int],
+    target: tuple[str, str],
+    args: tuple[Any, ...],
     workers: int,
     *,
     restart: bool = True,
     max_backoff: float = 30.0,
 ) -> int:
-    """Run ``target`` in ``workers`` forked processes; return the exit code for the CLI.
+    """Run ``module.function(slot, *args)`` in ``workers`` spawned processes; return a code.
 
-    A child that exits 0 is done (``--until-idle``). One that fails is restarted after a
-    growing delay while ``restart`` is set, so a crash loop cannot spin.
+    A child that exits with a final code (0 done, 2 configuration, 4 halted) is not
+    restarted; one that crashed is, after a growing delay, so a crash loop cannot spin. The
+    result is 0 if every child ended with 0, else the first other code.
     """
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")
     parent = os.getpid()
     stopping = False
-    children: dict[int, BaseProcess] = {}
+    children: dict[int, tuple[BaseProcess, float]] = {}
     failures = [0] * workers
     restart_at: dict[int, float] = {}
     result = 0
 
     def spawn(slot: int) -> None:
-        proc = ctx.Process(target=_child, args=(target, parent), name=f"streamq-worker-{slot}")
+        proc = ctx.Process(
+            target=_child, args=(target, args, slot, parent), name=f"streamq-worker-{slot}"
+        )
         proc.start()
-        children[slot] = proc
+        children[slot] = (proc, time.monotonic())
         log.info("worker %d started (pid %s)", slot, proc.pid)
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
         stopping = True
-        for proc in children.values():
+        restart_at.clear()
+        for proc, _ in children.values():
             if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signum)
 
@@ -84,22 +96,24 @@ def supervise(
     try:
         for slot in range(workers):
             spawn(slot)
-        while children or (restart_at and not stopping):
+        while children or restart_at:
             now = time.monotonic()
             for slot, at in list(restart_at.items()):
-                if at <= now and not stopping:
+                if at <= now:
                     del restart_at[slot]
                     spawn(slot)
-            for slot, proc in list(children.items()):
+            for slot, (proc, started) in list(children.items()):
                 proc.join(0.05)
                 if proc.exitcode is None:
                     continue
                 del children[slot]
                 code = proc.exitcode if proc.exitcode >= 0 else 128 - proc.exitcode
-                if code == 0 or stopping or not restart:
+                if code in EXIT_FINAL or stopping or not restart:
                     if code != 0 and result == 0:
                         result = code
                     continue
+                if now - started >= _HEALTHY_AFTER:
+                    failures[slot] = 0
                 failures[slot] += 1
                 delay = min(max_backoff, 0.5 * 2 ** (failures[slot] - 1))
                 log.warning(
@@ -107,8 +121,6 @@ def supervise(
                     slot, proc.pid, code, delay, failures[slot],
                 )  # fmt: skip
                 restart_at[slot] = now + delay
-            if not children and restart_at and stopping:
-                break
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

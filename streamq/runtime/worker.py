@@ -8,26 +8,45 @@ units, commit synchronously, leave the group), a second one exits at once.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING
 
 from ..brokers import connect
-from ..errors import ConfigError, PartitionHalted, ShutdownTimeout
+from ..errors import ConfigError, PartitionHalted, ShutdownTimeout, StreamqError
 from .group import GroupRunner
 
 if TYPE_CHECKING:
     from ..app import App
 
-__all__ = ["EXIT_SHUTDOWN_TIMEOUT", "Worker", "run_worker"]
+__all__ = ["EXIT_SHUTDOWN_TIMEOUT", "Worker", "exit_code_for", "run_app_child", "run_worker"]
 
 log = logging.getLogger("streamq.worker")
 
-# Exit code when handlers outlive shutdown_timeout: their records are not committed.
-EXIT_SHUTDOWN_TIMEOUT = 3
+# Exit codes, shared by the CLI and spawned workers.
+EXIT_RUNTIME = 1  # broker or runtime error
+EXIT_USAGE = 2  # bad usage or configuration
+EXIT_SHUTDOWN_TIMEOUT = 3  # handlers outlived shutdown_timeout: their records are not committed
+EXIT_HALTED = 4  # the run ended with a partition halted at a record
+
+
+def exit_code_for(exc: BaseException) -> int:
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    if isinstance(exc, ShutdownTimeout):
+        return EXIT_SHUTDOWN_TIMEOUT
+    if isinstance(exc, PartitionHalted):
+        return EXIT_HALTED
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else EXIT_RUNTIME
+    return EXIT_RUNTIME
 
 
 class Worker:
@@ -54,7 +73,7 @@ class Worker:
             raise ConfigError(f"app {app.name!r} has no handlers: nothing to consume")
         settings = app.settings
         loop = asyncio.get_running_loop()
-        broker = connect(settings.broker)
+        broker = connect(settings.broker, settings)
         producer = broker.producer()
         try:
             for group, specs in app.groups().items():
@@ -153,3 +172,43 @@ def _watchdog(done: threading.Event, deadline: float) -> None:
             os._exit(EXIT_SHUTDOWN_TIMEOUT)
 
     threading.Thread(target=watch, name="streamq-shutdown-watchdog", daemon=True).start()
+
+
+def run_app_child(
+    slot: int,
+    module: str,
+    attr: str,
+    overrides: dict[str, object],
+    until_idle: float | None,
+    log_level: str,
+) -> int:
+    """Entry point of one spawned worker: import the app afresh, run it, return the exit code."""
+    logging.basicConfig(
+        level=log_level, format=f"%(asctime)s %(levelname)s [worker {slot}] %(name)s: %(message)s"
+    )
+    from ..app import App
+
+    app: App | None = None
+    try:
+        app = getattr(importlib.import_module(module), attr)
+        assert isinstance(app, App), f"{module}:{attr} is not a streamq.App"
+        if overrides:
+            app.configure(**overrides)
+        if app.settings.instance_id:  # static membership needs one id per member
+            app.configure(instance_id=f"{app.settings.instance_id}-{slot}")
+        run_worker(app, until_idle)
+        return 0
+    except (StreamqError, SystemExit, KeyboardInterrupt) as exc:
+        if not isinstance(exc, SystemExit | KeyboardInterrupt):
+            log.error("worker %d: %s", slot, exc)
+        return exit_code_for(exc)
+    finally:
+        if app is not None:
+            stats = app.stats
+            print(
+                f"streamq: worker {slot}: handled {sum(stats.handled.values())}, "
+                f"dead-lettered {sum(stats.dead_lettered.values())}, "
+                f"retried {sum(stats.retried.values())}",
+                file=sys.stderr,
+                flush=True,
+            )
