@@ -136,13 +136,7 @@ def run(app_spec: str, broker: str | None, workers: int, until_idle: float | Non
     try:
         app.run(until_idle=until_idle)
     finally:
-        stats = app.stats
-        click.echo(
-            f"streamq: handled {sum(stats.handled.values())}, "
-            f"dead-lettered {sum(stats.dead_lettered.values())}, "
-            f"retried {sum(stats.retried.values())}",
-            err=True,
-        )
+        click.echo(f"streamq: {app.stats.summary()}", err=True)
 
 
 @cli.group()

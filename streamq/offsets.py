@@ -135,6 +135,15 @@ class OffsetTracker:
                 out[tp] = pos
         return out
 
+    def positions(self) -> dict[TopicPartition, int]:
+        """Every known position, committed or not: what a synchronous commit re-asserts."""
+        out: dict[TopicPartition, int] = {}
+        for tp, part in self.parts.items():
+            pos = part.position
+            if pos is not None:
+                out[tp] = pos
+        return out
+
     def mark_committed(self, positions: dict[TopicPartition, int]) -> None:
         for tp, pos in positions.items():
             part = self.parts.get(tp)

@@ -50,6 +50,10 @@ Completion = tuple[TopicPartition, int, list[Message], bool]
 # Seconds cancelled lanes get to unwind and report what they finished.
 _CANCEL_GRACE = 2.0
 
+# Records an inline lane handles before yielding the loop: bounds how long a revoke or stop
+# waits on a sync handler to one slice, at the cost of one loop turn per slice.
+INLINE_SLICE = 64
+
 
 class Stats:
     """Per-topic outcome counters, updated once per unit on the event loop thread."""
@@ -59,6 +63,16 @@ class Stats:
         self.failed: Counter[str] = Counter()
         self.retried: Counter[str] = Counter()
         self.dead_lettered: Counter[str] = Counter()
+        self.paused: Counter[str] = Counter()  # by the poll thread: backpressure and halts
+
+    def summary(self) -> str:
+        """One line for the end of a run."""
+        return (
+            f"handled {sum(self.handled.values())}, "
+            f"dead-lettered {sum(self.dead_lettered.values())}, "
+            f"retried {sum(self.retried.values())}, "
+            f"paused {sum(self.paused.values())} times"
+        )
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         return {
@@ -66,6 +80,7 @@ class Stats:
             "failed": dict(self.failed),
             "retried": dict(self.retried),
             "dead_lettered": dict(self.dead_lettered),
+            "paused": dict(self.paused),
         }
 
 
@@ -79,6 +94,7 @@ class Lane:
         "key",
         "pending",
         "progress",
+        "reported",
         "spec",
         "stopped",
         "task",
@@ -95,7 +111,8 @@ class Lane:
         self.halted = False
         self.wake = asyncio.Event()
         self.dead_lettered = 0  # in the current unit, so "handled" excludes them
-        self.progress = 0  # records of the current unit finished (async lanes)
+        self.progress = 0  # records of the current unit finished
+        self.reported = 0  # of those, already handed to the poll thread
 
     def take(self, limit: int) -> list[Message]:
         """The next unit: one polled chunk, or up to ``limit`` records for batch handlers.
@@ -208,6 +225,9 @@ class GroupRunner:
                     self._dispatch(batch)
                 else:
                     self._check_idle()
+        except BrokerError as exc:  # said clearly already; no traceback for an outage
+            self.error = exc
+            log.error("group %s: %s; stopping this worker", self.group, exc)
         except BaseException as exc:
             self.error = exc
             log.exception("group %s: poll loop failed; stopping this worker", self.group)
@@ -300,6 +320,8 @@ class GroupRunner:
         if new:
             self._paused.update(new)
             self._backend.pause(new)
+            for tp in new:
+                self._stats.paused[tp.topic] += 1
 
     def _maybe_commit(self) -> None:
         now = time.monotonic()
@@ -312,7 +334,9 @@ class GroupRunner:
     def _commit(self, *, sync: bool, only: Iterable[TopicPartition] | None = None) -> bool:
         self._last_commit = time.monotonic()
         self._since_commit = 0
-        positions = self._tracker.dirty_positions()
+        # A synchronous commit re-asserts every position, which also repairs an earlier
+        # asynchronous commit that failed without the tracker knowing.
+        positions = self._tracker.positions() if sync else self._tracker.dirty_positions()
         if only is not None:
             keep = set(only)
             positions = {tp: pos for tp, pos in positions.items() if tp in keep}
@@ -357,7 +381,8 @@ class GroupRunner:
             self._paused.discard(tp)  # pause state never survives reassignment (C7)
             self._halted.discard(tp)
         self.idle_since = None
-        log.info("group %s: assigned %s", self.group, _fmt(tps))
+        if tps:
+            log.info("group %s: assigned %s", self.group, _fmt(tps))
 
     def _on_revoke(self, tps: list[TopicPartition]) -> None:
         """Drain then fence: finished work is committed, unfinished work is redelivered."""
@@ -462,12 +487,11 @@ class GroupRunner:
 
     async def _run_lane(self, lane: Lane) -> None:
         spec = lane.spec
-        tp, epoch = lane.key[0], lane.epoch
         limit = spec.max_batch
         try:
             while lane.pending and not lane.stopped:
                 unit = lane.take(limit)
-                lane.dead_lettered = lane.progress = 0
+                lane.dead_lettered = lane.progress = lane.reported = 0
                 try:
                     if spec.batch:
                         done = await self._run_batch(lane, unit)
@@ -475,48 +499,68 @@ class GroupRunner:
                         done = await self._run_async(lane, unit)
                     else:
                         done = await self._run_sync(lane, unit)
-                        # Inline work never suspends: yield once per unit so other lanes and
-                        # revoke/stop requests get the loop between units.
-                        await asyncio.sleep(0)
                 except asyncio.CancelledError:
-                    if lane.progress:  # cancelled mid-unit: keep what finished
-                        self._completions.append((tp, epoch, unit[: lane.progress], False))
+                    self._report(lane, unit, lane.progress)  # keep what finished
                     raise
                 if done > lane.dead_lettered:
                     self._stats.handled[spec.topic] += done - lane.dead_lettered
                 # Commit-before units report too: the tracker counts in-flight work for both.
-                if done == len(unit):
-                    self._completions.append((tp, epoch, unit, False))
-                    continue
-                self._completions.append((tp, epoch, unit[:done], not lane.stopped))
-                lane.halted = not lane.stopped
-                break
+                halted = done < len(unit) and not lane.stopped
+                self._report(lane, unit, done, halted)
+                if done < len(unit):
+                    lane.halted = halted
+                    break
         finally:
             lane.task = None
 
+    def _report(self, lane: Lane, unit: list[Message], upto: int, halted: bool = False) -> None:
+        """Hand the unit's records finished since the last report to the poll thread."""
+        start = lane.reported
+        if upto > start or halted:
+            done = unit if start == 0 and upto == len(unit) else unit[start:upto]
+            self._completions.append((lane.key[0], lane.epoch, done, halted))
+            lane.reported = upto
+
     async def _run_sync(self, lane: Lane, unit: list[Message]) -> int:
+        """Run inline, yielding the loop every ``INLINE_SLICE`` records.
+
+        Inline handlers share the event loop. Without the yield one lane would hold it for a
+        whole fetch, and a revoke could not stop it within ``revoke_timeout``: the old owner
+        would go on handling records that the new owner handles too.
+        """
         invoke = lane.spec.invoke
+        n = len(unit)
         i = 0
-        while True:
+        while i < n:
+            end = min(i + INLINE_SLICE, n)
             try:
-                for msg in unit[i:] if i else unit:
-                    invoke(msg)
+                while i < end:
+                    invoke(unit[i])
                     i += 1
-                return i
             except BaseException as exc:
                 if not await self._recover(lane, unit[i], exc):
                     return i
                 i += 1
+            lane.progress = i
+            self._report(lane, unit, i)
+            await asyncio.sleep(0)
+            if lane.stopped:
+                return i
+        return n
 
     async def _run_async(self, lane: Lane, unit: list[Message]) -> int:
         invoke = lane.spec.invoke
         for i, msg in enumerate(unit):
+            if lane.stopped:
+                return i
             try:
                 await invoke(msg)
             except BaseException as exc:
                 if not await self._recover(lane, msg, exc):
                     return i
             lane.progress = i + 1
+            if not lane.progress % INLINE_SLICE:
+                self._report(lane, unit, lane.progress)
         return len(unit)
 
     async def _call(self, spec: HandlerSpec, arg: Any) -> None:

@@ -204,11 +204,4 @@ def run_app_child(
         return exit_code_for(exc)
     finally:
         if app is not None:
-            stats = app.stats
-            print(
-                f"streamq: worker {slot}: handled {sum(stats.handled.values())}, "
-                f"dead-lettered {sum(stats.dead_lettered.values())}, "
-                f"retried {sum(stats.retried.values())}",
-                file=sys.stderr,
-                flush=True,
-            )
+            print(f"streamq: worker {slot}: {app.stats.summary()}", file=sys.stderr, flush=True)

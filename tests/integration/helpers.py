@@ -1,0 +1,153 @@
+"""Helpers for broker integration tests: test apps as real processes, and their ledgers.
+
+A test app writes one line per handled record with ``os.write`` on an O_APPEND fd opened
+once, so a line that reached the kernel survives SIGKILL (RELIABILITY.md, "Handler ledger").
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Tansu waits out the whole rebalance timeout (max.poll.interval.ms) when a member joins,
+# so tests keep group timeouts small; revoke_timeout=3 allows max.poll.interval.ms=6000.
+FAST_GROUP = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000,
+              "max.poll.interval.ms": 6000}  # fmt: skip
+
+APP_TEMPLATE = """
+import os, time
+import streamq
+
+LEDGER = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+SLEEP = float(os.environ.get("HANDLER_SLEEP", "0"))
+SLOW_ID = int(os.environ.get("SLOW_ID", "-1"))
+SLOW_FOR = float(os.environ.get("SLOW_FOR", "0"))
+
+app = streamq.App(
+    os.environ["GROUP"],
+    broker=os.environ["BROKER"],
+    kafka={kafka!r},
+    revoke_timeout=3,
+    poll_timeout=0.05,
+    commit_interval=0.2,
+    **{extra!r},
+)
+
+@app.handler(os.environ["TOPIC"])
+def handle(value: dict, msg: streamq.Message) -> None:
+    if SLEEP:
+        time.sleep(SLEEP)
+    if value["i"] == SLOW_ID:
+        time.sleep(SLOW_FOR)
+    coords = f"{{msg.partition}} {{msg.offset}} {{value['k']}} {{value['i']}}"
+    os.write(LEDGER, f"E {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
+"""
+
+
+@dataclass
+class Entry:
+    pid: int
+    partition: int
+    offset: int
+    key: str
+    id: int
+    mono_ns: int
+
+
+def write_app(where: Path, name: str = "ledger_app", extra: dict | None = None) -> str:
+    (where / f"{name}.py").write_text(
+        textwrap.dedent(APP_TEMPLATE.format(kafka=FAST_GROUP, extra=extra or {}))
+    )
+    return f"{name}:app"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def read_ledger(path: Path) -> list[Entry]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        _, pid, part, off, key, ident, ns = line.split()
+        out.append(Entry(int(pid), int(part), int(off), key, int(ident), int(ns)))
+    return out
+
+
+def streamq_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streamq", *args]
+
+
+def app_env(broker: str, topic: str, group: str, ledger: Path, **more: str) -> dict[str, str]:
+    env = {**os.environ, "BROKER": broker, "TOPIC": topic, "GROUP": group, "LEDGER": str(ledger)}
+    env.update(more)
+    return env
+
+
+class Worker:
+    """A ``streamq run`` process whose stderr goes to a file the test can watch."""
+
+    def __init__(self, cwd: Path, spec: str, env: dict[str, str], *extra: str) -> None:
+        self.log = cwd / f"worker-{uuid.uuid4().hex[:6]}.log"
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                streamq_cmd("run", spec, *extra), cwd=cwd, env=env, stdout=out, stderr=out
+            )
+        self.pid = self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def finish(self, timeout: float = 120) -> tuple[int, str]:
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        return code, self.output()
+
+
+def start_worker(cwd: Path, spec: str, env: dict[str, str], *extra: str) -> Worker:
+    return Worker(cwd, spec, env, *extra)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll for a condition; the deadline only detects hangs, it is not a speed test."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+def check_per_key_order(entries: list[Entry]) -> None:
+    """Per key, ids are first handled in increasing order (I3)."""
+    first_seen: dict[str, list[int]] = defaultdict(list)
+    seen: set[int] = set()
+    for e in sorted(entries, key=lambda e: e.mono_ns):
+        if e.id not in seen:
+            seen.add(e.id)
+            first_seen[e.key].append(e.id)
+    for key, ids in first_seen.items():
+        assert ids == sorted(ids), f"key {key} handled out of order"
+
+
+def duplicates(entries: list[Entry]) -> list[int]:
+    counts: dict[int, int] = defaultdict(int)
+    for e in entries:
+        counts[e.id] += 1
+    return sorted(i for i, c in counts.items() if c > 1)

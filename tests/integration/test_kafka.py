@@ -1,0 +1,288 @@
+"""streamq on a real Kafka-protocol broker (Tansu here; any cluster via STREAMQ_KAFKA_BOOTSTRAP).
+
+Each scenario opens with the property it proves. Tansu is memory-only and answers a wrong
+high watermark for multi-record batches, so these tests count produced records (from the
+delivery reports) instead of trusting end offsets.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import streamq
+from streamq.brokers import connect
+from streamq.murmur2 import partition_for_key
+
+from .helpers import (
+    app_env,
+    check_per_key_order,
+    duplicates,
+    read_ledger,
+    start_worker,
+    streamq_cmd,
+    unique,
+    wait_until,
+    write_app,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+def kafka_url(kafka_bootstrap: str) -> str:
+    return f"kafka://{kafka_bootstrap}"
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_workers(monkeypatch: pytest.MonkeyPatch):
+    """A failed test must not leave members in the group for the next one."""
+    from . import helpers
+
+    started: list[helpers.Worker] = []
+    original = helpers.Worker.__init__
+
+    def tracking(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(helpers.Worker, "__init__", tracking)
+    yield
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait(10)
+
+
+def create_topic(url: str, partitions: int = 4) -> str:
+    topic = unique("orders")
+    connect(url).admin().create_topic(topic, partitions)
+    return topic
+
+
+# One record per batch: Tansu's high watermark is wrong for multi-record batches, and
+# --until-idle asks whether other members' partitions caught up to it (DESIGN.md).
+EXACT_WATERMARKS = {"linger.ms": 0, "batch.num.messages": 1}
+
+
+def produce(url: str, topic: str, n: int, keys: int = 50) -> dict[int, int]:
+    """Send n keyed JSON records; return the end offset per partition, from delivery reports."""
+    ends: Counter[int] = Counter()
+    with streamq.Producer(url, kafka=EXACT_WATERMARKS) as producer:
+        futures = [
+            producer.send(topic, {"i": i, "k": f"k{i % keys}"}, key=f"k{i % keys}")
+            for i in range(n)
+        ]
+        assert producer.flush(60) == 0
+    for fut in futures:
+        meta = fut.result()
+        ends[meta.partition] = max(ends[meta.partition], meta.offset + 1)
+    return dict(ends)
+
+
+def committed(url: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": url.removeprefix("kafka://"), "group.id": group})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 20)
+        return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in found}
+    finally:
+        consumer.close()
+
+
+def finish(worker, timeout: float = 120) -> tuple[int, str]:
+    return worker.finish(timeout)
+
+
+def test_keyed_records_land_on_kafkas_partition(kafka_url: str) -> None:
+    topic = create_topic(kafka_url, 7)
+    with streamq.Producer(kafka_url) as producer:
+        metas = [producer.send(topic, b"x", key=f"key-{i}").result(30) for i in range(40)]
+    assert [m.partition for m in metas] == [
+        partition_for_key(f"key-{i}".encode(), 7) for i in range(40)
+    ]
+
+
+def test_topics_cli(kafka_url: str) -> None:
+    name = unique("cli")
+    made = subprocess.run(
+        streamq_cmd("topics", "create", name, "--partitions", "3", "--broker", kafka_url),
+        capture_output=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    listed = subprocess.run(
+        streamq_cmd("topics", "list", "--broker", kafka_url), capture_output=True, timeout=60
+    )
+    assert f"{name}\t3".encode() in listed.stdout
+    again = subprocess.run(
+        streamq_cmd("topics", "create", name, "--partitions", "3", "--broker", kafka_url),
+        capture_output=True,
+        timeout=60,
+    )
+    assert again.returncode == 2 and b"already exists" in again.stderr
+
+
+def test_done_when_two_workers_handle_everything_once(kafka_url: str, tmp_path: Path) -> None:
+    """The issue's acceptance run: 20,000 keyed records, --workers 2 --until-idle 5."""
+    topic = create_topic(kafka_url, 4)
+    ends = produce(kafka_url, topic, 20_000)
+    group, ledger = unique("billing"), tmp_path / "ledger"
+    spec = write_app(tmp_path)
+    started = time.monotonic()
+    proc = start_worker(
+        tmp_path,
+        spec,
+        app_env(kafka_url, topic, group, ledger),
+        "--workers",
+        "2",
+        "--until-idle",
+        "5",
+    )
+    code, err = finish(proc, 180)
+    assert code == 0, err
+    entries = read_ledger(ledger)
+    assert sorted(e.id for e in entries) == list(range(20_000)), "lost or duplicated records"
+    check_per_key_order(entries)
+    assert committed(kafka_url, group, topic, 4) == {p: ends.get(p) for p in range(4)}
+    span = (entries[-1].mono_ns - min(e.mono_ns for e in entries)) / 1e9
+    print(
+        f"\n20,000 records: {20_000 / max(span, 1e-9):,.0f} records/s while handling; "
+        f"whole run {time.monotonic() - started:.1f}s; workers: {len({e.pid for e in entries})}"
+    )
+
+
+def test_scale_up_then_down_while_records_flow(kafka_url: str, tmp_path: Path) -> None:
+    """Add a member, then SIGTERM the first one: nothing lost, order kept, no duplicates
+    (revokes drain and commit before the partitions move)."""
+    topic = create_topic(kafka_url, 4)
+    produce(kafka_url, topic, 6000)
+    group, ledger = unique("scale"), tmp_path / "ledger"
+    spec = write_app(tmp_path)
+    env = app_env(kafka_url, topic, group, ledger, HANDLER_SLEEP="0.004")
+    first = start_worker(tmp_path, spec, env)
+    wait_until(lambda: len(read_ledger(ledger)) > 200, 60, "the first member to start")
+    second = start_worker(tmp_path, spec, env, "--until-idle", "3")
+    wait_until(
+        lambda: f"group {group}: assigned" in second.output(),
+        90,
+        "the second member to get partitions",
+    )
+    assert len(read_ledger(ledger)) < 6000, "the backlog was gone before the rebalance"
+    first.send_signal(signal.SIGTERM)
+    code1, err1 = finish(first)
+    code2, err2 = finish(second, 180)
+    assert code1 == 0, err1
+    assert code2 == 0, err2
+    entries = read_ledger(ledger)
+    by_pid = Counter(e.pid for e in entries)
+    assert set(by_pid) == {first.pid, second.pid} and min(by_pid.values()) > 0
+    assert sorted({e.id for e in entries}) == list(range(6000)), "records lost"
+    assert duplicates(entries) == []
+    check_per_key_order(entries)
+
+
+def test_sigterm_mid_stream_then_the_next_run_rehandles_nothing(
+    kafka_url: str, tmp_path: Path
+) -> None:
+    topic = create_topic(kafka_url, 4)
+    produce(kafka_url, topic, 2000)
+    group, ledger = unique("term"), tmp_path / "ledger"
+    spec = write_app(tmp_path)
+    env = app_env(kafka_url, topic, group, ledger, HANDLER_SLEEP="0.002")
+    proc = start_worker(tmp_path, spec, env)
+    wait_until(lambda: len(read_ledger(ledger)) > 300, 60, "records to be handled")
+    proc.send_signal(signal.SIGTERM)
+    code, err = finish(proc)
+    assert code == 0, err
+    handled_first = len(read_ledger(ledger))
+    assert handled_first < 2000, "the stop came too late to be mid-stream"
+    again = start_worker(
+        tmp_path, spec, app_env(kafka_url, topic, group, ledger), "--until-idle", "2"
+    )
+    code, err = finish(again)
+    assert code == 0, err
+    entries = read_ledger(ledger)
+    assert duplicates(entries) == []  # the graceful stop committed everything it handled
+    assert sorted(e.id for e in entries) == list(range(2000))
+
+
+def test_handler_slower_than_max_poll_interval_is_not_evicted(
+    kafka_url: str, tmp_path: Path
+) -> None:
+    """The poll thread never waits on handlers: 8 s of work with max.poll.interval.ms=6000."""
+    topic = create_topic(kafka_url, 2)
+    produce(kafka_url, topic, 50)
+    group, ledger = unique("slow"), tmp_path / "ledger"
+    spec = write_app(tmp_path)
+    env = app_env(kafka_url, topic, group, ledger, SLOW_ID="10", SLOW_FOR="8")
+    proc = start_worker(tmp_path, spec, env, "--until-idle", "2")
+    code, err = finish(proc)
+    assert code == 0, err
+    entries = read_ledger(ledger)
+    assert sorted(e.id for e in entries) == list(range(50))
+    assert err.count("group " + group + ": assigned") == 1, err  # no rebalance happened
+    assert "lost" not in err and "MAX_POLL" not in err
+
+
+def test_slow_handler_with_large_backlog_keeps_memory_bounded(
+    kafka_url: str, tmp_path: Path
+) -> None:
+    """Paused partitions bound memory: RSS stays far below the backlog it is sitting on."""
+    topic = create_topic(kafka_url, 4)
+    payload = "x" * 2000
+    with streamq.Producer(kafka_url) as producer:
+        for i in range(60_000):  # ~120 MB of backlog
+            producer.send(topic, {"i": i, "k": f"k{i % 50}", "pad": payload}, key=f"k{i % 50}")
+    group, ledger = unique("rss"), tmp_path / "ledger"
+    spec = write_app(
+        tmp_path, extra={"max_in_flight_bytes": 1 << 20, "worker_max_in_flight_bytes": 4 << 20}
+    )
+    env = app_env(kafka_url, topic, group, ledger, HANDLER_SLEEP="0.0005")
+    proc = start_worker(tmp_path, spec, env)
+    samples = []
+    try:
+        wait_until(lambda: len(read_ledger(ledger)) > 100, 60, "handling to start")
+        for _ in range(30):
+            samples.append(_rss_mb(proc.pid))
+            time.sleep(0.25)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code, err = finish(proc)
+    assert code == 0, err
+    assert len(read_ledger(ledger)) < 60_000, "the backlog drained: nothing was paused"
+    paused = int(err.rsplit("paused ", 1)[1].split(" ")[0])
+    assert paused > 0, "backpressure never paused a partition"
+    # generous: in-flight caps (4 MB) + librdkafka queue (1 MB here) + interpreter and clients
+    assert max(samples) < 200, f"RSS grew to {max(samples):.0f} MB on a ~120 MB backlog"
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_unreachable_broker_at_start_exits_cleanly(tmp_path: Path) -> None:
+    from tests.conftest import free_port
+
+    spec = write_app(tmp_path)
+    env = app_env(
+        f"kafka://127.0.0.1:{free_port()}",
+        "t",
+        "g",
+        tmp_path / "ledger",
+        STREAMQ_BROKER_TIMEOUT="3",
+    )
+    proc = start_worker(tmp_path, spec, env)
+    code, err = finish(proc, 60)
+    assert code == 1, err
+    assert "cannot reach Kafka" in err and "retrying in" in err
+    assert "Traceback" not in err
