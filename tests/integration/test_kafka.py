@@ -286,3 +286,11 @@ def test_unreachable_broker_at_start_exits_cleanly(tmp_path: Path) -> None:
     assert code == 1, err
     assert "cannot reach Kafka" in err and "retrying in" in err
     assert "Traceback" not in err
+
+
+def test_failed_delivery_is_an_error_not_silence(kafka_url: str) -> None:
+    topic = create_topic(kafka_url, 2)
+    with streamq.Producer(kafka_url, kafka={"message.timeout.ms": 3000}) as producer:
+        future = producer.send(topic, b"x", partition=7)  # the topic has partitions 0 and 1
+        with pytest.raises(streamq.BrokerError):
+            future.result(30)

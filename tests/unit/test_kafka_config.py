@@ -1,0 +1,72 @@
+"""Kafka client configuration: tuned defaults, passthrough, and refusals (no broker needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamq import ConfigError
+from streamq.brokers import connect
+from streamq.brokers.kafka import KafkaBroker
+from streamq.settings import load_settings
+
+
+def broker(url: str = "kafka://h1:9092,h2:9092", **settings) -> KafkaBroker:
+    b = connect(url, load_settings(broker=url, **settings))
+    assert isinstance(b, KafkaBroker)
+    return b
+
+
+def test_consumer_defaults_keep_commit_after_processing() -> None:
+    config = broker().consumer_config("billing")
+    assert config["bootstrap.servers"] == "h1:9092,h2:9092"
+    assert config["group.id"] == "billing"
+    assert config["enable.auto.commit"] is False
+    assert config["enable.auto.offset.store"] is False
+    assert config["partition.assignment.strategy"] == "cooperative-sticky"
+    assert config["fetch.queue.backoff.ms"] == 10
+    assert config["queued.max.messages.kbytes"] == (64 << 20) // 4096  # a quarter of the cap
+
+
+def test_producer_defaults_are_idempotent_with_javas_partitioner() -> None:
+    config = broker().producer_config()
+    assert config["enable.idempotence"] is True
+    assert config["partitioner"] == "murmur2_random"
+
+
+def test_passthrough_from_url_and_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMQ_KAFKA", '{"sasl.mechanism": "PLAIN", "session.timeout.ms": 7000}')
+    b = broker("kafka://h:9092?security.protocol=SASL_SSL")
+    config = b.consumer_config("g")
+    assert config["security.protocol"] == "SASL_SSL"
+    assert config["sasl.mechanism"] == "PLAIN"
+    assert config["session.timeout.ms"] == 7000  # the user's value beats streamq's default
+
+
+def test_settings_that_break_the_guarantee_are_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        broker(kafka={"enable.auto.commit": True, "enable.auto.offset.store": "true",
+                      "group.id": "x", "on_commit": "f"})  # fmt: skip
+    text = str(info.value)
+    assert "kafka.enable.auto.commit: refused" in text
+    assert "kafka.enable.auto.offset.store: refused" in text
+    assert "kafka.group.id: set by streamq" in text
+    assert "kafka.on_commit: callbacks are owned by streamq" in text
+    broker(kafka={"enable.auto.commit": False})  # saying "off" explicitly is fine
+
+
+def test_max_poll_interval_must_cover_the_revoke_drain() -> None:
+    with pytest.raises(ConfigError, match=r"too short for revoke_timeout=5\.0s"):
+        broker(kafka={"max.poll.interval.ms": 6000}).consumer_config("g")
+    broker(kafka={"max.poll.interval.ms": 6000}, revoke_timeout=3).consumer_config("g")
+
+
+def test_static_membership_and_kip848_opt_in() -> None:
+    config = broker(instance_id="billing-a", group_protocol="consumer").consumer_config("g")
+    assert config["group.instance.id"] == "billing-a"
+    assert config["group.protocol"] == "consumer"
+    assert "partition.assignment.strategy" not in config  # server-side assignment in KIP-848
+
+
+def test_url_without_host_is_refused() -> None:
+    with pytest.raises(ConfigError, match="names no host"):
+        broker("kafka://")
