@@ -83,6 +83,14 @@ class Settings(BaseSettings):
     group_protocol: Literal["classic", "consumer"] = "classic"
     """Kafka group protocol; ``consumer`` opts in to KIP-848 (broker must support it)."""
 
+    lease_ttl: float = Field(10.0, ge=1.0)
+    """Redis: seconds a partition lease lives unless renewed (every third of it). A member
+    that stops renewing stops its partitions at once; a dead one's move after this long."""
+
+    redis_maxlen: int | None = Field(None, ge=1)
+    """Redis: trim each partition stream to about this many entries on produce (``MAXLEN ~``).
+    Risky: trimming can delete entries still pending, which are then reported as lost."""
+
     @model_validator(mode="after")
     def _worker_caps_hold_a_partition(self) -> Settings:
         if self.worker_max_in_flight < self.max_in_flight:

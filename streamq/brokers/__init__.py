@@ -45,10 +45,9 @@ def connect(url: str, settings: Settings | None = None) -> Broker:
 
         return KafkaBroker(url, settings)
     if scheme in ("redis", "rediss"):
-        raise ConfigError(
-            f"broker: {scheme}:// is not supported by this build of streamq yet; "
-            "use memory:// for now"
-        )
+        from .redis_streams import RedisBroker
+
+        return RedisBroker(url, settings)
     raise ConfigError(
         f"broker: unknown URL scheme {scheme!r} in {url!r}; use one of "
         + ", ".join(f"{s}://" for s in SCHEMES)

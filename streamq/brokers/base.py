@@ -31,9 +31,13 @@ from ..message import Headers, Message, TopicPartition
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["Admin", "Backend", "Broker", "ProducerBackend", "Rebalance", "RecordMetadata"]
+__all__ = ["Admin", "Backend", "Broker", "Lease", "ProducerBackend", "Rebalance", "RecordMetadata"]
 
 Rebalance = Callable[[list[TopicPartition]], None]
+
+
+class Lease(Protocol):
+    deadline: float
 
 
 class RecordMetadata(NamedTuple):
@@ -65,6 +69,13 @@ class Backend(Protocol):
 
     def offsets_for_times(self, topic: str, timestamp_ms: int) -> dict[TopicPartition, int | None]:
         """First offset at or after ``timestamp_ms`` per partition; None past the end."""
+
+    def lease_of(self, tp: TopicPartition) -> Lease | None:
+        """The lease guarding ``tp``, for brokers whose ownership can lapse silently (Redis).
+
+        Lanes start no handler for ``tp`` once ``time.monotonic()`` passes ``deadline``; the
+        backend moves the deadline forward on every renewal. None: the broker fences itself.
+        """
 
     @property
     def settled(self) -> bool:

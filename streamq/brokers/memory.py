@@ -299,6 +299,9 @@ class MemoryConsumer:
             return committed
         return 0 if self._reset == "earliest" else len(self._log.topics[tp.topic][tp.partition])
 
+    def lease_of(self, tp: TopicPartition) -> None:
+        return None  # ownership is fenced by the group itself
+
     @property
     def settled(self) -> bool:
         with self._log.cond:

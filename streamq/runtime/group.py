@@ -29,7 +29,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..brokers.base import Backend, Broker, ProducerBackend
+from ..brokers.base import Backend, Broker, Lease, ProducerBackend
 from ..dispatch import Dispatcher
 from ..dlq import dead_letter_record
 from ..errors import BrokerError, PoisonMessage, Reject
@@ -46,6 +46,9 @@ log = logging.getLogger("streamq.worker")
 LaneKey = tuple[TopicPartition, int]
 # (tp, epoch, finished records, halted): one entry per unit, appended by the loop thread
 Completion = tuple[TopicPartition, int, list[Message], bool]
+
+# (lane, epoch, handler, lease, records): one ordered unit, handed from poll thread to loop
+Unit = tuple[LaneKey, int, HandlerSpec, "Lease | None", list[Message]]
 
 # Seconds cancelled lanes get to unwind and report what they finished.
 _CANCEL_GRACE = 2.0
@@ -92,6 +95,7 @@ class Lane:
         "epoch",
         "halted",
         "key",
+        "lease",
         "pending",
         "progress",
         "reported",
@@ -101,10 +105,11 @@ class Lane:
         "wake",
     )
 
-    def __init__(self, key: LaneKey, epoch: int, spec: HandlerSpec) -> None:
+    def __init__(self, key: LaneKey, epoch: int, spec: HandlerSpec, lease: Lease | None) -> None:
         self.key = key
         self.epoch = epoch
         self.spec = spec
+        self.lease = lease  # Redis: no handler starts past lease.deadline
         self.pending: deque[list[Message]] = deque()
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
@@ -162,6 +167,7 @@ class GroupRunner:
         self._tracker = OffsetTracker()
         # poll-thread state
         self._assigned: dict[TopicPartition, int] = {}
+        self._leases: dict[TopicPartition, Lease | None] = {}
         self._paused: set[TopicPartition] = set()
         self._halted: set[TopicPartition] = set()
         self._halted_in_run: set[TopicPartition] = set()  # survives revokes: for the outcome
@@ -238,7 +244,7 @@ class GroupRunner:
                 self.closed.set()
 
     def _dispatch(self, batch: list[Message]) -> None:
-        units: list[tuple[LaneKey, int, HandlerSpec, list[Message]]] = []
+        units: list[Unit] = []
         lanes = self._settings.key_lanes
         tracker = self._tracker
         for tp, msgs in self._dispatcher.split(batch).items():
@@ -249,11 +255,12 @@ class GroupRunner:
             part = tracker.track(tp, msgs)
             if spec.commit is CommitMode.BEFORE and not self._commit_before(tp, msgs):
                 continue
+            lease = self._leases.get(tp)
             if spec.ordering is Ordering.KEY:
                 for lane, sub in self._dispatcher.split_keys(msgs, lanes).items():
-                    units.append(((tp, lane), epoch, spec, sub))
+                    units.append(((tp, lane), epoch, spec, lease, sub))
             else:
-                units.append(((tp, 0), epoch, spec, msgs))
+                units.append(((tp, 0), epoch, spec, lease, msgs))
             if (
                 part.in_flight >= self._settings.max_in_flight
                 or part.bytes >= self._settings.max_in_flight_bytes
@@ -378,6 +385,7 @@ class GroupRunner:
     def _on_assign(self, tps: list[TopicPartition]) -> None:
         for tp in tps:
             self._assigned[tp] = self._tracker.assign(tp)
+            self._leases[tp] = self._backend.lease_of(tp)
             self._paused.discard(tp)  # pause state never survives reassignment (C7)
             self._halted.discard(tp)
         self.idle_since = None
@@ -412,6 +420,7 @@ class GroupRunner:
         for tp in tps:
             self._tracker.revoke(tp)
             self._assigned.pop(tp, None)
+            self._leases.pop(tp, None)
             self._paused.discard(tp)
             self._halted.discard(tp)
 
@@ -452,12 +461,12 @@ class GroupRunner:
 
     # -- the event loop thread -------------------------------------------------------------------
 
-    def _enqueue(self, units: list[tuple[LaneKey, int, HandlerSpec, list[Message]]]) -> None:
+    def _enqueue(self, units: list[Unit]) -> None:
         lanes = self._lanes
-        for key, epoch, spec, msgs in units:
+        for key, epoch, spec, lease, msgs in units:
             lane = lanes.get(key)
             if lane is None or lane.epoch != epoch:
-                lane = lanes[key] = Lane(key, epoch, spec)
+                lane = lanes[key] = Lane(key, epoch, spec, lease)
             if lane.stopped or lane.halted:
                 continue
             lane.pending.append(msgs)
@@ -529,14 +538,23 @@ class GroupRunner:
         would go on handling records that the new owner handles too.
         """
         invoke = lane.spec.invoke
+        lease = lane.lease
         n = len(unit)
         i = 0
         while i < n:
             end = min(i + INLINE_SLICE, n)
             try:
-                while i < end:
-                    invoke(unit[i])
-                    i += 1
+                if lease is None:
+                    while i < end:
+                        invoke(unit[i])
+                        i += 1
+                else:  # ownership can lapse silently: check it before every handler
+                    clock = time.monotonic
+                    while i < end and clock() < lease.deadline:
+                        invoke(unit[i])
+                        i += 1
+                    if i < end and not await self._await_lease(lane):
+                        return i
             except BaseException as exc:
                 if not await self._recover(lane, unit[i], exc):
                     return i
@@ -550,8 +568,12 @@ class GroupRunner:
 
     async def _run_async(self, lane: Lane, unit: list[Message]) -> int:
         invoke = lane.spec.invoke
+        lease = lane.lease
         for i, msg in enumerate(unit):
             if lane.stopped:
+                return i
+            expired = lease is not None and time.monotonic() >= lease.deadline
+            if expired and not await self._await_lease(lane):
                 return i
             try:
                 await invoke(msg)
@@ -562,6 +584,19 @@ class GroupRunner:
             if not lane.progress % INLINE_SLICE:
                 self._report(lane, unit, lane.progress)
         return len(unit)
+
+    async def _await_lease(self, lane: Lane) -> bool:
+        """Past the lease deadline: start nothing until it is renewed or the lane stops.
+
+        A member that was frozen (SIGSTOP, a long GC pause) wakes up past its deadline; its
+        poll thread then finds the lease gone and stops the lane, and meanwhile no handler
+        starts for a partition that may already belong to someone else.
+        """
+        lease = lane.lease
+        # The poll thread moves the deadline; polling it is the point, not an oversight.
+        while lease is not None and not lane.stopped and time.monotonic() >= lease.deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        return not lane.stopped
 
     async def _call(self, spec: HandlerSpec, arg: Any) -> None:
         result = spec.invoke(arg)
@@ -584,7 +619,7 @@ class GroupRunner:
                 spec.name, msg.topic, msg.partition, msg.offset, msg.attempt,
                 policy.max_retries + 1, type(exc).__name__, exc, delay,
             )  # fmt: skip
-            if not await self._sleep(lane, delay):
+            if not await self._sleep(lane, delay) or not await self._await_lease(lane):
                 return False
             self._stats.retried[spec.topic] += 1
             msg.attempt = retry + 1
@@ -611,6 +646,8 @@ class GroupRunner:
                 self._stats.retried[spec.topic] += len(unit)
                 for m in unit:
                     m.attempt = attempt
+            if not await self._await_lease(lane):
+                return 0
             try:
                 await self._call(spec, unit)
                 return len(unit)
@@ -627,6 +664,8 @@ class GroupRunner:
                 if isinstance(exc, PoisonMessage | Reject):
                     break
         for i, msg in enumerate(unit):
+            if not await self._await_lease(lane):
+                return i
             try:
                 await self._call(spec, [msg])
             except BaseException as exc:
