@@ -285,7 +285,7 @@ class RedisConsumer:
             lost = self._renew_leases(started)
         except _UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis: heartbeat failed: {exc}") from None
-        lost += self._lost_by_fence
+        lost = list(dict.fromkeys(lost + self._lost_by_fence))  # both paths may name one
         self._lost_by_fence = []
         if lost:
             self._drop(lost)
@@ -562,8 +562,8 @@ class RedisConsumer:
                 result = self._ack(keys=[lkey, key], args=[own.lease.token, self._group, *chunk])
                 if result == -1:
                     log.warning(
-                        "group %s: lease on %s[%d] lost: acknowledgements refused; the new "
-                        "owner will handle those entries",
+                        "group %s: lease on %s[%d] is gone (expired, or Redis lost it): "
+                        "acknowledgements refused; whoever owns it next handles those entries",
                         self._group, tp.topic, tp.partition,
                     )  # fmt: skip
                     self._lost_by_fence.append(tp)

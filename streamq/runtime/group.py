@@ -218,7 +218,7 @@ class GroupRunner:
                     )
                 except BrokerError as exc:
                     failures += 1
-                    delay = min(30.0, 0.1 * 2 ** min(failures, 9))
+                    delay = min(5.0, 0.1 * 2 ** min(failures, 9))
                     if failures == 1 or failures % 10 == 0:
                         log.warning(
                             "group %s: poll failed (%s); retrying in %.1fs", self.group, exc, delay

@@ -45,11 +45,12 @@ app = streamq.App(
 
 @app.handler(os.environ["TOPIC"])
 def handle(value: dict, msg: streamq.Message) -> None:
+    coords = f"{{msg.partition}} {{msg.offset}} {{value['k']}} {{value['i']}}"
+    os.write(LEDGER, f"S {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
     if SLEEP:
         time.sleep(SLEEP)
     if value["i"] == SLOW_ID:
         time.sleep(SLOW_FOR)
-    coords = f"{{msg.partition}} {{msg.offset}} {{value['k']}} {{value['i']}}"
     os.write(LEDGER, f"E {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
 """
 
@@ -75,13 +76,15 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def read_ledger(path: Path) -> list[Entry]:
+def read_ledger(path: Path, kind: str = "E") -> list[Entry]:
+    """Handler ends ("E", the default) or starts ("S") from a ledger file."""
     if not path.exists():
         return []
     out = []
     for line in path.read_text().splitlines():
-        _, pid, part, off, key, ident, ns = line.split()
-        out.append(Entry(int(pid), int(part), int(off), key, int(ident), int(ns)))
+        what, pid, part, off, key, ident, ns = line.split()
+        if what == kind:
+            out.append(Entry(int(pid), int(part), int(off), key, int(ident), int(ns)))
     return out
 
 

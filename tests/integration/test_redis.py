@@ -1,0 +1,240 @@
+"""streamq on a real redis-server: lease-owned partitions, takeover, fencing, restarts.
+
+Each test starts its own redis-server on a free port (AOF with ``appendfsync always`` unless
+the point is a Redis that forgets everything), so it may kill and restart it.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import confluent_kafka
+import pytest
+import redis
+
+import streamq
+from streamq.brokers import connect
+from streamq.murmur2 import partition_for_key
+from tests.conftest import RedisServer, free_port
+
+from .helpers import (
+    app_env,
+    check_per_key_order,
+    duplicates,
+    read_ledger,
+    start_worker,
+    streamq_cmd,
+    unique,
+    wait_until,
+    write_app,
+)
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
+
+LEASES = {"lease_ttl": 3}  # RELIABILITY.md's test size: 3 s leases, renewed every second
+
+
+def produce(url: str, topic: str, n: int, keys: int = 50) -> Counter[int]:
+    per_partition: Counter[int] = Counter()
+    with streamq.Producer(url) as producer:
+        futures = [
+            producer.send(topic, {"i": i, "k": f"k{i % keys}"}, key=f"k{i % keys}")
+            for i in range(n)
+        ]
+        assert producer.flush(60) == 0
+    for fut in futures:
+        per_partition[fut.result().partition] += 1
+    return per_partition
+
+
+def group_state(url: str, group: str, topic: str, partitions: int) -> list[dict]:
+    client = redis.Redis.from_url(url)
+    try:
+        out = []
+        for p in range(partitions):
+            out.extend(
+                info
+                for info in client.xinfo_groups(f"{topic}:{p}")
+                if info["name"] == group.encode()
+            )
+        return out
+    finally:
+        client.close()
+
+
+def new_topic(url: str, partitions: int = 4) -> str:
+    topic = unique("orders")
+    connect(url).admin().create_topic(topic, partitions)
+    return topic
+
+
+def test_keys_land_on_the_same_partition_number_as_on_kafka(redis_server: RedisServer) -> None:
+    topic = new_topic(redis_server.url, 7)
+    with streamq.Producer(redis_server.url) as producer:
+        metas = [producer.send(topic, b"x", key=f"key-{i}").result(30) for i in range(60)]
+    for i, meta in enumerate(metas):
+        key = f"key-{i}".encode()
+        assert meta.partition == partition_for_key(key, 7) == confluent_kafka.murmur2(key, 7)
+
+
+def test_done_when_two_workers_handle_everything_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """The issue's acceptance run: topics create, 20,000 keyed records, --workers 2."""
+    url, topic = redis_server.url, unique("orders")
+    command = streamq_cmd("topics", "create", topic, "--partitions", "4", "--broker", url)
+    made = subprocess.run(command, capture_output=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    produce(url, topic, 20_000)
+    group, ledger = unique("billing"), tmp_path / "ledger"
+    spec = write_app(tmp_path, extra=LEASES)
+    started = time.monotonic()
+    worker = start_worker(tmp_path, spec, app_env(url, topic, group, ledger),
+                          "--workers", "2", "--until-idle", "5")  # fmt: skip
+    code, err = worker.finish(180)
+    assert code == 0, err
+    entries = read_ledger(ledger)
+    assert sorted(e.id for e in entries) == list(range(20_000)), "lost or duplicated records"
+    check_per_key_order(entries)
+    state = group_state(url, group, topic, 4)
+    assert len(state) == 4 and all(s["pending"] == 0 and s["lag"] == 0 for s in state)
+    span = (max(e.mono_ns for e in entries) - min(e.mono_ns for e in entries)) / 1e9
+    print(
+        f"\nredis, 20,000 records: {20_000 / max(span, 1e-9):,.0f} records/s while handling; "
+        f"whole run {time.monotonic() - started:.1f}s; workers: {len({e.pid for e in entries})}"
+    )
+
+
+def test_sigkill_a_member_and_the_survivor_reclaims_its_entries(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    url = redis_server.url
+    topic = new_topic(url)
+    produce(url, topic, 4000)
+    group, ledger = unique("kill"), tmp_path / "ledger"
+    spec = write_app(tmp_path, extra=LEASES)
+    env = app_env(url, topic, group, ledger, HANDLER_SLEEP="0.003")
+    victim = start_worker(tmp_path, spec, env)
+    survivor = start_worker(tmp_path, spec, env, "--until-idle", "3")
+    wait_until(lambda: {victim.pid, survivor.pid} <= {e.pid for e in read_ledger(ledger)}, 60,
+               "both members to handle records")  # fmt: skip
+    victim.proc.kill()
+    victim.proc.wait(10)
+    code, err = survivor.finish(180)
+    assert code == 0, err
+    entries = read_ledger(ledger)
+    assert sorted({e.id for e in entries}) == list(range(4000)), "records lost"
+    victim_partitions = {e.partition for e in entries if e.pid == victim.pid}
+    taken_over = {e.partition for e in entries if e.pid == survivor.pid}
+    assert victim_partitions <= taken_over, "the survivor never took over the dead member's work"
+    # duplicates only where the victim was killed mid-handler, or handled but not yet acked
+    assert set(duplicates(entries)) <= {
+        e.id for e in read_ledger(ledger, "S") if e.pid == victim.pid
+    }
+    assert all(s["pending"] == 0 for s in group_state(url, group, topic, 4))
+
+
+def test_a_frozen_lease_holder_is_fenced_when_it_wakes(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """SIGSTOP the owner past its lease, let another take over, SIGCONT: the old owner must
+    start no handler for records the new owner handles, and its acknowledgements are refused."""
+    url = redis_server.url
+    topic = new_topic(url, 2)
+    produce(url, topic, 600)
+    group, ledger = unique("zombie"), tmp_path / "ledger"
+    spec = write_app(tmp_path, extra=LEASES)
+    env = app_env(url, topic, group, ledger, HANDLER_SLEEP="0.02")
+    zombie = start_worker(tmp_path, spec, env)
+    wait_until(lambda: len(read_ledger(ledger)) > 30, 60, "the first owner to be busy")
+    zombie.send_signal(signal.SIGSTOP)
+    frozen_at = time.monotonic_ns()
+    heir = start_worker(tmp_path, spec, env, "--until-idle", "3")
+    wait_until(lambda: any(e.pid == heir.pid for e in read_ledger(ledger, "S")), 60,
+               "the new owner to start handling")  # fmt: skip
+    woke_at = time.monotonic_ns()
+    zombie.send_signal(signal.SIGCONT)
+    code, err = heir.finish(180)
+    assert code == 0, err
+    zombie.send_signal(signal.SIGTERM)
+    zcode, zerr = zombie.finish(60)
+    starts = read_ledger(ledger, "S")
+    assert any(e.pid == zombie.pid and e.mono_ns < frozen_at for e in starts)
+    assert "lost" in zerr, "the zombie never noticed it lost its leases"
+    by_heir = {e.id for e in read_ledger(ledger) if e.pid == heir.pid}
+    zombie_after_wake = {e.id for e in starts if e.pid == zombie.pid and e.mono_ns > woke_at}
+    assert not (zombie_after_wake & by_heir), "the zombie started handlers the heir also ran"
+    assert sorted({e.id for e in read_ledger(ledger)}) == list(range(600)), "records lost"
+    assert zcode == 0, zerr
+
+
+def test_redis_killed_and_restarted_with_aof(redis_server: RedisServer, tmp_path: Path) -> None:
+    url = redis_server.url
+    topic = new_topic(url)
+    produce(url, topic, 3000)
+    group, ledger = unique("aof"), tmp_path / "ledger"
+    spec = write_app(tmp_path, extra=LEASES)
+    env = app_env(url, topic, group, ledger, HANDLER_SLEEP="0.002")
+    worker = start_worker(tmp_path, spec, env, "--until-idle", "3")
+    wait_until(lambda: len(read_ledger(ledger)) > 300, 60, "records to be handled")
+    redis_server.kill()
+    time.sleep(2)
+    redis_server.start()
+    code, err = worker.finish(180)
+    assert code == 0, err
+    assert "redis" in err.lower() and "Traceback" not in err
+    entries = read_ledger(ledger)
+    assert sorted({e.id for e in entries}) == list(range(3000)), "records lost"
+    assert all(s["pending"] == 0 for s in group_state(url, group, topic, 4))
+
+
+def test_redis_restarted_empty_recreates_the_group_without_spinning(tmp_path: Path) -> None:
+    server = RedisServer(free_port(), tmp_path, durable=False)
+    server.start()
+    try:
+        url = server.url
+        topic = new_topic(url)
+        produce(url, topic, 100)
+        group, ledger = unique("empty"), tmp_path / "ledger"
+        spec = write_app(tmp_path, extra=LEASES)
+        worker = start_worker(tmp_path, spec, app_env(url, topic, group, ledger))
+        wait_until(lambda: len(read_ledger(ledger)) == 100, 60, "the first records")
+        server.kill()
+        server.start()  # no persistence: streams, groups and leases are gone
+        connect(url).admin().create_topic(topic, 4)
+        produce_later = list(range(100, 200))
+        with streamq.Producer(url) as producer:
+            for i in produce_later:
+                producer.send(topic, {"i": i, "k": f"k{i % 50}"}, key=f"k{i % 50}")
+        wait_until(lambda: len({e.id for e in read_ledger(ledger)}) == 200, 90,
+                   "records produced after the restart")  # fmt: skip
+        cpu_before = _cpu_seconds(worker.pid)
+        time.sleep(2)
+        spent = _cpu_seconds(worker.pid) - cpu_before
+        worker.send_signal(signal.SIGTERM)
+        code, err = worker.finish(60)
+        assert code == 0, err
+        assert "consumer group on" in err and "is gone" in err  # detected and reported
+        assert err.count("is gone") <= 40, "NOGROUP was hit in a loop"
+        assert spent < 1.0, f"{spent:.2f}s of CPU in 2s while idle: a hot loop"  # spin detector
+    finally:
+        server.kill()
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
+
+
+def test_unreachable_redis_at_start_exits_cleanly(tmp_path: Path) -> None:
+    spec = write_app(tmp_path)
+    env = app_env(f"redis://127.0.0.1:{free_port()}/0", "t", "g", tmp_path / "ledger",
+                  STREAMQ_BROKER_TIMEOUT="3")  # fmt: skip
+    code, err = start_worker(tmp_path, spec, env).finish(60)
+    assert code == 1, err
+    assert "cannot reach Redis" in err and "retrying in" in err
+    assert "Traceback" not in err
