@@ -208,11 +208,12 @@ def wait_for_redis(client: redis.Redis, where: str, deadline_s: float) -> None:
 class _Owned:
     """A partition this member holds: its lease, read cursor and unacknowledged entries."""
 
-    __slots__ = ("cursor", "delivered", "lease")
+    __slots__ = ("cursor", "delivered", "last_id", "lease")
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
         self.cursor = b"0"  # first our own pending entries (after XAUTOCLAIM), then ">"
+        self.last_id = b"0"  # last entry handed to the worker
         self.delivered: deque[tuple[int, bytes]] = deque()
 
 
@@ -468,6 +469,10 @@ class RedisConsumer:
                 self._ensure_group_after_loss(tp)
             return []
         except _UNAVAILABLE as exc:
+            # A reply lost in transit left entries in our PEL that never reached us: after
+            # reconnecting, re-read our own pending entries past the last one we saw.
+            for own in self._owned.values():
+                own.cursor = own.last_id
             raise BrokerUnavailable(f"redis: XREADGROUP: {exc}") from None
         return self._messages(reply or [])
 
@@ -491,7 +496,10 @@ class RedisConsumer:
                     own.cursor = b">"  # our pending entries are all delivered: now new ones
                     continue
                 own.cursor = entries[-1][0]
+            if not entries:
+                continue
             delivered = own.delivered
+            own.last_id = entries[-1][0]
             trimmed = []
             for entry_id, fields in entries:
                 offset = id_to_offset(entry_id)
@@ -712,6 +720,23 @@ class RedisAdmin:
         wait_for_redis(self._r, self._broker.client_url, self._broker.settings.broker_timeout)
         if not self._r.hsetnx(f"streamq:topic:{name}", "partitions", partitions):
             raise ConfigError(f"topic {name!r} already exists")
+
+    def lag(self, group: str, topic: str) -> dict[TopicPartition, tuple[int | None, int]]:
+        """Per partition: (entries not yet delivered to the group, delivered but unacked).
+
+        From XINFO GROUPS; the first is None where Redis cannot tell (after XDEL/trims).
+        """
+        count = self._broker.partitions(self._r, topic, create=False)
+        out: dict[TopicPartition, tuple[int | None, int]] = {}
+        for p in range(count):
+            tp = TopicPartition(topic, p)
+            try:
+                infos: Any = self._r.xinfo_groups(stream_key(tp))
+            except ResponseError:  # the stream does not exist yet
+                infos = []
+            mine = [i for i in infos if i["name"] in (group, group.encode())]
+            out[tp] = (mine[0].get("lag"), mine[0]["pending"]) if mine else (None, 0)
+        return out
 
     def list_topics(self) -> dict[str, int]:
         wait_for_redis(self._r, self._broker.client_url, self._broker.settings.broker_timeout)

@@ -238,3 +238,45 @@ def test_unreachable_redis_at_start_exits_cleanly(tmp_path: Path) -> None:
     assert code == 1, err
     assert "cannot reach Redis" in err and "retrying in" in err
     assert "Traceback" not in err
+
+
+def test_lag_and_pending_per_partition(redis_server: RedisServer) -> None:
+    url = redis_server.url
+    topic = new_topic(url, 2)
+    admin = connect(url).admin()
+    group = unique("lag")
+    client = redis.Redis.from_url(url)
+    for p in range(2):
+        client.xgroup_create(f"{topic}:{p}", group, id="0", mkstream=True)
+    counts = produce(url, topic, 20)
+    client.xreadgroup(group, "c", {f"{topic}:0": ">"}, count=3)
+    client.close()
+    lag = admin.lag(group, topic)
+    tp0, tp1 = streamq.TopicPartition(topic, 0), streamq.TopicPartition(topic, 1)
+    assert lag[tp0] == (counts[0] - 3, 3)
+    assert lag[tp1] == (counts[1], 0)
+
+
+def test_pending_entries_trimmed_away_are_reported_not_fatal(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """E7: entries delivered to a member that died, then trimmed before anyone acked them."""
+    url = redis_server.url
+    topic = new_topic(url, 1)
+    group, ledger = unique("trim"), tmp_path / "ledger"
+    client = redis.Redis.from_url(url)
+    client.xgroup_create(f"{topic}:0", group, id="0", mkstream=True)
+    produce(url, topic, 30)
+    client.xreadgroup(group, "dead-member", {f"{topic}:0": ">"}, count=10)  # 10 now pending
+    client.xtrim(f"{topic}:0", maxlen=0, approximate=False)  # ...and deleted
+    assert client.xpending(f"{topic}:0", group)["pending"] == 10
+    produce(url, topic, 5)
+    spec = write_app(tmp_path, extra=LEASES)
+    code, err = start_worker(tmp_path, spec, app_env(url, topic, group, ledger),
+                             "--until-idle", "2").finish(60)  # fmt: skip
+    assert code == 0, err
+    assert "trimmed from the stream before they were handled" in err
+    assert "Traceback" not in err
+    assert sorted(e.id for e in read_ledger(ledger)) == list(range(5))  # the later 5
+    assert client.xpending(f"{topic}:0", group)["pending"] == 0
+    client.close()
