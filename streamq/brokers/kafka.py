@@ -253,7 +253,7 @@ def wait_for_broker(probe: Callable[[float], object], where: str, deadline_s: fl
     while True:
         remaining = deadline - time.monotonic()
         try:
-            probe(max(0.5, min(5.0, remaining)))
+            probe(max(0.5, min(5.0, remaining / 3)))  # leave time for retries
             return
         except KafkaException as exc:
             remaining = deadline - time.monotonic()

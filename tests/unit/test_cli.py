@@ -52,7 +52,7 @@ def test_bad_app_spec(spec: str, fragment: str) -> None:
     assert_clean_error(streamq("run", spec, "--until-idle", "0"), 2, fragment)
 
 
-def test_unknown_scheme_and_unsupported_broker() -> None:
+def test_unknown_scheme_and_malformed_url() -> None:
     result = streamq("run", "examples.billing:app", "--broker", "amqp://x", "--until-idle", "0")
     assert_clean_error(result, 2, "unknown URL scheme 'amqp'")
     assert_clean_error(streamq("topics", "list", "--broker", "nonsense"), 2, "not a broker URL")
