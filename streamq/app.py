@@ -72,6 +72,10 @@ class App:
         dlq: bool | str = True,
         dedup: Any = None,
         commit: Literal["after", "before"] = "after",
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        dont_retry_on: tuple[type[BaseException], ...] = (),
+        timeout: float | None = None,
+        dlq_limit: int | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function as the handler of ``topic``.
 
@@ -97,6 +101,13 @@ class App:
                 record that exhausted its retries.
             dedup: Reserved for dedup stores; must be None in this release.
             commit: ``"after"`` (at-least-once) or ``"before"`` (at-most-once).
+            retry_on: Exception types that earn retries; others are dead-lettered at once.
+            dont_retry_on: Exception types that are never retried, even if in ``retry_on``.
+            timeout: Seconds an async handler may run before it is cancelled; the
+                TimeoutError is then retried and dead-lettered like any failure.
+            dlq_limit: Most consecutive records of one partition (or key lane) that may be
+                dead-lettered; the next one halts the partition instead, so a bad deploy
+                does not empty a topic into its DLQ.
 
         Raises:
             ConfigError: Invalid options or a signature that cannot be served, all listed,
@@ -119,6 +130,10 @@ class App:
                 dedup=dedup,
                 commit=commit,
                 dlq_suffix=self.settings.dlq_suffix,
+                retry_on=retry_on,
+                dont_retry_on=dont_retry_on,
+                timeout=timeout,
+                dlq_limit=dlq_limit,
             )
             key = (spec.group, spec.topic)
             if key in self.handlers:

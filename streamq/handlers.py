@@ -6,6 +6,7 @@ so the hot path never inspects, branches on options, or builds keyword dicts per
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import typing
 from collections.abc import Callable, Sequence
@@ -61,6 +62,14 @@ class HandlerSpec:
     dlq: bool | str
     dlq_topic: str | None
     commit: CommitMode
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    dont_retry_on: tuple[type[BaseException], ...] = ()
+    timeout: float | None = None
+    dlq_limit: int | None = None
+
+    def retryable(self, exc: BaseException) -> bool:
+        """Whether ``exc`` earns retries; the rest are dead-lettered at once."""
+        return isinstance(exc, self.retry_on) and not isinstance(exc, self.dont_retry_on)
 
 
 def build_spec(
@@ -79,6 +88,10 @@ def build_spec(
     dedup: Any,
     commit: str,
     dlq_suffix: str,
+    retry_on: Any = (Exception,),
+    dont_retry_on: Any = (),
+    timeout: float | None = None,
+    dlq_limit: int | None = None,
 ) -> HandlerSpec:
     name = getattr(fn, "__qualname__", repr(fn))
     problems: list[str] = []
@@ -99,6 +112,16 @@ def build_spec(
             "dedup: dedup stores are not available in this release; pass dedup=None "
             "(redelivery after a crash re-runs the handler: make it idempotent)"
         )
+    retry_on_v = _exception_types(retry_on, "retry_on", problems)
+    dont_retry_on_v = _exception_types(dont_retry_on, "dont_retry_on", problems)
+    if timeout is not None and (
+        not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0
+    ):
+        problems.append("timeout: must be seconds > 0, or None")
+    if dlq_limit is not None and (
+        not isinstance(dlq_limit, int) or isinstance(dlq_limit, bool) or dlq_limit < 1
+    ):
+        problems.append("dlq_limit: must be an integer >= 1, or None")
     retry: RetryPolicy | None = None
     try:
         retry = RetryPolicy(max_retries, retry_backoff, retry_backoff_max, bool(retry_jitter))
@@ -110,9 +133,16 @@ def build_spec(
         invoke, is_async = build_invoker(fn, batch=batch)
     except ConfigError as exc:
         problems.extend(exc.problems)
+    if timeout is not None and invoke is not None and not is_async:
+        problems.append(
+            "timeout: needs an async handler; a sync handler runs inline and cannot be "
+            "interrupted (make it async, or drop timeout)"
+        )
     if problems:
         raise ConfigError([f"handler {name!r} for topic {topic!r}: {p}" for p in problems])
     assert invoke is not None and retry is not None
+    if timeout is not None:
+        invoke = _with_timeout(invoke, float(timeout))
     assert ordering_v is not None and commit_v is not None
     dlq_topic = None if dlq is False else (topic + dlq_suffix if dlq is True else str(dlq))
     return HandlerSpec(
@@ -129,7 +159,32 @@ def build_spec(
         dlq=dlq,
         dlq_topic=dlq_topic,
         commit=commit_v,
+        retry_on=retry_on_v,
+        dont_retry_on=dont_retry_on_v,
+        timeout=timeout,
+        dlq_limit=dlq_limit,
     )
+
+
+def _exception_types(value: Any, key: str, problems: list[str]) -> tuple[type[BaseException], ...]:
+    items = value if isinstance(value, tuple | list) else (value,)
+    bad = [i for i in items if not (isinstance(i, type) and issubclass(i, BaseException))]
+    if bad:
+        problems.append(f"{key}: expected exception classes, got {bad!r}")
+        return ()
+    return tuple(items)
+
+
+def _with_timeout(invoke: Invoke, seconds: float) -> Invoke:
+    """Cancel an async handler after ``seconds``.
+
+    The TimeoutError then follows the retry and DLQ policy like any other failure.
+    """
+
+    async def timed(arg: Any) -> Any:
+        return await asyncio.wait_for(invoke(arg), seconds)
+
+    return timed
 
 
 def _enum(cls: type[Any], value: Any, key: str, problems: list[str]) -> Any:

@@ -92,13 +92,16 @@ class Lane:
 
     __slots__ = (
         "dead_lettered",
+        "dead_run",
         "epoch",
         "halted",
         "key",
+        "last_dead",
         "lease",
         "pending",
         "progress",
         "reported",
+        "seq_base",
         "spec",
         "stopped",
         "task",
@@ -118,6 +121,9 @@ class Lane:
         self.dead_lettered = 0  # in the current unit, so "handled" excludes them
         self.progress = 0  # records of the current unit finished
         self.reported = 0  # of those, already handed to the poll thread
+        self.seq_base = 0  # records of this lane before the current unit
+        self.last_dead = -2  # lane sequence number of the last dead-lettered record
+        self.dead_run = 0  # consecutive dead-lettered records ending at last_dead
 
     def take(self, limit: int) -> list[Message]:
         """The next unit: one polled chunk, or up to ``limit`` records for batch handlers.
@@ -516,6 +522,7 @@ class GroupRunner:
                 # Commit-before units report too: the tracker counts in-flight work for both.
                 halted = done < len(unit) and not lane.stopped
                 self._report(lane, unit, done, halted)
+                lane.seq_base += len(unit)
                 if done < len(unit):
                     lane.halted = halted
                     break
@@ -556,7 +563,7 @@ class GroupRunner:
                     if i < end and not await self._await_lease(lane):
                         return i
             except BaseException as exc:
-                if not await self._recover(lane, unit[i], exc):
+                if not await self._recover(lane, unit[i], exc, i):
                     return i
                 i += 1
             lane.progress = i
@@ -578,7 +585,7 @@ class GroupRunner:
             try:
                 await invoke(msg)
             except BaseException as exc:
-                if not await self._recover(lane, msg, exc):
+                if not await self._recover(lane, msg, exc, i):
                     return i
             lane.progress = i + 1
             if not lane.progress % INLINE_SLICE:
@@ -603,14 +610,17 @@ class GroupRunner:
         if spec.is_async:
             await result
 
-    async def _recover(self, lane: Lane, msg: Message, exc: BaseException) -> bool:
-        """Retry ``msg`` in place, then dead-letter it. False: the lane must halt here."""
+    async def _recover(self, lane: Lane, msg: Message, exc: BaseException, index: int) -> bool:
+        """Retry ``msg`` (``unit[index]``) in place, then dead-letter it.
+
+        Returns False when the lane must halt at this record.
+        """
         spec = lane.spec
         self._stats.failed[spec.topic] += 1
         if self._is_critical(lane, msg, exc):
             return False
-        if isinstance(exc, PoisonMessage | Reject):
-            return await self._dead_letter(lane, msg, exc)
+        if isinstance(exc, PoisonMessage | Reject) or not spec.retryable(exc):
+            return await self._dead_letter(lane, msg, exc, index)
         policy = spec.retry
         for retry in range(1, policy.max_retries + 1):
             delay = policy.delay(retry)
@@ -631,9 +641,9 @@ class GroupRunner:
                 self._stats.failed[spec.topic] += 1
                 if self._is_critical(lane, msg, exc):
                     return False
-                if isinstance(exc, PoisonMessage | Reject):
+                if isinstance(exc, PoisonMessage | Reject) or not spec.retryable(exc):
                     break
-        return await self._dead_letter(lane, msg, exc)
+        return await self._dead_letter(lane, msg, exc, index)
 
     async def _run_batch(self, lane: Lane, unit: list[Message]) -> int:
         """Retry the whole batch; then try each member alone once and dead-letter the failures."""
@@ -661,7 +671,7 @@ class GroupRunner:
                     spec.name, len(unit), unit[0].topic, unit[0].partition, unit[0].offset,
                     attempt, policy.max_retries + 1, type(exc).__name__, exc,
                 )  # fmt: skip
-                if isinstance(exc, PoisonMessage | Reject):
+                if isinstance(exc, PoisonMessage | Reject) or not spec.retryable(exc):
                     break
         for i, msg in enumerate(unit):
             if not await self._await_lease(lane):
@@ -669,7 +679,9 @@ class GroupRunner:
             try:
                 await self._call(spec, [msg])
             except BaseException as exc:
-                if self._is_critical(lane, msg, exc) or not await self._dead_letter(lane, msg, exc):
+                if self._is_critical(lane, msg, exc) or not await self._dead_letter(
+                    lane, msg, exc, i
+                ):
                     return i
         return len(unit)
 
@@ -689,9 +701,19 @@ class GroupRunner:
         self._on_critical(exc)
         return True
 
-    async def _dead_letter(self, lane: Lane, msg: Message, exc: BaseException) -> bool:
+    async def _dead_letter(self, lane: Lane, msg: Message, exc: BaseException, index: int) -> bool:
         """Produce the DLQ copy and wait for its ack; only then may the commit pass it."""
         spec = lane.spec
+        seq = lane.seq_base + index
+        run = lane.dead_run + 1 if seq == lane.last_dead + 1 else 1
+        if spec.dlq_limit is not None and run > spec.dlq_limit:
+            log.error(
+                "handler %s: %d records of %s[%d] in a row went to the DLQ (dlq_limit=%d); "
+                "halting the partition at offset %d instead of dead-lettering more, which "
+                "looks like a bad deploy rather than bad data",
+                spec.name, run - 1, msg.topic, msg.partition, spec.dlq_limit, msg.offset,
+            )  # fmt: skip
+            return False
         if spec.dlq_topic is None:
             log.error(
                 "handler %s gave up on %s[%d]@%d (%s: %s) and dlq=False: partition %d halts "
@@ -724,6 +746,7 @@ class GroupRunner:
                 delay = min(delay * 2, 30.0)
         self._stats.dead_lettered[spec.topic] += 1
         lane.dead_lettered += 1
+        lane.last_dead, lane.dead_run = seq, run
         level = logging.INFO if isinstance(exc, Reject) else logging.WARNING
         log.log(
             level,
