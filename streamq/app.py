@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeVar
 
 from .errors import ConfigError
 from .handlers import HandlerSpec, build_spec
+from .message import Message
 from .runtime.group import Stats
 from .settings import Settings, load_settings
 
@@ -76,6 +77,7 @@ class App:
         dont_retry_on: tuple[type[BaseException], ...] = (),
         timeout: float | None = None,
         dlq_limit: int | None = None,
+        dedup_key: Callable[[Message], str] | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function as the handler of ``topic``.
 
@@ -99,7 +101,11 @@ class App:
             retry_jitter: Full jitter: each delay uniform in [0, computed].
             dlq: True for ``<topic>.dlq``, a topic name, or False to halt the partition on a
                 record that exhausted its retries.
-            dedup: Reserved for dedup stores; must be None in this release.
+            dedup: ``"memory"`` (an LRU per handler), ``"redis://..."`` (shared by the
+                group), or an object with ``seen(keys)`` and ``mark(keys)``: records whose
+                key was marked are skipped (counted in ``stats.deduplicated``).
+            dedup_key: Derives the dedup key from a record (a business id); default its
+                coordinates, ``topic:partition:offset``.
             commit: ``"after"`` (at-least-once) or ``"before"`` (at-most-once).
             retry_on: Exception types that earn retries; others are dead-lettered at once.
             dont_retry_on: Exception types that are never retried, even if in ``retry_on``.
@@ -134,6 +140,9 @@ class App:
                 dont_retry_on=dont_retry_on,
                 timeout=timeout,
                 dlq_limit=dlq_limit,
+                dedup_key=dedup_key,
+                dedup_max_keys=self.settings.dedup_max_keys,
+                dedup_ttl=self.settings.dedup_ttl,
             )
             key = (spec.group, spec.topic)
             if key in self.handlers:

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 
 from .codec import make_decoder
+from .dedup import GuardedStore, KeyFn, coordinates, make_store
 from .errors import ConfigError
 from .message import Message
 from .retry import RetryPolicy
@@ -66,6 +67,8 @@ class HandlerSpec:
     dont_retry_on: tuple[type[BaseException], ...] = ()
     timeout: float | None = None
     dlq_limit: int | None = None
+    dedup: GuardedStore | None = None
+    dedup_key: KeyFn = coordinates
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether ``exc`` earns retries; the rest are dead-lettered at once."""
@@ -92,6 +95,9 @@ def build_spec(
     dont_retry_on: Any = (),
     timeout: float | None = None,
     dlq_limit: int | None = None,
+    dedup_key: KeyFn | None = None,
+    dedup_max_keys: int = 100_000,
+    dedup_ttl: float = 7 * 86400.0,
 ) -> HandlerSpec:
     name = getattr(fn, "__qualname__", repr(fn))
     problems: list[str] = []
@@ -107,11 +113,13 @@ def build_spec(
         problems.append("dlq: must be True, False or a topic name")
     if isinstance(dlq, str) and dlq == topic:
         problems.append("dlq: must differ from the topic it protects")
-    if dedup is not None:
-        problems.append(
-            "dedup: dedup stores are not available in this release; pass dedup=None "
-            "(redelivery after a crash re-runs the handler: make it idempotent)"
-        )
+    store: GuardedStore | None = None
+    try:
+        store = make_store(dedup, namespace=group, max_keys=dedup_max_keys, ttl=dedup_ttl)
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+    if dedup_key is not None and not callable(dedup_key):
+        problems.append("dedup_key: must be a callable taking a streamq.Message")
     retry_on_v = _exception_types(retry_on, "retry_on", problems)
     dont_retry_on_v = _exception_types(dont_retry_on, "dont_retry_on", problems)
     if timeout is not None and (
@@ -163,6 +171,8 @@ def build_spec(
         dont_retry_on=dont_retry_on_v,
         timeout=timeout,
         dlq_limit=dlq_limit,
+        dedup=store,
+        dedup_key=dedup_key or coordinates,
     )
 
 

@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     """Redis: trim each partition stream to about this many entries on produce (``MAXLEN ~``).
     Risky: trimming can delete entries still pending, which are then reported as lost."""
 
+    dedup_max_keys: int = Field(100_000, ge=1)
+    """``dedup="memory"``: keys remembered per handler (least recently used go first)."""
+
+    dedup_ttl: float = Field(7 * 86400.0, gt=0)
+    """``dedup="redis://..."``: seconds a key is remembered."""
+
     @model_validator(mode="after")
     def _worker_caps_hold_a_partition(self) -> Settings:
         if self.worker_max_in_flight < self.max_in_flight:

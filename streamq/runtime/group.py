@@ -67,6 +67,7 @@ class Stats:
         self.retried: Counter[str] = Counter()
         self.dead_lettered: Counter[str] = Counter()
         self.paused: Counter[str] = Counter()  # by the poll thread: backpressure and halts
+        self.deduplicated: Counter[str] = Counter()
 
     def summary(self) -> str:
         """One line for the end of a run."""
@@ -84,6 +85,7 @@ class Stats:
             "retried": dict(self.retried),
             "dead_lettered": dict(self.dead_lettered),
             "paused": dict(self.paused),
+            "deduplicated": dict(self.deduplicated),
         }
 
 
@@ -506,6 +508,10 @@ class GroupRunner:
         try:
             while lane.pending and not lane.stopped:
                 unit = lane.take(limit)
+                if spec.dedup is not None:
+                    unit = self._skip_seen(lane, unit)
+                    if not unit:
+                        continue
                 lane.dead_lettered = lane.progress = lane.reported = 0
                 try:
                     if spec.batch:
@@ -529,11 +535,42 @@ class GroupRunner:
         finally:
             lane.task = None
 
+    def _skip_seen(self, lane: Lane, unit: list[Message]) -> list[Message]:
+        """One dedup check per unit: records already marked are done without a handler."""
+        spec = lane.spec
+        assert spec.dedup is not None
+        key = spec.dedup_key
+        keys = [key(m) for m in unit]
+        flags = spec.dedup.seen(keys)
+        # A business key twice in one unit: the later copy is a duplicate of the earlier one,
+        # whose mark lands only after it is handled. The commit cannot pass the later copy
+        # before the earlier one is done, since it sits at a higher offset.
+        earlier: set[str] = set()
+        for i, k in enumerate(keys):
+            if k in earlier:
+                flags[i] = True
+            elif not flags[i]:
+                earlier.add(k)
+        if not any(flags):
+            return unit
+        skipped = [m for m, seen in zip(unit, flags, strict=True) if seen]
+        self._completions.append((lane.key[0], lane.epoch, skipped, False))
+        self._stats.deduplicated[spec.topic] += len(skipped)
+        return [m for m, seen in zip(unit, flags, strict=True) if not seen]
+
     def _report(self, lane: Lane, unit: list[Message], upto: int, halted: bool = False) -> None:
-        """Hand the unit's records finished since the last report to the poll thread."""
+        """Hand the unit's records finished since the last report to the poll thread.
+
+        With a dedup store their keys are marked first, so no commit passes a record
+        before the store knows it was handled.
+        """
         start = lane.reported
         if upto > start or halted:
             done = unit if start == 0 and upto == len(unit) else unit[start:upto]
+            store = lane.spec.dedup
+            if store is not None and done:
+                key = lane.spec.dedup_key
+                store.mark([key(m) for m in done])
             self._completions.append((lane.key[0], lane.epoch, done, halted))
             lane.reported = upto
 

@@ -280,3 +280,33 @@ def test_pending_entries_trimmed_away_are_reported_not_fatal(
     assert sorted(e.id for e in read_ledger(ledger)) == list(range(5))  # the later 5
     assert client.xpending(f"{topic}:0", group)["pending"] == 0
     client.close()
+
+
+@pytest.mark.parametrize("dedup", [True, False], ids=["redis-dedup", "control-no-dedup"])
+def test_a_rewound_group_with_redis_dedup_handles_nothing_again(
+    redis_server: RedisServer, dedup: bool
+) -> None:
+    """G1: rewind the group (XGROUP SETID 0) after a full run; with dedup, 0 handler calls."""
+    url = redis_server.url
+    topic = new_topic(url, 2)
+    produce(url, topic, 300)
+    calls: list[int] = []
+
+    def run_once() -> None:
+        app = streamq.App(unique("g1-app"), broker=url, poll_timeout=0.05, **LEASES)
+
+        @app.handler(topic, group=group, dedup=url if dedup else None)
+        def handle(value: dict) -> None:
+            calls.append(value["i"])
+
+        app.run(until_idle=1.0)
+
+    group = unique("g1")
+    run_once()
+    assert sorted(calls) == list(range(300))
+    client = redis.Redis.from_url(url)
+    for p in range(2):
+        client.xgroup_setid(f"{topic}:{p}", group, "0")
+    client.close()
+    run_once()
+    assert len(calls) == (300 if dedup else 600)

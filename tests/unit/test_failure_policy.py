@@ -79,6 +79,7 @@ def test_a_hung_async_handler_times_out_and_the_others_keep_flowing(memory_url: 
 
 def test_timeout_on_a_sync_handler_is_refused(memory_url: str) -> None:
     app = make_app(memory_url)
+
     def sync_handler(m: Message) -> None: ...
 
     with pytest.raises(ConfigError, match="timeout: needs an async handler"):
@@ -128,3 +129,78 @@ def test_dlq_limit_counts_only_consecutive_dead_letters(memory_url: str) -> None
     app.run(until_idle=0.2)  # alternating failures never make a run of two
     assert len(dlq_records(url, "t.dlq")) == 5
     assert committed(url) == {TopicPartition("t", 0): 10}
+
+
+def rewind(url: str, group: str = "svc") -> None:
+    from streamq.brokers.memory import get_log, parse_url
+
+    get_log(parse_url(url)[0]).group(group).committed.clear()
+
+
+def test_a_rewound_group_with_dedup_handles_nothing_again(memory_url: str) -> None:
+    app = make_app(memory_url)
+    calls = []
+
+    @app.handler("t", dedup="memory")
+    def handle(value: dict) -> None:
+        calls.append(value["i"])
+
+    send(memory_url, 200)
+    app.run(until_idle=0.2)
+    assert sorted(calls) == list(range(200))
+    rewind(memory_url)
+    app.run(until_idle=0.2)
+    assert len(calls) == 200  # 0 handler calls on the second pass
+    assert app.stats.deduplicated["t"] == 200
+
+
+def test_without_dedup_a_rewind_handles_everything_again(memory_url: str) -> None:
+    app = make_app(memory_url)
+    calls = []
+
+    @app.handler("t")
+    def handle(value: dict) -> None:
+        calls.append(value["i"])
+
+    send(memory_url, 50)
+    app.run(until_idle=0.2)
+    rewind(memory_url)
+    app.run(until_idle=0.2)
+    assert len(calls) == 100  # the control: the dedup test above is not passing vacuously
+
+
+def test_a_business_key_suppresses_a_resent_duplicate(memory_url: str) -> None:
+    app = make_app(memory_url)
+    calls = []
+
+    @app.handler("t", dedup="memory", dedup_key=lambda m: str(m.json()["order"]))
+    def handle(value: dict) -> None:
+        calls.append(value["order"])
+
+    with Producer(memory_url) as p:
+        for order in (1, 2, 1, 3, 2):
+            p.send("t", {"order": order}, key="same-partition")
+    app.run(until_idle=0.2)
+    assert calls == [1, 2, 3]
+
+
+class BrokenStore:
+    def seen(self, keys):
+        raise ConnectionError("store down")
+
+    def mark(self, keys):
+        raise ConnectionError("store down")
+
+
+def test_an_unreachable_store_never_skips_or_blocks(memory_url: str) -> None:
+    app = make_app(memory_url)
+    calls = []
+
+    @app.handler("t", dedup=BrokenStore())
+    def handle(value: dict) -> None:
+        calls.append(value["i"])
+
+    send(memory_url, 100)
+    app.run(until_idle=0.2)
+    assert sorted(calls) == list(range(100))  # "not seen": nothing skipped
+    assert sum(committed(memory_url).values()) == 100  # failed marks did not hold commits

@@ -137,9 +137,13 @@ def test_duplicate_topic_in_group_is_refused(app: streamq.App) -> None:
         def two(m: Message) -> None: ...
 
 
-def test_dedup_is_refused_honestly(app: streamq.App) -> None:
-    with pytest.raises(ConfigError, match="dedup stores are not available"):
-        app.handler("t", dedup=object())(lambda m: None)
+def test_dedup_must_name_a_store(app: streamq.App) -> None:
+    def h(m: Message) -> None: ...
+
+    with pytest.raises(ConfigError, match="is not 'memory', a redis:// URL"):
+        app.handler("t", dedup=object())(h)
+    with pytest.raises(ConfigError, match="dedup_key: must be a callable"):
+        app.handler("t", dedup="memory", dedup_key="id")(h)  # type: ignore[arg-type]
 
 
 def test_unresolvable_annotation(app: streamq.App) -> None:
