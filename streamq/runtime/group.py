@@ -29,6 +29,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .. import failpoints
 from ..brokers.base import Backend, Broker, Lease, ProducerBackend
 from ..dispatch import Dispatcher
 from ..dlq import dead_letter_record
@@ -236,6 +237,8 @@ class GroupRunner:
                 failures = 0
                 if batch:
                     self.idle_since = None
+                    if failpoints.ACTIVE:
+                        failpoints.hit("after_poll")
                     self._dispatch(batch)
                 else:
                     self._check_idle()
@@ -359,6 +362,8 @@ class GroupRunner:
             return True
         try:
             self._backend.commit(positions, sync=sync)
+            if failpoints.ACTIVE:
+                failpoints.hit("after_commit")
         except BrokerError as exc:
             log.warning(
                 "group %s: commit failed (%s); records after the last committed offsets will be "
@@ -408,6 +413,8 @@ class GroupRunner:
         if not self._closing:
             self._quiesce(tps, self._settings.revoke_timeout)
         self._apply_completions()
+        if failpoints.ACTIVE:
+            failpoints.hit("in_revoke")
         self._commit(sync=True, only=tps)
         self._forget(tps)
         log.info("group %s: revoked %s", self.group, _fmt(tps))
@@ -567,10 +574,14 @@ class GroupRunner:
         start = lane.reported
         if upto > start or halted:
             done = unit if start == 0 and upto == len(unit) else unit[start:upto]
+            if failpoints.ACTIVE and done:
+                failpoints.hit("after_handle")
             store = lane.spec.dedup
             if store is not None and done:
                 key = lane.spec.dedup_key
                 store.mark([key(m) for m in done])
+                if failpoints.ACTIVE:
+                    failpoints.hit("after_mark")
             self._completions.append((lane.key[0], lane.epoch, done, halted))
             lane.reported = upto
 
@@ -771,6 +782,8 @@ class GroupRunner:
             try:
                 fut = self._producer.send(spec.dlq_topic, value, key, headers)
                 await asyncio.wrap_future(fut)
+                if failpoints.ACTIVE:
+                    failpoints.hit("after_dlq")
                 break
             except Exception as dlq_exc:
                 log.warning(

@@ -43,7 +43,7 @@ app = streamq.App(
     **{extra!r},
 )
 
-@app.handler(os.environ["TOPIC"])
+@app.handler(os.environ["TOPIC"], dedup=os.environ.get("DEDUP") or None)
 def handle(value: dict, msg: streamq.Message) -> None:
     coords = f"{{msg.partition}} {{msg.offset}} {{value['k']}} {{value['i']}}"
     os.write(LEDGER, f"S {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
