@@ -20,7 +20,9 @@ from pathlib import Path
 
 import pytest
 
+import streamq
 from streamq import dispatch
+from streamq.brokers import connect
 
 REQUIRE_BROKERS = os.environ.get("STREAMQ_REQUIRE_BROKERS") == "1"
 
@@ -186,3 +188,50 @@ def kafka_bootstrap() -> Iterator[str]:
         unavailable(f"Tansu did not start on port {port}")
     yield broker.bootstrap
     broker.kill()
+
+
+# -- both real brokers, for scenarios that must hold on each ------------------------------------
+
+# Tansu's high watermark is wrong for multi-record batches (DESIGN.md): one record per batch.
+EXACT_WATERMARKS = {"linger.ms": 0, "batch.num.messages": 1}
+
+
+@dataclass
+class Broker:
+    kind: str
+    url: str
+    dedup_url: str  # a Redis for the dedup store, whatever the broker
+
+    def topic(self, partitions: int = 2) -> str:
+        name = f"scenario-{uuid.uuid4().hex[:8]}"
+        connect(self.url).admin().create_topic(name, partitions)
+        return name
+
+    def produce(self, topic: str, records: list[tuple[int, bytes]]) -> dict[int, tuple[int, int]]:
+        """Send (id, value) pairs keyed by id % 20; return id -> (partition, offset)."""
+        extra = {"kafka": EXACT_WATERMARKS} if self.kind == "kafka" else {}
+        with streamq.Producer(self.url, **extra) as producer:
+            futures = {i: producer.send(topic, value, key=f"k{i % 20}") for i, value in records}
+            assert producer.flush(60) == 0
+        return {i: (f.result().partition, f.result().offset) for i, f in futures.items()}
+
+    def dlq_origins(self, topic: str) -> list[tuple[int, int]]:
+        """(partition, offset) of the source of every DLQ record, duplicates included."""
+        headers = self._dlq_headers(f"{topic}.dlq")
+        return [(int(h["streamq-original-partition"]), int(h["streamq-original-offset"]))
+                for h in headers]  # fmt: skip
+
+    def _dlq_headers(self, dlq: str) -> list[dict[str, bytes]]:
+        from streamq.reader import read_topic
+        from streamq.settings import load_settings
+
+        settings = load_settings(broker=self.url, broker_timeout=20)
+        return [dict(m.raw_headers or []) for m in read_topic(self.url, dlq, settings)]
+
+
+@pytest.fixture(params=["kafka", "redis"])
+def broker(request: pytest.FixtureRequest, redis_server) -> Broker:
+    if request.param == "kafka":
+        return Broker("kafka", f"kafka://{request.getfixturevalue('kafka_bootstrap')}",
+                      redis_server.url)  # fmt: skip
+    return Broker("redis", redis_server.url, redis_server.url)

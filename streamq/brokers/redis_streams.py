@@ -105,6 +105,17 @@ def decode_headers(blob: bytes | None) -> Headers | None:
     return out
 
 
+def entry_to_message(topic: str, partition: int, entry_id: bytes, fields: Any) -> Message:
+    """One stream entry as a Message; the timestamp is the producer's, else the ID's ms."""
+    offset = id_to_offset(entry_id)
+    stamp = fields.get(b"t")
+    return Message(
+        topic, partition, offset, fields.get(b"k"), fields.get(b"v"),
+        decode_headers(fields.get(b"h")),
+        int(stamp) if stamp is not None else offset >> _SEQ_BITS,
+    )  # fmt: skip
+
+
 def _script(name: str) -> str:
     return resources.files("streamq.brokers").joinpath("lua", name).read_text()
 
@@ -502,19 +513,12 @@ class RedisConsumer:
             own.last_id = entries[-1][0]
             trimmed = []
             for entry_id, fields in entries:
-                offset = id_to_offset(entry_id)
                 if not fields:
                     trimmed.append(entry_id)
                     continue
-                delivered.append((offset, entry_id))
-                stamp = fields.get(b"t")
-                out.append(
-                    Message(
-                        topic, tp.partition, offset, fields.get(b"k"), fields.get(b"v"),
-                        decode_headers(fields.get(b"h")),
-                        int(stamp) if stamp is not None else offset >> _SEQ_BITS,
-                    )
-                )  # fmt: skip
+                msg = entry_to_message(topic, tp.partition, entry_id, fields)
+                delivered.append((msg.offset, entry_id))
+                out.append(msg)
             if trimmed:
                 self._report_trimmed(tp, trimmed)
                 self._ack_ids(tp, own, trimmed)
