@@ -22,16 +22,28 @@ producer may be used from any thread.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from ..errors import BrokerUnavailable
 from ..message import Headers, Message, TopicPartition
 
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["Admin", "Backend", "Broker", "Lease", "ProducerBackend", "Rebalance", "RecordMetadata"]
+__all__ = [
+    "Admin",
+    "Backend",
+    "Broker",
+    "Lease",
+    "ProducerBackend",
+    "Rebalance",
+    "RecordMetadata",
+    "wait_until_reachable",
+]
 
 Rebalance = Callable[[list[TopicPartition]], None]
 
@@ -122,3 +134,39 @@ class Broker(Protocol):
     def producer(self) -> ProducerBackend: ...
 
     def admin(self) -> Admin: ...
+
+
+def wait_until_reachable(
+    probe: Callable[[float], object],
+    *,
+    broker: str,
+    where: str,
+    deadline_s: float,
+    errors: tuple[type[BaseException], ...],
+    describe: Callable[[BaseException], object] = str,
+) -> None:
+    """Call ``probe(timeout)`` until it answers, with backoff and one log line per attempt.
+
+    A starting worker or CLI command should say clearly that the broker is away and keep
+    trying for a while, not print a traceback; after ``deadline_s`` it gives up with
+    ``BrokerUnavailable``. Each probe gets a third of the time left, so retries fit inside.
+    """
+    log = logging.getLogger(f"streamq.{broker.lower()}")
+    deadline = time.monotonic() + deadline_s
+    delay = 0.5
+    while True:
+        try:
+            probe(max(0.5, min(5.0, (deadline - time.monotonic()) / 3)))
+            return
+        except errors as exc:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise BrokerUnavailable(
+                    f"cannot reach {broker} at {where} after {deadline_s:.0f}s ({describe(exc)})"
+                ) from None
+            log.warning(
+                "cannot reach %s at %s (%s); retrying in %.1fs, giving up in %.0fs",
+                broker, where, describe(exc), min(delay, remaining), remaining,
+            )  # fmt: skip
+            time.sleep(min(delay, remaining))
+            delay = min(delay * 2, 10.0)

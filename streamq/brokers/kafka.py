@@ -42,7 +42,7 @@ from ..errors import (
 )
 from ..message import Headers, Message, TopicPartition
 from ..settings import Settings
-from .base import Rebalance, RecordMetadata
+from .base import Rebalance, RecordMetadata, wait_until_reachable
 
 try:
     import confluent_kafka as ck
@@ -254,27 +254,10 @@ def to_message(m: Any) -> Message:
 
 
 def wait_for_broker(probe: Callable[[float], object], where: str, deadline_s: float) -> None:
-    """Retry ``probe`` with backoff and one line per attempt until it answers or time is up."""
-    deadline = time.monotonic() + deadline_s
-    delay = 0.5
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            probe(max(0.5, min(5.0, remaining / 3)))  # leave time for retries
-            return
-        except KafkaException as exc:
-            remaining = deadline - time.monotonic()
-            reason = translate(exc, "metadata")
-            if remaining <= 0:
-                raise BrokerUnavailable(
-                    f"cannot reach Kafka at {where} after {deadline_s:.0f}s ({reason})"
-                ) from None
-            log.warning(
-                "cannot reach Kafka at %s (%s); retrying in %.1fs, giving up in %.0fs",
-                where, reason, min(delay, remaining), remaining,
-            )  # fmt: skip
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 10.0)
+    wait_until_reachable(
+        probe, broker="Kafka", where=where, deadline_s=deadline_s, errors=(KafkaException,),
+        describe=lambda exc: translate(exc, "metadata"),
+    )  # fmt: skip
 
 
 class KafkaConsumer:

@@ -49,7 +49,7 @@ from ..errors import (
 from ..message import Headers, Message, TopicPartition
 from ..murmur2 import partition_for_key
 from ..settings import Settings
-from .base import Rebalance, RecordMetadata
+from .base import Rebalance, RecordMetadata, wait_until_reachable
 
 try:
     import redis
@@ -195,25 +195,10 @@ class RedisBroker:
 
 
 def wait_for_redis(client: redis.Redis, where: str, deadline_s: float) -> None:
-    """PING with backoff and one line per attempt until it answers or time is up."""
-    deadline = time.monotonic() + deadline_s
-    delay = 0.5
-    while True:
-        try:
-            client.ping()
-            return
-        except _UNAVAILABLE as exc:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BrokerUnavailable(
-                    f"cannot reach Redis at {where} after {deadline_s:.0f}s ({exc})"
-                ) from None
-            log.warning(
-                "cannot reach Redis at %s (%s); retrying in %.1fs, giving up in %.0fs",
-                where, exc, min(delay, remaining), remaining,
-            )  # fmt: skip
-            time.sleep(min(delay, remaining))
-            delay = min(delay * 2, 10.0)
+    wait_until_reachable(
+        lambda timeout: client.ping(), broker="Redis", where=where, deadline_s=deadline_s,
+        errors=_UNAVAILABLE,
+    )  # fmt: skip
 
 
 class _Owned:

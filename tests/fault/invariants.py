@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
-from tests.integration.helpers import Entry
+from tests.integration.helpers import Entry, check_per_key_order, duplicates
 
 
 def check_run(
@@ -22,15 +20,5 @@ def check_run(
     for e in entries:
         known = by_coord.setdefault((e.partition, e.offset), e.id)
         assert known == e.id, f"I10 inconsistent-offsets at {e.partition}@{e.offset}"
-    first_seen: dict[str, list[int]] = defaultdict(list)
-    seen: set[int] = set()
-    for e in sorted(entries, key=lambda e: e.mono_ns):
-        if e.id not in seen:
-            seen.add(e.id)
-            first_seen[e.key].append(e.id)
-    for key, ids in first_seen.items():
-        assert ids == sorted(ids), f"I3 nonmonotonic: key {key} handled out of order"
-    counts: dict[int, int] = defaultdict(int)
-    for e in entries:
-        counts[e.id] += 1
-    return sorted(i for i, c in counts.items() if c > 1)
+    check_per_key_order(entries)  # I3
+    return duplicates(entries)
