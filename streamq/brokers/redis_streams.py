@@ -210,7 +210,7 @@ class _Owned:
         self.lease = lease
         self.cursor = b"0"  # first our own pending entries (after XAUTOCLAIM), then ">"
         self.last_id = b"0"  # last entry handed to the worker
-        self.delivered: deque[tuple[int, bytes]] = deque()
+        self.delivered: deque[int] = deque()  # offsets; entry IDs follow from them
 
 
 class RedisConsumer:
@@ -502,7 +502,7 @@ class RedisConsumer:
                     trimmed.append(entry_id)
                     continue
                 msg = entry_to_message(topic, tp.partition, entry_id, fields)
-                delivered.append((msg.offset, entry_id))
+                delivered.append(msg.offset)
                 out.append(msg)
             if trimmed:
                 self._report_trimmed(tp, trimmed)
@@ -542,16 +542,16 @@ class RedisConsumer:
             if own is None:
                 refused.append(tp)
                 continue
-            ids = []
+            ids: list[str] = []
             delivered = own.delivered
-            while delivered and delivered[0][0] < position:
-                ids.append(delivered.popleft()[1])
+            while delivered and delivered[0] < position:
+                ids.append(offset_to_id(delivered.popleft()))
             if ids and not self._ack_ids(tp, own, ids):
                 refused.append(tp)
         if refused:
             raise CommitFailed(f"group {self._group}: no longer owns {sorted(refused)}")
 
-    def _ack_ids(self, tp: TopicPartition, own: _Owned, ids: list[bytes]) -> bool:
+    def _ack_ids(self, tp: TopicPartition, own: _Owned, ids: Sequence[bytes | str]) -> bool:
         key, lkey = stream_key(tp), lease_key(self._group, tp)
         try:
             for i in range(0, len(ids), 1000):
