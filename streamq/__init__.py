@@ -27,6 +27,7 @@ from .errors import (
     SchemaError,
     ShutdownTimeout,
     StreamqError,
+    WorkerLost,
 )
 
 # Policies and enums
@@ -65,5 +66,6 @@ __all__ = [
     "ShutdownTimeout",
     "StreamqError",
     "TopicPartition",
+    "WorkerLost",
     "__version__",
 ]

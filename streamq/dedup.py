@@ -80,6 +80,7 @@ class RedisDedup:
     def __init__(self, url: str, namespace: str, ttl: float = 7 * 86400) -> None:
         import redis
 
+        self.url = url
         self._r = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._prefix = f"streamq:dedup:{namespace}:"
         self._ttl_ms = int(ttl * 1000)

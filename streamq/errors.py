@@ -124,6 +124,15 @@ class SchemaError(PoisonMessage):
     """The payload is JSON but fails validation against the handler's declared type."""
 
 
+class WorkerLost(PoisonMessage):
+    """The worker process died while this record was being handled, ``crash_limit`` times.
+
+    A segfault, an out-of-memory kill or ``os._exit`` in a handler raises nothing the retry
+    policy could catch, so the crash counter (``streamq.crashes``) dead-letters the record
+    instead of letting it kill every next owner.
+    """
+
+
 class Reject(_RecordError):
     """Raise from a handler to dead-letter the current record at once, without retries.
 

@@ -97,10 +97,22 @@ class Settings(BaseSettings):
     dedup_ttl: float = Field(7 * 86400.0, gt=0)
     """``dedup="redis://..."``: seconds a key is remembered."""
 
+    crash_limit: int = Field(2, ge=0)
+    """A record being handled alone when this many workers died goes to the DLQ as
+    ``WorkerLost`` (``streamq.crashes``); 0 turns the crash counter off."""
+
+    crash_store: str | None = None
+    """Redis URL of the crash counter. Default: the broker when it is Redis, else the first
+    ``dedup="redis://..."`` store of the group; with neither, crashes are not counted."""
+
     @model_validator(mode="after")
-    def _worker_caps_hold_a_partition(self) -> Settings:
+    def _cross_checks(self) -> Settings:
         if self.worker_max_in_flight < self.max_in_flight:
             raise ValueError("worker_max_in_flight must be >= max_in_flight")
+        if self.crash_store is not None and not self.crash_store.startswith(
+            ("redis://", "rediss://")
+        ):
+            raise ValueError("crash_store must be a redis:// or rediss:// URL")
         return self
 
 

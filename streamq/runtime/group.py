@@ -31,9 +31,10 @@ from typing import Any
 
 from .. import failpoints
 from ..brokers.base import Backend, Broker, Lease, ProducerBackend
+from ..crashes import CrashCounter, Suspects
 from ..dispatch import Dispatcher
 from ..dlq import dead_letter_record
-from ..errors import BrokerError, PoisonMessage, Reject
+from ..errors import BrokerError, PoisonMessage, Reject, WorkerLost
 from ..handlers import CommitMode, HandlerSpec, Ordering
 from ..message import Message, TopicPartition
 from ..offsets import OffsetTracker
@@ -90,6 +91,19 @@ class Stats:
         }
 
 
+class Probe(list[Message]):
+    """One suspect record (``streamq.crashes``), handled alone and never merged into a batch.
+
+    ``starts`` is how often it was started alone before, each time by a worker that then died.
+    """
+
+    __slots__ = ("starts",)
+
+    def __init__(self, msg: Message, count: int) -> None:
+        super().__init__((msg,))
+        self.starts = count
+
+
 class Lane:
     """Ordered work of one partition (or key lane); lives on the event loop thread."""
 
@@ -135,13 +149,14 @@ class Lane:
         one unit, and no list is copied.
         """
         first = self.pending.popleft()
-        if not self.spec.batch:
+        if not self.spec.batch or type(first) is Probe:
             return first
         if len(first) > limit:
             self.pending.appendleft(first[limit:])
             return first[:limit]
-        while self.pending and len(first) + len(self.pending[0]) <= limit:
-            first = first + self.pending.popleft()
+        pending = self.pending
+        while pending and type(pending[0]) is not Probe and len(first) + len(pending[0]) <= limit:
+            first = first + pending.popleft()
         return first
 
     def stop(self) -> None:
@@ -163,6 +178,8 @@ class GroupRunner:
         loop: asyncio.AbstractEventLoop,
         stats: Stats,
         on_critical: Callable[[BaseException], None],
+        crashes: CrashCounter | None = None,
+        probe_lock: asyncio.Lock | None = None,
     ) -> None:
         self.group = group
         self._specs = specs
@@ -174,6 +191,10 @@ class GroupRunner:
         self._on_critical = on_critical
         self._dispatcher = Dispatcher()
         self._tracker = OffsetTracker()
+        self._crashes = crashes
+        # one suspect at a time in the whole worker, so a death is charged to one record only
+        self._probe_lock = probe_lock or asyncio.Lock()
+        self._suspects: dict[TopicPartition, Suspects] = {}  # poll thread
         # poll-thread state
         self._assigned: dict[TopicPartition, int] = {}
         self._leases: dict[TopicPartition, Lease | None] = {}
@@ -258,16 +279,24 @@ class GroupRunner:
         units: list[Unit] = []
         lanes = self._settings.key_lanes
         tracker = self._tracker
+        crashes = self._crashes
+        polled: dict[TopicPartition, tuple[int, int]] = {}
         for tp, msgs in self._dispatcher.split(batch).items():
             epoch = self._assigned.get(tp)
             if epoch is None:
                 continue  # fetched just before a revoke: it will be redelivered to the owner
             spec = self._specs[tp.topic]
             part = tracker.track(tp, msgs)
-            if spec.commit is CommitMode.BEFORE and not self._commit_before(tp, msgs):
-                continue
+            if spec.commit is CommitMode.BEFORE:
+                if not self._commit_before(tp, msgs):
+                    continue
+            elif crashes is not None:
+                polled[tp] = (part.position or msgs[0].offset, msgs[-1].offset)
             lease = self._leases.get(tp)
-            if spec.ordering is Ordering.KEY:
+            suspects = self._suspects.get(tp) if self._suspects else None
+            if suspects is not None:
+                self._add_with_suspects(units, tp, epoch, spec, lease, msgs, suspects)
+            elif spec.ordering is Ordering.KEY:
                 for lane, sub in self._dispatcher.split_keys(msgs, lanes).items():
                     units.append(((tp, lane), epoch, spec, lease, sub))
             else:
@@ -279,8 +308,47 @@ class GroupRunner:
                 self._pause([tp])
         if self._over_worker_cap(1.0):
             self._pause(list(self._assigned))
+        if polled and crashes is not None:
+            crashes.note_polled(polled)  # before any handler can start on these records
         if units:
             self._loop.call_soon_threadsafe(self._enqueue, units)
+
+    def _add_with_suspects(
+        self,
+        units: list[Unit],
+        tp: TopicPartition,
+        epoch: int,
+        spec: HandlerSpec,
+        lease: Lease | None,
+        msgs: list[Message],
+        suspects: Suspects,
+    ) -> None:
+        """Suspects become single-record probes; the rest keeps its usual units, in order."""
+        key_lanes = self._settings.key_lanes if spec.ordering is Ordering.KEY else 0
+        split_keys = self._dispatcher.split_keys
+        run: list[Message] = []
+
+        def flush() -> None:
+            if not run:
+                return
+            if key_lanes:
+                for lane, sub in split_keys(run, key_lanes).items():
+                    units.append(((tp, lane), epoch, spec, lease, sub))
+            else:
+                units.append(((tp, 0), epoch, spec, lease, list(run)))
+            run.clear()
+
+        for msg in msgs:
+            count = suspects.count(msg.offset)
+            if count is None:
+                run.append(msg)
+                continue
+            flush()
+            lane = next(iter(split_keys([msg], key_lanes))) if key_lanes else 0
+            units.append(((tp, lane), epoch, spec, lease, Probe(msg, count)))
+        flush()
+        if msgs[-1].offset >= suspects.high and all(o <= msgs[-1].offset for o in suspects.counts):
+            del self._suspects[tp]  # past every suspect: back to normal units
 
     def _commit_before(self, tp: TopicPartition, msgs: list[Message]) -> bool:
         """At-most-once: the position moves past the records before any handler sees them."""
@@ -401,6 +469,16 @@ class GroupRunner:
             self._leases[tp] = self._backend.lease_of(tp)
             self._paused.discard(tp)  # pause state never survives reassignment (C7)
             self._halted.discard(tp)
+        if self._crashes is not None and tps:
+            found = self._crashes.load(tps)
+            for tp, suspects in found.items():
+                log.warning(
+                    "group %s: the previous owner of %s[%d] may have died handling offsets "
+                    "%d..%d; handling those one at a time, counting crashes (crash_limit=%d)",
+                    self.group, tp.topic, tp.partition, suspects.low, suspects.high,
+                    self._crashes.limit,
+                )  # fmt: skip
+            self._suspects.update(found)
         self.idle_since = None
         if tps:
             log.info("group %s: assigned %s", self.group, _fmt(tps))
@@ -438,6 +516,7 @@ class GroupRunner:
             self._leases.pop(tp, None)
             self._paused.discard(tp)
             self._halted.discard(tp)
+            self._suspects.pop(tp, None)
 
     def _quiesce(self, tps: list[TopicPartition] | None, timeout: float) -> bool:
         """Stop the lanes of ``tps`` (all if None) and wait for their running unit.
@@ -521,12 +600,10 @@ class GroupRunner:
                         continue
                 lane.dead_lettered = lane.progress = lane.reported = 0
                 try:
-                    if spec.batch:
-                        done = await self._run_batch(lane, unit)
-                    elif spec.is_async:
-                        done = await self._run_async(lane, unit)
+                    if type(unit) is Probe:
+                        done = await self._run_probe(lane, unit)
                     else:
-                        done = await self._run_sync(lane, unit)
+                        done = await self._run_unit(lane, unit)
                 except asyncio.CancelledError:
                     self._report(lane, unit, lane.progress)  # keep what finished
                     raise
@@ -541,6 +618,39 @@ class GroupRunner:
                     break
         finally:
             lane.task = None
+
+    async def _run_unit(self, lane: Lane, unit: list[Message]) -> int:
+        if lane.spec.batch:
+            return await self._run_batch(lane, unit)
+        if lane.spec.is_async:
+            return await self._run_async(lane, unit)
+        return await self._run_sync(lane, unit)
+
+    async def _run_probe(self, lane: Lane, unit: Probe) -> int:
+        """Handle one suspect alone, charged to the crash counter while its handler runs."""
+        crashes = self._crashes
+        assert crashes is not None
+        tp, msg = lane.key[0], unit[0]
+        async with self._probe_lock:
+            if lane.stopped:
+                return 0
+            if unit.starts >= crashes.limit:
+                self._stats.failed[lane.spec.topic] += 1
+                lost = WorkerLost(
+                    f"the worker died {unit.starts + 1} times while handling this record, "
+                    f"{unit.starts} of them while it was handled alone (crash_limit="
+                    f"{crashes.limit})",
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                )
+                done = 1 if await self._dead_letter(lane, msg, lost, 0) else 0
+            else:
+                crashes.begin(tp, msg.offset, unit.starts + 1)
+                done = await self._run_unit(lane, unit)
+            if done:
+                crashes.end(tp, msg.offset)
+            return done
 
     def _skip_seen(self, lane: Lane, unit: list[Message]) -> list[Message]:
         """One dedup check per unit: records already marked are done without a handler."""

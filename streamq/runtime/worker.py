@@ -18,7 +18,12 @@ import time
 from typing import TYPE_CHECKING
 
 from ..brokers import connect
+from ..brokers.base import Broker
+from ..crashes import CrashCounter, counter_url
+from ..dedup import RedisDedup
 from ..errors import ConfigError, PartitionHalted, ShutdownTimeout, StreamqError
+from ..handlers import CommitMode, HandlerSpec
+from ..settings import Settings
 from .group import GroupRunner
 
 if TYPE_CHECKING:
@@ -75,11 +80,21 @@ class Worker:
         loop = asyncio.get_running_loop()
         broker = connect(settings.broker, settings)
         producer = broker.producer()
+        probe_lock = asyncio.Lock()
         try:
             for group, specs in app.groups().items():
                 self.runners.append(
                     GroupRunner(
-                        group, specs, broker, producer, settings, loop, app.stats, self._critical
+                        group,
+                        specs,
+                        broker,
+                        producer,
+                        settings,
+                        loop,
+                        app.stats,
+                        self._critical,
+                        crash_counter(group, specs, broker, settings),
+                        probe_lock,
                     )
                 )
             for runner in self.runners:
@@ -205,3 +220,31 @@ def run_app_child(
     finally:
         if app is not None:
             print(f"streamq: worker {slot}: {app.stats.summary()}", file=sys.stderr, flush=True)
+
+
+def crash_counter(
+    group: str, specs: dict[str, HandlerSpec], broker: Broker, settings: Settings
+) -> CrashCounter | None:
+    """The group's crash counter, or None (said once) when there is no Redis to keep it in."""
+    if (
+        settings.crash_limit == 0
+        or settings.broker.startswith("memory:")  # the log dies with the process anyway
+        or any(s.commit is CommitMode.BEFORE for s in specs.values())  # at-most-once
+    ):
+        return None
+    dedup_urls = [
+        s.dedup.store.url
+        for s in specs.values()
+        if s.dedup is not None and isinstance(s.dedup.store, RedisDedup)
+    ]
+    broker_url = getattr(broker, "client_url", settings.broker)
+    url = counter_url(settings.crash_store, broker_url, dedup_urls)
+    if url is None:
+        log.info(
+            "group %s: crash counter off (no Redis to keep it in): a record that kills the "
+            "worker is redelivered after every restart; set crash_store=redis://... to "
+            "dead-letter it after crash_limit deaths",
+            group,
+        )
+        return None
+    return CrashCounter(url, group, settings.crash_limit, settings.dedup_ttl)

@@ -32,6 +32,7 @@ LEDGER = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0
 SLEEP = float(os.environ.get("HANDLER_SLEEP", "0"))
 SLOW_ID = int(os.environ.get("SLOW_ID", "-1"))
 SLOW_FOR = float(os.environ.get("SLOW_FOR", "0"))
+KILL_ID = int(os.environ.get("KILL_ID", "-1"))  # this record SIGKILLs the worker
 
 app = streamq.App(
     os.environ["GROUP"],
@@ -47,6 +48,8 @@ app = streamq.App(
 def handle(value: dict, msg: streamq.Message) -> None:
     coords = f"{{msg.partition}} {{msg.offset}} {{value['k']}} {{value['i']}}"
     os.write(LEDGER, f"S {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
+    if value["i"] == KILL_ID:
+        os.kill(os.getpid(), 9)
     if SLEEP:
         time.sleep(SLEEP)
     if value["i"] == SLOW_ID:
