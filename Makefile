@@ -24,13 +24,13 @@ demo: $(VENV)/.base
 	$(BIN)/python -m examples.demo
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff format --check streamq tests examples benchmarks setup.py
-	$(BIN)/ruff check streamq tests examples benchmarks setup.py
+	$(BIN)/ruff format --check streamq tests examples benchmarks scripts setup.py
+	$(BIN)/ruff check streamq tests examples benchmarks scripts setup.py
 	$(BIN)/mypy streamq
 
 format: $(VENV)/.dev
-	$(BIN)/ruff format streamq tests examples benchmarks setup.py
-	$(BIN)/ruff check --fix streamq tests examples benchmarks setup.py
+	$(BIN)/ruff format streamq tests examples benchmarks scripts setup.py
+	$(BIN)/ruff check --fix streamq tests examples benchmarks scripts setup.py
 
 # Unit tests run once per dispatch core (compiled, then the pure-Python twin);
 # integration tests talk to a private redis-server and Tansu started by the fixtures.

@@ -215,6 +215,37 @@ class Broker:
             assert producer.flush(60) == 0
         return {i: (f.result().partition, f.result().offset) for i, f in futures.items()}
 
+    @staticmethod
+    def ends(coords: dict[int, tuple[int, int]]) -> dict[int, int]:
+        """Per partition, one past the last offset produced."""
+        out: dict[int, int] = {}
+        for partition, offset in coords.values():
+            out[partition] = max(out.get(partition, 0), offset + 1)
+        return out
+
+    def uncommitted(self, topic: str, group: str, ends: dict[int, int]) -> dict[int, object]:
+        """Partitions where ``group`` has not committed everything up to ``ends``.
+
+        Kafka: the committed offset against the end; Redis: entries never delivered to the
+        group, or delivered and not acknowledged (XINFO GROUPS lag and pending).
+        """
+        if self.kind == "kafka":
+            from confluent_kafka import Consumer, TopicPartition
+
+            bootstrap = self.url.removeprefix("kafka://")
+            consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+            try:
+                found = consumer.committed([TopicPartition(topic, p) for p in ends], 20)
+            finally:
+                consumer.close()
+            return {tp.partition: tp.offset for tp in found if tp.offset != ends[tp.partition]}
+        admin = connect(self.url).admin()
+        try:
+            lag = admin.lag(group, topic)  # type: ignore[attr-defined]
+        finally:
+            admin.close()
+        return {tp.partition: state for tp, state in lag.items() if state != (0, 0)}
+
     def dlq_origins(self, topic: str) -> list[tuple[int, int]]:
         """(partition, offset) of the source of every DLQ record, duplicates included."""
         headers = self._dlq_headers(f"{topic}.dlq")

@@ -291,7 +291,8 @@ class GroupRunner:
                 if not self._commit_before(tp, msgs):
                     continue
             elif crashes is not None:
-                polled[tp] = (part.position or msgs[0].offset, msgs[-1].offset)
+                low = part.position  # the first unfinished offset; may be 0
+                polled[tp] = (msgs[0].offset if low is None else low, msgs[-1].offset)
             lease = self._leases.get(tp)
             suspects = self._suspects.get(tp) if self._suspects else None
             if suspects is not None:

