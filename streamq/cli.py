@@ -8,31 +8,53 @@ timed out with handlers still running, 4 the run ended with halted partitions.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import dataclasses
 import importlib
+import io
 import itertools
 import logging
 import os
 import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
 import click
 import orjson
 from rich.console import Console
-from rich.progress import track
+from rich.progress import MofNCompleteColumn, Progress, TransferSpeedColumn, track
 from rich.table import Table
 
 from . import __version__
 from .app import App
 from .brokers import connect
 from .dispatch import IMPLEMENTATION
-from .errors import ConfigError, PartitionHalted, ShutdownTimeout, StreamqError
+from .errors import (
+    ConfigError,
+    PartitionHalted,
+    ShutdownTimeout,
+    StreamqError,
+    UnknownTopicOrPartition,
+)
 from .message import Message
+from .ops import LogView, open_view
 from .producer import Producer
 from .reader import read_topic
+from .replay import RangeBackend, parse_time, plan, positions_from
 from .runtime.supervisor import supervise
-from .runtime.worker import EXIT_HALTED, EXIT_RUNTIME, EXIT_SHUTDOWN_TIMEOUT, EXIT_USAGE
+from .runtime.worker import (
+    EXIT_HALTED,
+    EXIT_RUNTIME,
+    EXIT_SHUTDOWN_TIMEOUT,
+    EXIT_USAGE,
+    Worker,
+    run_worker,
+)
 from .settings import load_settings
 
 __all__ = ["main"]
@@ -53,6 +75,8 @@ def _errors_as_exit_codes(fn: F) -> F:
             return fn(*args, **kwargs)
         except ConfigError as exc:
             _fail(str(exc).replace("\n", "\n  "), EXIT_USAGE)
+        except UnknownTopicOrPartition as exc:
+            _fail(str(exc), EXIT_USAGE)
         except ShutdownTimeout as exc:
             _fail(str(exc), EXIT_SHUTDOWN_TIMEOUT)
         except PartitionHalted as exc:
@@ -186,27 +210,91 @@ def topics_list(broker: str | None) -> None:
 @click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
 @click.option("--key-field", help="Use this field of each JSON object as the record key.")
 @click.option(
+    "--envelope",
+    is_flag=True,
+    help="Each line is {value, key?, headers?} (what `streamq tail --json` prints).",
+)
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Records per second.")
+@click.option(
     "--file", "source", type=click.File("rb"), default="-", help="JSONL input; default stdin."
 )
 @_errors_as_exit_codes
-def produce(topic: str, broker: str | None, key_field: str | None, source: IO[bytes]) -> None:
+def produce(
+    topic: str,
+    broker: str | None,
+    key_field: str | None,
+    envelope: bool,
+    rate: float | None,
+    source: IO[bytes],
+) -> None:
     """Send one record per JSON line of the input to TOPIC."""
     url = _broker_url(broker)
     _warn_memory(url)
     name = getattr(source, "name", "stdin")
+    if key_field and envelope:
+        raise ConfigError("--key-field and --envelope: the envelope carries its own key")
+    size = _size_of(source)
     sent = 0
-    with Producer(url) as producer:
+    started = time.monotonic()
+    with Producer(url) as producer, _bytes_progress(size, f"producing to {topic}") as advance:
         try:
             for lineno, line, obj in _json_lines(source, name):
-                key = _key_of(obj, key_field, f"{name}:{lineno}") if key_field else None
-                producer.send(topic, line, key=key)
+                where = f"{name}:{lineno}"
+                if envelope:
+                    value, key, headers = _from_envelope(obj, where)
+                    producer.send(topic, value, key=key, headers=headers)
+                else:
+                    producer.send(
+                        topic, line, key=_key_of(obj, key_field, where) if key_field else None
+                    )
                 sent += 1
+                advance(len(line) + 1)
+                if rate is not None:
+                    ahead = sent / rate - (time.monotonic() - started)
+                    if ahead > 0:
+                        time.sleep(ahead)
         except ConfigError as exc:
             raise ConfigError(f"{exc}; {sent} records were sent before it") from None
         unacked = producer.flush(30.0)
     if unacked:
         _fail(f"{unacked} of {sent} records were not acknowledged by the broker", EXIT_RUNTIME)
     click.echo(f"sent {sent} records to {topic}", err=True)
+
+
+def _size_of(source: IO[bytes]) -> int | None:
+    try:
+        return os.fstat(source.fileno()).st_size or None
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+@contextlib.contextmanager
+def _bytes_progress(total: int | None, what: str) -> Iterator[Callable[[int], None]]:
+    """A progress bar for large files on a terminal; a no-op otherwise."""
+    if total is None or total < 1 << 20 or not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    with Progress(console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda n: progress.advance(task, n)
+
+
+def _from_envelope(obj: Any, where: str) -> tuple[bytes | None, bytes | None, list[Any] | None]:
+    if not isinstance(obj, dict) or ("value" not in obj and "value_base64" not in obj):
+        raise ConfigError(f"{where}: an envelope needs a 'value' or 'value_base64' field")
+    if obj.get("value_base64") is not None:
+        value: bytes | None = base64.b64decode(obj["value_base64"])
+    else:
+        value = None if obj.get("value") is None else orjson.dumps(obj["value"])
+    key = obj.get("key")
+    headers = obj.get("headers") or {}
+    if not isinstance(headers, dict):
+        raise ConfigError(f"{where}: 'headers' must be an object of strings")
+    return (
+        value,
+        key.encode() if isinstance(key, str) else None,
+        [(k, str(v).encode()) for k, v in headers.items()] or None,
+    )
 
 
 def _json_lines(source: IO[bytes], name: str) -> Iterator[tuple[int, bytes, Any]]:
@@ -234,14 +322,6 @@ def _warn_memory(url: str) -> None:
             "what this command writes is gone when it exits",
             err=True,
         )
-
-
-def main() -> None:
-    cli(prog_name="streamq")
-
-
-if __name__ == "__main__":
-    main()
 
 
 @cli.group()
@@ -343,3 +423,301 @@ def dlq_redrive(
     if unacked:
         _fail(f"{unacked} of {len(selected)} records were not acknowledged", EXIT_RUNTIME)
     click.echo(f"sent {len(selected)} records", err=True)
+
+
+# -- operator tools: replay, offsets, lag, tail ------------------------------------------------
+
+
+def _view(broker: str | None) -> LogView:
+    url = _broker_url(broker)
+    return open_view(url, load_settings(broker=url))
+
+
+def _ms_to_iso(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+@cli.command()
+@click.argument("app_spec", metavar="MODULE:APP")
+@click.option("--topic", required=True, help="The topic whose handler to replay.")
+@click.option("--from-beginning", is_flag=True)
+@click.option("--from-offset", help="N (every partition) or P:N[,P:N...].")
+@click.option("--from-time", help="ISO-8601 time (naive = local) or epoch ms.")
+@click.option("--to-offset", help="Exclusive end: N or P:N[,P:N...]; default the end now.")
+@click.option("--to-time", help="Exclusive end as a time.")
+@click.option("--partition", "partitions", type=click.IntRange(min=0), multiple=True)
+@click.option("--group", help="Which of the app's groups, if several handle the topic.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Records per second.")
+@click.option(
+    "--dedup/--no-dedup",
+    default=False,
+    show_default=True,
+    help="Keep the handler's dedup store (which skips records already handled).",
+)
+@click.option("--dry-run", is_flag=True, help="Print the ranges and counts; handle nothing.")
+@click.option("--broker", help="Broker URL; overrides the app and STREAMQ_BROKER.")
+@_errors_as_exit_codes
+def replay(
+    app_spec: str,
+    topic: str,
+    from_beginning: bool,
+    from_offset: str | None,
+    from_time: str | None,
+    to_offset: str | None,
+    to_time: str | None,
+    partitions: tuple[int, ...],
+    group: str | None,
+    rate: float | None,
+    dedup: bool,
+    dry_run: bool,
+    broker: str | None,
+) -> None:
+    """Run MODULE:APP's handler for --topic over an exact range; no group position moves."""
+    app = load_app(app_spec)
+    overrides: dict[str, Any] = {"crash_limit": 0}
+    if broker is not None:
+        overrides["broker"] = broker
+    app.configure(**overrides)
+    specs = {g: s for (g, t), s in app.handlers.items() if t == topic}
+    if not specs:
+        raise ConfigError(f"{app_spec} has no handler for topic {topic!r}")
+    if group is None and len(specs) > 1:
+        raise ConfigError(f"several groups handle {topic!r} ({', '.join(sorted(specs))}): "
+                          "pick one with --group")  # fmt: skip
+    if group is not None and group not in specs:
+        raise ConfigError(f"no handler of group {group!r} for {topic!r}")
+    group = group or next(iter(specs))
+    spec = specs[group] if dedup else dataclasses.replace(specs[group], dedup=None)
+    view = open_view(app.settings.broker, app.settings)
+    try:
+        ranges = plan(view, topic, from_beginning=from_beginning, from_offset=from_offset,
+                      from_time=from_time, to_offset=to_offset, to_time=to_time,
+                      partitions=partitions)  # fmt: skip
+        total = sum(r.records for r in ranges)
+        table = Table(title=f"replay {topic} with {spec.name} ({total} records)")
+        for column in ("partition", "from", "to (exclusive)", "records"):
+            table.add_column(column, justify="right")
+        for r in ranges:
+            table.add_row(str(r.partition), str(r.start), str(r.end), str(r.records))
+        Console(stderr=not dry_run).print(table)
+        if dry_run:
+            return
+        backend = RangeBackend(view, topic, ranges, rate)
+        worker = Worker(app, 0.0, groups={group: {topic: spec}}, backends={group: backend})
+        stats = app.stats
+        with _count_progress(total, f"replaying {topic}") as show:
+            watcher = threading.Thread(
+                target=_watch_stats, args=(stats, topic, show, worker), daemon=True
+            )
+            watcher.start()
+            run_worker(app, 0.0, worker)
+    finally:
+        view.close()
+    done = stats.handled[topic] + stats.dead_lettered[topic]
+    click.echo(f"streamq: replayed {done} of {total} records ({stats.summary()})", err=True)
+
+
+def _watch_stats(stats: Any, topic: str, show: Callable[[int], None], worker: Worker) -> None:
+    while True:
+        show(stats.handled[topic] + stats.dead_lettered[topic] + stats.deduplicated[topic])
+        if all(r.closed.is_set() for r in worker.runners) and worker.runners:
+            return
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def _count_progress(total: int, what: str) -> Iterator[Callable[[int], None]]:
+    """Records, rate and ETA on a terminal; nothing otherwise."""
+    if not sys.stderr.isatty() or total == 0:
+        yield lambda n: None
+        return
+    columns = (*Progress.get_default_columns(), MofNCompleteColumn(), TransferSpeedColumn())
+    with Progress(*columns[:-1], console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda n: progress.update(task, completed=n)
+
+
+@cli.group()
+def offsets() -> None:
+    """Move a stopped group's committed positions."""
+
+
+@offsets.command("reset")
+@click.option("--group", required=True)
+@click.option("--topic", required=True)
+@click.option("--to-earliest", is_flag=True)
+@click.option("--to-latest", is_flag=True)
+@click.option("--to-offset", help="N (every partition) or P:N[,P:N...].")
+@click.option("--to-time", help="ISO-8601 time (naive = local) or epoch ms.")
+@click.option("--dry-run", is_flag=True, help="Print the moves; change nothing.")
+@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@_errors_as_exit_codes
+def offsets_reset(
+    group: str,
+    topic: str,
+    to_earliest: bool,
+    to_latest: bool,
+    to_offset: str | None,
+    to_time: str | None,
+    dry_run: bool,
+    broker: str | None,
+) -> None:
+    """Set GROUP's position on TOPIC, like kafka-consumer-groups --reset-offsets."""
+    if sum((to_earliest, to_latest, to_offset is not None, to_time is not None)) != 1:
+        raise ConfigError("give exactly one of --to-earliest, --to-latest, --to-offset, --to-time")
+    view = _view(broker)
+    try:
+        bounds = view.bounds(topic)
+        target = positions_from(view, topic, option="--to-offset" if to_offset else "--to-time",
+                                offsets=to_offset, at_time=to_time, earliest=to_earliest,
+                                latest=to_latest, bounds=bounds)  # fmt: skip
+        for p, position in target.items():
+            low, end = bounds[p]
+            if position > end:
+                raise ConfigError(f"--to-offset: {position} is beyond the end of {topic}[{p}] "
+                                  f"(end {end})")  # fmt: skip
+            target[p] = max(position, low)
+        current = {pos.partition: pos for pos in view.positions(group, topic)}
+        table = Table(title=f"{group} on {topic}" + (" (dry run)" if dry_run else ""))
+        for column in ("partition", "current", "new", "end"):
+            table.add_column(column, justify="right")
+        for p, position in sorted(target.items()):
+            now = current[p].committed if p in current else None
+            table.add_row(str(p), "-" if now is None else str(now), str(position),
+                          str(bounds[p][1]))  # fmt: skip
+        if dry_run:
+            Console().print(table)
+            return
+        members = view.members(group)
+        if members:
+            raise ConfigError(
+                f"group {group!r} has {len(members)} active member(s): {', '.join(members)}; "
+                "stop them first (a running member would overwrite the reset)"
+            )
+        view.set_positions(group, topic, target)
+        Console().print(table)
+    finally:
+        view.close()
+
+
+@cli.command()
+@click.option("--group", required=True)
+@click.option("--topic", help="Default: every topic the group has a position on.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@_errors_as_exit_codes
+def lag(group: str, topic: str | None, as_json: bool, broker: str | None) -> None:
+    """Per partition: the group's committed position, the end, the lag, and pending (Redis)."""
+    view = _view(broker)
+    try:
+        topics = [topic] if topic else view.group_topics(group)
+        rows: list[dict[str, Any]] = [
+            {"topic": name, "partition": pos.partition, "committed": pos.committed,
+             "end": pos.end, "lag": pos.lag, "pending": pos.pending}
+            for name in topics
+            for pos in view.positions(group, name)
+        ]  # fmt: skip
+    finally:
+        view.close()
+    if not any(r["committed"] is not None for r in rows):
+        where = f" on {topic}" if topic else ""
+        raise ConfigError(f"unknown group {group!r}: it has no committed position{where}")
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"lag of {group}: {sum(r['lag'] or 0 for r in rows)} records")
+    for column in ("topic", "partition", "committed", "end", "lag", "pending"):
+        table.add_column(column, justify="left" if column == "topic" else "right")
+    for r in rows:
+        table.add_row(*("-" if r[c] is None else str(r[c]) for c in
+                        ("topic", "partition", "committed", "end", "lag", "pending")))  # fmt: skip
+    Console().print(table)
+
+
+@cli.command()
+@click.argument("topic")
+@click.option("-n", "count", type=click.IntRange(min=0), default=10, show_default=True)
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new records until Ctrl-C.")
+@click.option("--partition", "partitions", type=click.IntRange(min=0), multiple=True)
+@click.option("--from-time", help="Start at this time instead of the last N records.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
+@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@_errors_as_exit_codes
+def tail(
+    topic: str,
+    count: int,
+    follow: bool,
+    partitions: tuple[int, ...],
+    from_time: str | None,
+    as_json: bool,
+    broker: str | None,
+) -> None:
+    """Print the last records of TOPIC with their coordinates, key and headers."""
+    view = _view(broker)
+    try:
+        bounds = view.bounds(topic)
+        for p in partitions:
+            if p not in bounds:
+                raise ConfigError(f"--partition: {topic} has no partition {p}")
+        chosen = list(partitions) or sorted(bounds)
+        if from_time is not None:
+            found = view.offsets_for_time(topic, parse_time(from_time, "--from-time"))
+            starts = {p: bounds[p][1] if found.get(p) is None else int(found[p] or 0)
+                      for p in chosen}  # fmt: skip
+        else:
+            starts = {p: view.last_n_start(topic, p, count) for p in chosen}
+        ends: dict[int, int | None] = {p: bounds[p][1] for p in chosen}
+        backlog = [m for batch in view.read(topic, {p: (starts[p], ends[p]) for p in chosen})
+                   for m in batch]  # fmt: skip
+        backlog.sort(key=lambda m: (m.timestamp or 0, m.partition, m.offset))
+        if from_time is None:
+            backlog = backlog[-count:] if count else []
+        for msg in backlog:
+            _print_record(msg, as_json)
+        if follow:
+            resume = {p: (bounds[p][1], None) for p in chosen}
+            for batch in view.read(topic, resume):  # type: ignore[arg-type]
+                for msg in batch:
+                    _print_record(msg, as_json)
+    finally:
+        view.close()
+
+
+def _print_record(msg: Message, as_json: bool) -> None:
+    headers = {k: v.decode(errors="replace") for k, v in (msg.raw_headers or ())}
+    key = msg.key.decode(errors="replace") if msg.key is not None else None
+    value: Any = None
+    is_json = False
+    if msg.value is not None:
+        with contextlib.suppress(orjson.JSONDecodeError):
+            value, is_json = orjson.loads(msg.value), True
+    if as_json:
+        doc: dict[str, Any] = {"topic": msg.topic, "partition": msg.partition,
+                               "offset": msg.offset, "timestamp": msg.timestamp, "key": key,
+                               "headers": headers, "value": value}  # fmt: skip
+        if msg.value is not None and not is_json:
+            doc["value_base64"] = base64.b64encode(msg.value).decode()
+        click.echo(orjson.dumps(doc).decode())
+        return
+    click.echo(
+        click.style(f"{msg.topic}[{msg.partition}]@{msg.offset}", bold=True)
+        + f" {_ms_to_iso(msg.timestamp)} key={key!r}"
+        + (f" headers={headers}" if headers else "")
+    )
+    if msg.value is None:
+        click.echo("  (null: tombstone)")
+    elif is_json:
+        text = orjson.dumps(value, option=orjson.OPT_INDENT_2).decode()
+        click.echo("\n".join("  " + line for line in text.splitlines()))
+    else:
+        click.echo(f"  (not JSON, {len(msg.value)} bytes) {_preview(msg.value, 200)}")
+
+
+def main() -> None:
+    cli(prog_name="streamq")
+
+
+if __name__ == "__main__":
+    main()

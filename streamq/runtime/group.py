@@ -180,11 +180,12 @@ class GroupRunner:
         on_critical: Callable[[BaseException], None],
         crashes: CrashCounter | None = None,
         probe_lock: asyncio.Lock | None = None,
+        backend: Backend | None = None,
     ) -> None:
         self.group = group
         self._specs = specs
         self._settings = settings
-        self._backend: Backend = broker.consumer(group, settings)
+        self._backend: Backend = backend or broker.consumer(group, settings)
         self._producer = producer
         self._loop = loop
         self._stats = stats

@@ -18,7 +18,7 @@ import time
 from typing import TYPE_CHECKING
 
 from ..brokers import connect
-from ..brokers.base import Broker
+from ..brokers.base import Backend, Broker
 from ..crashes import CrashCounter, counter_url
 from ..dedup import RedisDedup
 from ..errors import ConfigError, PartitionHalted, ShutdownTimeout, StreamqError
@@ -55,9 +55,18 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 class Worker:
-    def __init__(self, app: App, until_idle: float | None) -> None:
+    def __init__(
+        self,
+        app: App,
+        until_idle: float | None,
+        *,
+        groups: dict[str, dict[str, HandlerSpec]] | None = None,
+        backends: dict[str, Backend] | None = None,
+    ) -> None:
         self.app = app
         self.until_idle = until_idle
+        self._groups = groups  # replay: one handler over fixed ranges instead of the app's
+        self._backends = backends or {}
         self._stop: asyncio.Event | None = None
         self._stop_requested = threading.Event()
         self.critical: BaseException | None = None
@@ -82,7 +91,7 @@ class Worker:
         producer = broker.producer()
         probe_lock = asyncio.Lock()
         try:
-            for group, specs in app.groups().items():
+            for group, specs in (self._groups or app.groups()).items():
                 self.runners.append(
                     GroupRunner(
                         group,
@@ -95,6 +104,7 @@ class Worker:
                         self._critical,
                         crash_counter(group, specs, broker, settings),
                         probe_lock,
+                        self._backends.get(group),
                     )
                 )
             for runner in self.runners:
@@ -143,9 +153,9 @@ class Worker:
             )
 
 
-def run_worker(app: App, until_idle: float | None) -> None:
+def run_worker(app: App, until_idle: float | None, worker: Worker | None = None) -> None:
     """Block in one worker until stopped (signal) or idle; raise what ended it badly."""
-    worker = Worker(app, until_idle)
+    worker = worker or Worker(app, until_idle)
     done = threading.Event()
     signals = 0
 

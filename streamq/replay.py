@@ -1,0 +1,228 @@
+"""Replay: run an app's handler over an exact offset range, leaving its group untouched.
+
+The handler runs inside the ordinary worker runtime (the same retry, backoff and DLQ policy,
+ordering and backpressure), fed by ``RangeBackend``: manual assignment of the chosen
+partitions, records cut at each range's end, and a commit that does nothing. So the live
+group's committed position never moves, and replay may run while the group is running.
+
+Ranges are planned before anything is handled, from offsets and times on the broker: the
+end defaults to the end offsets when the replay starts, so records produced meanwhile are not
+part of it, and the run stops once every partition was read to its end and everything read
+was handled or dead-lettered. It does not wait for quiet.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from .brokers.base import Lease, Rebalance
+from .errors import ConfigError, UnknownTopicOrPartition
+from .message import Message, TopicPartition
+from .ops import LogView
+
+__all__ = ["PartitionRange", "RangeBackend", "parse_offsets", "parse_time", "plan"]
+
+_OFFSETS = re.compile(r"^\d+:\d+(,\d+:\d+)*$")
+
+
+def parse_time(text: str, option: str) -> int:
+    """ISO-8601 (naive means local time) or epoch milliseconds, as epoch milliseconds."""
+    raw = text.strip()
+    if raw.isdigit():
+        return int(raw)
+    try:
+        moment = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{option}: {text!r} is not an ISO-8601 time (2026-11-21T10:00:00Z) or epoch ms"
+        ) from None
+    return int(moment.timestamp() * 1000)
+
+
+def parse_offsets(text: str, option: str) -> int | dict[int, int]:
+    """``N`` (every partition) or ``P:N[,P:N...]``."""
+    raw = text.strip()
+    if raw.isdigit():
+        return int(raw)
+    if _OFFSETS.match(raw):
+        out: dict[int, int] = {}
+        for pair in raw.split(","):
+            p, n = pair.split(":")
+            if int(p) in out:
+                raise ConfigError(f"{option}: partition {p} given twice")
+            out[int(p)] = int(n)
+        return out
+    raise ConfigError(f"{option}: expected N or P:N[,P:N...], got {text!r}")
+
+
+@dataclass
+class PartitionRange:
+    partition: int
+    start: int
+    end: int
+    records: int
+
+
+def positions_from(
+    view: LogView,
+    topic: str,
+    *,
+    option: str,
+    offsets: str | None = None,
+    at_time: str | None = None,
+    earliest: bool = False,
+    latest: bool = False,
+    bounds: dict[int, tuple[int, int]] | None = None,
+) -> dict[int, int]:
+    """One position per partition from exactly one of the ways to name it."""
+    bounds = bounds if bounds is not None else view.bounds(topic)
+    if earliest:
+        return {p: low for p, (low, _) in bounds.items()}
+    if latest:
+        return {p: end for p, (_, end) in bounds.items()}
+    if at_time is not None:
+        ms = parse_time(at_time, option)
+        found = view.offsets_for_time(topic, ms)
+        return {p: bounds[p][1] if found.get(p) is None else int(found[p] or 0) for p in bounds}
+    assert offsets is not None
+    parsed = parse_offsets(offsets, option)
+    if isinstance(parsed, int):
+        return dict.fromkeys(bounds, parsed)
+    unknown = sorted(set(parsed) - set(bounds))
+    if unknown:
+        raise ConfigError(
+            f"{option}: {topic} has no partition {unknown[0]} (partitions 0..{len(bounds) - 1})"
+        )
+    return parsed
+
+
+def plan(
+    view: LogView,
+    topic: str,
+    *,
+    from_beginning: bool = False,
+    from_offset: str | None = None,
+    from_time: str | None = None,
+    to_offset: str | None = None,
+    to_time: str | None = None,
+    partitions: Sequence[int] = (),
+) -> list[PartitionRange]:
+    """The exact range per partition, checked against the log before anything runs."""
+    if sum((from_beginning, from_offset is not None, from_time is not None)) != 1:
+        raise ConfigError("give exactly one of --from-beginning, --from-offset, --from-time")
+    if to_offset is not None and to_time is not None:
+        raise ConfigError("give at most one of --to-offset, --to-time")
+    bounds = view.bounds(topic)
+    for p in partitions:
+        if p not in bounds:
+            raise ConfigError(f"--partition: {topic} has no partition {p} "
+                              f"(partitions 0..{len(bounds) - 1})")  # fmt: skip
+    starts = positions_from(view, topic, option="--from-offset" if from_offset else "--from-time",
+                            offsets=from_offset, at_time=from_time, earliest=from_beginning,
+                            bounds=bounds)  # fmt: skip
+    if from_offset is not None:
+        for p, start in starts.items():
+            if start > bounds[p][1]:
+                raise ConfigError(
+                    f"--from-offset: {start} is beyond the end of {topic}[{p}] "
+                    f"(offsets {bounds[p][0]}..{bounds[p][1] - 1})"
+                )
+    if to_offset is not None or to_time is not None:
+        ends = positions_from(view, topic, option="--to-offset" if to_offset else "--to-time",
+                              offsets=to_offset, at_time=to_time, bounds=bounds)  # fmt: skip
+    else:
+        ends = {p: end for p, (_, end) in bounds.items()}
+    chosen = list(partitions) or sorted(starts)
+    out = []
+    for p in chosen:
+        if p not in starts:
+            continue  # P:N named other partitions only
+        low, high = bounds[p]
+        start = max(starts[p], low)
+        end = min(ends.get(p, high), high)
+        end = max(end, start)
+        out.append(PartitionRange(p, start, end, view.count(topic, p, start, end)))
+    if not out:
+        raise ConfigError("nothing to replay: no partition matches")
+    return out
+
+
+class RangeBackend:
+    """A ``Backend`` over fixed ranges: manual assignment, nothing committed anywhere."""
+
+    def __init__(
+        self, view: LogView, topic: str, ranges: list[PartitionRange], rate: float | None = None
+    ) -> None:
+        self._reader: Iterator[list[Message]] = view.read(
+            topic, {r.partition: (r.start, r.end) for r in ranges}
+        )
+        self._tps = [TopicPartition(topic, r.partition) for r in ranges if r.records]
+        self._buffer: deque[Message] = deque()
+        self._paused: set[tuple[str, int]] = set()
+        self._done = False
+        self._rate = rate
+        self._started = time.monotonic()
+        self._handed = 0
+
+    def subscribe(
+        self, topics: Sequence[str], on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance
+    ) -> None:
+        on_assign(self._tps)
+
+    def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
+        if len(self._buffer) < max_records and not self._done:
+            try:
+                self._buffer.extend(next(self._reader))
+            except StopIteration:
+                self._done = True
+        limit = max_records
+        if self._rate is not None:
+            allowed = int(self._rate * (time.monotonic() - self._started)) - self._handed
+            if allowed <= 0:
+                time.sleep(min(timeout, 1.0 / self._rate))
+                return []
+            limit = min(limit, allowed)
+        if not self._buffer:
+            return []
+        out: list[Message] = []
+        keep: deque[Message] = deque()
+        paused = self._paused
+        for m in self._buffer:
+            if len(out) < limit and (m.topic, m.partition) not in paused:
+                out.append(m)
+            else:
+                keep.append(m)
+        self._buffer = keep
+        self._handed += len(out)
+        return out
+
+    def pause(self, tps: Sequence[TopicPartition]) -> None:
+        self._paused.update((tp.topic, tp.partition) for tp in tps)
+
+    def resume(self, tps: Sequence[TopicPartition]) -> None:
+        self._paused.difference_update((tp.topic, tp.partition) for tp in tps)
+
+    def commit(self, offsets: object, *, sync: bool) -> None:
+        """Nothing: a replay never moves any group's position."""
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        raise UnknownTopicOrPartition("a replay reads fixed ranges; it cannot seek")
+
+    def offsets_for_times(self, topic: str, timestamp_ms: int) -> dict[TopicPartition, int | None]:
+        raise UnknownTopicOrPartition("a replay reads fixed ranges")
+
+    def lease_of(self, tp: TopicPartition) -> Lease | None:
+        return None
+
+    @property
+    def settled(self) -> bool:
+        """Idle may only start once every range was read to its end and handed out."""
+        return self._done and not self._buffer
+
+    def close(self) -> None:
+        """The view belongs to the caller."""
