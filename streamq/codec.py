@@ -54,25 +54,85 @@ def encode_headers(
     return [(str(k), v.encode() if isinstance(v, str) else bytes(v)) for k, v in items]
 
 
+# Payload types that need no validation beyond what JSON already guarantees: the parsed
+# object only has to be of the right kind. orjson alone is three times faster than pydantic.
+_PLAIN: dict[Any, type | None] = {
+    Any: None,
+    object: None,
+    dict: dict,
+    dict[str, Any]: dict,
+    list: list,
+    list[Any]: list,
+}
+
+
 def make_decoder(tp: Any) -> Decoder:
-    """Build the decoder for one handler's payload type, once, at registration."""
-    adapter: TypeAdapter[Any] = TypeAdapter(tp)
-    validate = adapter.validate_python
+    """Build the decoder for one handler's payload type, once, at registration.
+
+    Plain JSON types get orjson and a type check; everything else is parsed and validated in
+    one pass by pydantic-core (``validate_json``), about a third cheaper than orjson followed
+    by ``validate_python``. A parse failure is still a DecodeError, distinct from a
+    SchemaError.
+    """
     loads = orjson.loads
+    if tp in _PLAIN:
+        kind = _PLAIN[tp]
+
+        def decode_plain(value: bytes | None) -> Any:
+            if value is None:
+                raise DecodeError("null value (tombstone) where a payload was expected")
+            try:
+                obj = loads(value)
+            except orjson.JSONDecodeError as exc:
+                raise DecodeError(f"invalid JSON: {exc}") from None
+            if kind is not None and type(obj) is not kind:
+                raise SchemaError(
+                    f"1 validation error: expected a JSON {_JSON_NAMES[kind]}, "
+                    f"got {_json_kind(obj)}"
+                )
+            return obj
+
+        return decode_plain
+
+    adapter: TypeAdapter[Any] = TypeAdapter(tp)
+    validate_json = adapter.validate_json
+    validate_python = adapter.validate_python
 
     def decode(value: bytes | None) -> Any:
         if value is None:
             raise DecodeError("null value (tombstone) where a payload was expected")
         try:
-            obj = loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError(f"invalid JSON: {exc}") from None
-        try:
-            return validate(obj)
+            if b"NaN" in value or b"Infinity" in value:
+                # pydantic-core's parser takes these literals, orjson (strict JSON) does not;
+                # the slow path keeps one JSON dialect whichever the payload type.
+                try:
+                    obj = loads(value)
+                except orjson.JSONDecodeError as jexc:
+                    raise DecodeError(f"invalid JSON: {jexc}") from None
+                return validate_python(obj)
+            return validate_json(value)
         except ValidationError as exc:
+            if exc.error_count() and exc.errors(include_url=False)[0]["type"] == "json_invalid":
+                try:  # say what orjson says: the message users know
+                    loads(value)
+                except orjson.JSONDecodeError as jexc:
+                    raise DecodeError(f"invalid JSON: {jexc}") from None
+                raise DecodeError(f"invalid JSON: {exc.errors()[0]['msg']}") from None
             raise SchemaError(summarize_validation(exc)) from None
 
     return decode
+
+
+_JSON_NAMES: dict[type, str] = {dict: "object", list: "array"}
+
+
+def _json_kind(obj: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", int: "number", float: "number"}
+    if obj is None:
+        return "null"
+    if isinstance(obj, bool):
+        return "boolean"
+    return names.get(type(obj), type(obj).__name__)
 
 
 def summarize_validation(exc: ValidationError, limit: int = 5) -> str:

@@ -1,25 +1,33 @@
-"""The dispatch core: split a polled batch into ordered units.
+"""The dispatch core: split a polled batch into ordered units, and run inline handlers.
 
 A unit is the records of one partition (``ordering="partition"``) or of one key lane inside a
 partition (``ordering="key"``), in log order. At most one unit per partition or lane runs at a
 time, which is what keeps order; different units run concurrently.
 
-Two implementations behave identically: ``ext/_dispatch.pyx`` compiled to
-``streamq._dispatch``, and ``_DispatcherPy`` below. The choice is made once, at the bottom of
-this module; ``STREAMQ_NO_EXTENSIONS=1`` forces the twin. ``IMPLEMENTATION`` says which one
-runs, and tests run both.
+Every function here runs per record. Two implementations behave identically: the compiled
+``streamq._dispatch`` (from ``ext/_dispatch.pyx``) and the pure-Python twins below; the
+choice is made once, in ``streamq._native``. ``IMPLEMENTATION`` says which one runs, and the
+tests run both.
 """
 
 from __future__ import annotations
 
-import os
-from typing import TYPE_CHECKING, Literal, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
+from ._native import IMPLEMENTATION, NO_EXTENSIONS, native
 from .message import Message, TopicPartition
 
-__all__ = ["IMPLEMENTATION", "NO_EXTENSIONS", "Dispatcher", "DispatcherProtocol"]
-
-NO_EXTENSIONS = bool(os.environ.get("STREAMQ_NO_EXTENSIONS"))
+__all__ = [
+    "IMPLEMENTATION",
+    "NO_EXTENSIONS",
+    "Dispatcher",
+    "DispatcherProtocol",
+    "bind_confluent",
+    "call_each",
+    "coordinate_keys",
+    "kafka_messages",
+]
 
 
 class DispatcherProtocol(Protocol):
@@ -64,18 +72,57 @@ class _DispatcherPy:
         return out
 
 
-IMPLEMENTATION: Literal["cython", "python"]
-Dispatcher: type[DispatcherProtocol]
+def _call_each_py(
+    invoke: Callable[[Any], Any], unit: list[Message], i: int, end: int, failed: list[BaseException]
+) -> int:
+    """Call ``invoke`` on ``unit[i:end]``; on an exception append it to ``failed`` and stop.
 
-if TYPE_CHECKING or NO_EXTENSIONS:
-    Dispatcher = _DispatcherPy
-    IMPLEMENTATION = "python"
-else:
+    Returns the index reached: ``end``, or the index of the record that raised.
+    """
+    end = min(end, len(unit))
     try:
-        from ._dispatch import Dispatcher as _DispatcherC
-    except ImportError:  # no compiler at install time: the twin behaves identically
-        Dispatcher = _DispatcherPy
-        IMPLEMENTATION = "python"
-    else:
-        Dispatcher = _DispatcherC
-        IMPLEMENTATION = "cython"
+        while i < end:
+            invoke(unit[i])
+            i += 1
+    except BaseException as exc:
+        failed.append(exc)
+    return i
+
+
+def _coordinate_keys_py(unit: list[Message]) -> list[str]:
+    """Dedup keys ``topic:partition:offset`` for a unit (``streamq.dedup.coordinates``)."""
+    return [f"{m.topic}:{m.partition}:{m.offset}" for m in unit]
+
+
+def _kafka_messages_py(raw: list[Any], on_error: Callable[[Any], None]) -> list[Message]:
+    """confluent-kafka records to Messages; records carrying an error go to ``on_error``."""
+    out: list[Message] = []
+    append = out.append
+    for m in raw:
+        err = m.error()
+        if err is not None:
+            on_error(err)
+            continue
+        msg = Message(m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers())
+        msg.timestamp = m.timestamp()[1]
+        append(msg)
+    return out
+
+
+def _bind_confluent_py(message_type: type) -> bool:
+    """The twin reads records through their methods only."""
+    return False
+
+
+Dispatcher: type[DispatcherProtocol] = _DispatcherPy
+bind_confluent = _bind_confluent_py
+call_each = _call_each_py
+coordinate_keys = _coordinate_keys_py
+kafka_messages = _kafka_messages_py
+
+if native is not None and not TYPE_CHECKING:
+    Dispatcher = native.Dispatcher
+    bind_confluent = native.bind_confluent
+    call_each = native.call_each
+    coordinate_keys = native.coordinate_keys
+    kafka_messages = native.kafka_messages

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from ._native import native
+from ._types import Headers, TopicPartition
+
 __all__ = ["Headers", "Message", "TopicPartition"]
-
-# Raw headers as the broker gave them: order and duplicate keys preserved, so a DLQ copy is
-# byte-exact. ``Message.headers`` is the convenient dict view.
-Headers = list[tuple[str, bytes]]
-
-
-class TopicPartition(NamedTuple):
-    """One partition of one topic: the unit of ordering, ownership and commit."""
-
-    topic: str
-    partition: int
 
 
 class Message:
@@ -92,8 +84,26 @@ class Message:
             f"key={self.key!r}, value={_preview(self.value)}, attempt={self.attempt})"
         )
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Process-pool executors ship records to other processes; the attempt travels too.
+        return (_rebuild, (self.topic, self.partition, self.offset, self.key, self.value,
+                           self.raw_headers, self.timestamp, self.attempt))  # fmt: skip
+
+
+def _rebuild(*args: Any) -> Message:
+    m = _MessagePy(*args[:7])
+    m.attempt = args[7]
+    return m
+
 
 def _preview(value: bytes | None, limit: int = 60) -> str:
     if value is None:
         return "None"
     return repr(value[:limit] + b"..." if len(value) > limit else value)
+
+
+# The twin above is what type checkers see; at run time the compiled class replaces it when
+# the core is built (``streamq._native``). Both have the same attributes and behaviour.
+_MessagePy = Message
+if native is not None and not TYPE_CHECKING:
+    Message = native.Message

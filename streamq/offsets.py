@@ -5,8 +5,9 @@ partition is the first tracked offset whose record is not done yet, or one past 
 tracked offset when everything is done. Offsets may have gaps (compaction, transaction
 markers), so "done" is tracked per offset, never by counting.
 
-Memory is proportional to in-flight work, not to offset distance (faust #453): a deque of the
-unfinished offsets in order, plus a set of those finished out of order above the first gap.
+Memory is proportional to in-flight work, not to offset distance (faust #453): the offsets in
+flight in order, with those finished out of order above the first unfinished one marked.
+The compiled twin (``streamq._dispatch.PartitionOffsets``) keeps them in a C array.
 A duplicate completion, or one for an offset already behind the position, is ignored
 (faust #625).
 
@@ -15,66 +16,116 @@ Not thread-safe: the worker's poll thread owns it and feeds it completions.
 
 from __future__ import annotations
 
-from collections import deque
+from bisect import bisect_left
+from typing import TYPE_CHECKING
 
+from ._native import native
 from .message import Message, TopicPartition
 
 __all__ = ["OffsetTracker", "PartitionOffsets"]
 
 
-class PartitionOffsets:
-    """Tracked offsets of one partition during one ownership epoch."""
+class _PartitionOffsetsPy:
+    """Tracked offsets of one partition during one ownership epoch (twin of the compiled one).
 
-    __slots__ = ("bytes", "committed", "done_above", "epoch", "last", "pending")
+    The offsets in flight sit in one sorted list (they arrive in log order) from ``_head`` on;
+    those finished out of order above the first unfinished one are in ``_done``. Completing
+    the first advances the head past every finished one behind it.
+    """
 
-    def __init__(self, epoch: int) -> None:
+    __slots__ = ("_done", "_head", "_offs", "bytes", "committed", "epoch", "last")
+
+    def __init__(self, epoch: int = 0) -> None:
         self.epoch = epoch
-        self.pending: deque[int] = deque()
-        self.done_above: set[int] = set()
+        self._offs: list[int] = []
+        self._head = 0
+        self._done: set[int] = set()
         self.last = -1
         self.committed: int | None = None
         self.bytes = 0
+
+    def _begin(self, first: int) -> None:
+        if first <= self.last:
+            if self._head < len(self._offs):
+                raise ValueError(
+                    f"offset {first} tracked after {self.last} while records are in flight"
+                )
+            self._done.clear()  # a rewind (seek back) with nothing in flight
+        if self._head and self._head * 2 >= len(self._offs):
+            del self._offs[: self._head]  # amortised: the list never holds more than 2x
+            self._head = 0
 
     def track(self, offsets: list[int], nbytes: int = 0) -> None:
         """Record dispatched offsets; they must increase, as a partition's log does."""
         if not offsets:
             return
-        if offsets[0] <= self.last:
-            if self.pending:
-                raise ValueError(
-                    f"offset {offsets[0]} tracked after {self.last} while records are in flight"
-                )
-            self.done_above.clear()  # a rewind (seek back) with nothing in flight
-        self.pending.extend(offsets)
+        self._begin(offsets[0])
+        self._offs.extend(offsets)
         self.last = offsets[-1]
         self.bytes += nbytes
 
+    def track_messages(self, msgs: list[Message]) -> int:
+        """``track`` for records; returns their payload bytes."""
+        if not msgs:
+            return 0
+        nbytes = 0
+        for m in msgs:
+            if m.value is not None:
+                nbytes += len(m.value)
+        self.track([m.offset for m in msgs], nbytes)
+        return nbytes
+
     def done(self, offset: int) -> bool:
-        """Mark one offset done; False if it was not in flight (duplicate or stale)."""
-        pending = self.pending
-        if not pending or offset < pending[0]:
+        """Mark one offset done; False if it was not in flight (duplicate, stale, a gap)."""
+        offs, head = self._offs, self._head
+        n = len(offs)
+        if head >= n or offset < offs[head]:
             return False
-        if offset == pending[0]:
-            pending.popleft()
-            above = self.done_above
-            while above and pending and pending[0] in above:
-                above.discard(pending.popleft())
+        if offset == offs[head]:
+            head += 1
+            done = self._done
+            while head < n and offs[head] in done:
+                done.discard(offs[head])
+                head += 1
+            if head == n:
+                offs.clear()
+                head = 0
+            self._head = head
             return True
-        if offset <= self.last and offset not in self.done_above:
-            self.done_above.add(offset)
+        if offset > self.last or offset in self._done:
+            return False
+        i = bisect_left(offs, offset, head + 1)
+        if i < n and offs[i] == offset:
+            self._done.add(offset)
             return True
         return False
+
+    def complete_messages(self, msgs: list[Message]) -> tuple[int, int]:
+        """``done`` for records; returns (records newly done, their payload bytes)."""
+        records = nbytes = 0
+        for m in msgs:
+            if self.done(m.offset):
+                records += 1
+                if m.value is not None:
+                    nbytes += len(m.value)
+        self.bytes -= nbytes
+        return records, nbytes
 
     @property
     def position(self) -> int | None:
         """First offset not yet done; None when nothing was ever tracked."""
-        if self.pending:
-            return self.pending[0]
+        if self._head < len(self._offs):
+            return self._offs[self._head]
         return self.last + 1 if self.last >= 0 else None
 
     @property
     def in_flight(self) -> int:
-        return len(self.pending) - len(self.done_above)
+        return len(self._offs) - self._head - len(self._done)
+
+    @property
+    def held(self) -> int:
+        """Offsets held in memory: the in-flight window, never the offset distance."""
+        return len(self._offs) - self._head
 
 
 class OffsetTracker:
@@ -101,13 +152,8 @@ class OffsetTracker:
 
     def track(self, tp: TopicPartition, msgs: list[Message]) -> PartitionOffsets:
         part = self.parts[tp]
-        nbytes = 0
-        for m in msgs:
-            if m.value is not None:
-                nbytes += len(m.value)
-        part.track([m.offset for m in msgs], nbytes)
+        self.in_flight_bytes += part.track_messages(msgs)
         self.in_flight_records += len(msgs)
-        self.in_flight_bytes += nbytes
         return part
 
     def complete(self, tp: TopicPartition, epoch: int, msgs: list[Message]) -> bool:
@@ -115,14 +161,8 @@ class OffsetTracker:
         part = self.parts.get(tp)
         if part is None or part.epoch != epoch:
             return False
-        records = nbytes = 0
-        for m in msgs:
-            if part.done(m.offset):
-                records += 1
-                if m.value is not None:
-                    nbytes += len(m.value)
+        records, nbytes = part.complete_messages(msgs)
         self.in_flight_records -= records
-        part.bytes -= nbytes
         self.in_flight_bytes -= nbytes
         return True
 
@@ -149,3 +189,8 @@ class OffsetTracker:
             part = self.parts.get(tp)
             if part is not None and (part.committed is None or pos > part.committed):
                 part.committed = pos
+
+
+PartitionOffsets = _PartitionOffsetsPy
+if native is not None and not TYPE_CHECKING:
+    PartitionOffsets = native.PartitionOffsets

@@ -50,6 +50,28 @@ def dispatch_impl(request: pytest.FixtureRequest) -> type:
     return request.param
 
 
+def _core_impls() -> list:
+    from streamq import offsets
+
+    impls = [pytest.param(("python", offsets._PartitionOffsetsPy), id="pure-python")]
+    if not dispatch.NO_EXTENSIONS:
+        from streamq import _dispatch
+
+        impls.insert(
+            0,
+            pytest.param(
+                ("cython", _dispatch.PartitionOffsets), id="cython", marks=pytest.mark.cython
+            ),
+        )
+    return impls
+
+
+@pytest.fixture(scope="session", params=_core_impls())
+def offsets_impl(request: pytest.FixtureRequest) -> type:
+    """The offset tracker of one partition, once per implementation."""
+    return request.param[1]
+
+
 @pytest.fixture
 def memory_url() -> str:
     """A fresh in-process log per test, so tests never share state."""

@@ -33,6 +33,7 @@ from concurrent.futures import Future
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from ..dispatch import bind_confluent, kafka_messages
 from ..errors import (
     BrokerError,
     BrokerUnavailable,
@@ -52,6 +53,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     if "confluent_kafka" not in str(exc):
         raise
     raise ImportError("streamq[kafka] is not installed: pip install 'streamq[kafka]'") from exc
+
+# The compiled core reads confluent-kafka's records by field when their layout is the one it
+# knows (checked here, once); otherwise, and in the twin, through their methods.
+FIELD_READS = bind_confluent(ck.Message)
 
 __all__ = ["KafkaBroker"]
 
@@ -394,26 +399,7 @@ class KafkaConsumer:
             raw = self._consumer.consume(max_records, timeout)
         except KafkaException as exc:
             raise translate(exc, "consume") from None
-        out: list[Message] = []
-        append = out.append
-        m: Any  # records without an error always carry topic, partition and offset
-        for m in raw:
-            err = m.error()
-            if err is not None:
-                self._record_error(err)
-                continue
-            append(
-                Message(
-                    m.topic(),
-                    m.partition(),
-                    m.offset(),
-                    m.key(),
-                    m.value(),
-                    m.headers(),
-                    m.timestamp()[1],
-                )
-            )
-        return out
+        return kafka_messages(raw, self._record_error)
 
     def _record_error(self, err: KafkaError) -> None:
         if err.fatal():

@@ -32,7 +32,8 @@ from typing import Any
 from .. import failpoints
 from ..brokers.base import Backend, Broker, Lease, ProducerBackend
 from ..crashes import CrashCounter, Suspects
-from ..dispatch import Dispatcher
+from ..dedup import coordinates
+from ..dispatch import Dispatcher, call_each, coordinate_keys
 from ..dlq import dead_letter_record
 from ..errors import BrokerError, PoisonMessage, Reject, WorkerLost
 from ..handlers import CommitMode, HandlerSpec, Ordering
@@ -658,8 +659,7 @@ class GroupRunner:
         """One dedup check per unit: records already marked are done without a handler."""
         spec = lane.spec
         assert spec.dedup is not None
-        key = spec.dedup_key
-        keys = [key(m) for m in unit]
+        keys = _dedup_keys(spec, unit)
         flags = spec.dedup.seen(keys)
         # A business key twice in one unit: the later copy is a duplicate of the earlier one,
         # whose mark lands only after it is handled. The commit cannot pass the later copy
@@ -690,8 +690,7 @@ class GroupRunner:
                 failpoints.hit("after_handle")
             store = lane.spec.dedup
             if store is not None and done:
-                key = lane.spec.dedup_key
-                store.mark([key(m) for m in done])
+                store.mark(_dedup_keys(lane.spec, done))
                 if failpoints.ACTIVE:
                     failpoints.hit("after_mark")
             self._completions.append((lane.key[0], lane.epoch, done, halted))
@@ -708,22 +707,23 @@ class GroupRunner:
         lease = lane.lease
         n = len(unit)
         i = 0
+        failed: list[BaseException] = []
         while i < n:
             end = min(i + INLINE_SLICE, n)
-            try:
-                if lease is None:
-                    while i < end:
-                        invoke(unit[i])
-                        i += 1
-                else:  # ownership can lapse silently: check it before every handler
-                    clock = time.monotonic
+            if lease is None:
+                i = call_each(invoke, unit, i, end, failed)
+            else:  # ownership can lapse silently: check it before every handler
+                clock = time.monotonic
+                try:
                     while i < end and clock() < lease.deadline:
                         invoke(unit[i])
                         i += 1
-                    if i < end and not await self._await_lease(lane):
-                        return i
-            except BaseException as exc:
-                if not await self._recover(lane, unit[i], exc, i):
+                except BaseException as exc:
+                    failed.append(exc)
+                if not failed and i < end and not await self._await_lease(lane):
+                    return i
+            if failed:
+                if not await self._recover(lane, unit[i], failed.pop(), i):
                     return i
                 i += 1
             lane.progress = i
@@ -924,6 +924,13 @@ class GroupRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(lane.wake.wait(), delay)
         return not lane.stopped
+
+
+def _dedup_keys(spec: HandlerSpec, unit: list[Message]) -> list[str]:
+    key = spec.dedup_key
+    if key is coordinates:
+        return coordinate_keys(unit)  # the default, built in one C loop
+    return [key(m) for m in unit]
 
 
 def _fmt(tps: Iterable[TopicPartition]) -> str:

@@ -78,3 +78,116 @@ def test_implementation_is_named() -> None:
     assert dispatch.IMPLEMENTATION in ("cython", "python")
     expected = "python" if dispatch.NO_EXTENSIONS else "cython"
     assert expected == dispatch.IMPLEMENTATION
+
+
+# -- the rest of the per-record core: both implementations, then compared --------------------
+
+
+def _cores() -> list:
+    from streamq import dispatch as d
+    from streamq import message as msg_mod
+
+    py = pytest.param(
+        (msg_mod._MessagePy, d._kafka_messages_py, d._call_each_py, d._coordinate_keys_py),
+        id="pure-python",
+    )
+    if dispatch.NO_EXTENSIONS:
+        return [py]
+    from streamq import _dispatch as c
+
+    cy = pytest.param(
+        (c.Message, c.kafka_messages, c.call_each, c.coordinate_keys),
+        id="cython",
+        marks=pytest.mark.cython,
+    )
+    return [cy, py]
+
+
+@pytest.fixture(params=_cores())
+def core(request: pytest.FixtureRequest) -> tuple:
+    return request.param
+
+
+def _confluent_records() -> list:
+    ck = pytest.importorskip("confluent_kafka")
+    return [
+        ck.Message(topic="t", partition=3, offset=2**40, key=b"k", value=b'{"a":1}',
+                   timestamp=(1, 1_700_000_000_123), headers=[("h", b"1"), ("h", b"2")]),
+        ck.Message(topic="t", partition=3, offset=2**40 + 1, key=None, value=None,
+                   timestamp=(0, -1)),
+        ck.Message(topic="t", partition=0, offset=0,
+                   error=ck.KafkaError(ck.KafkaError._PARTITION_EOF)),
+        ck.Message(topic="u", partition=1, offset=7, key=b"", value=b""),
+    ]  # fmt: skip
+
+
+def _fields(m: object) -> tuple:
+    return tuple(
+        getattr(m, a)
+        for a in ("topic", "partition", "offset", "key", "value", "raw_headers", "timestamp",
+                  "attempt")
+    )  # fmt: skip
+
+
+def test_kafka_records_become_messages(core: tuple) -> None:
+    _, kafka_messages, _, _ = core
+    errors: list = []
+    out = kafka_messages(_confluent_records(), errors.append)
+    assert [type(m) for m in out] == [Message] * 3  # the class handlers get, either way
+    assert [_fields(m) for m in out] == [
+        ("t", 3, 2**40, b"k", b'{"a":1}', [("h", b"1"), ("h", b"2")], 1_700_000_000_123, 1),
+        ("t", 3, 2**40 + 1, None, None, None, -1, 1),
+        ("u", 1, 7, b"", b"", None, 0, 1),
+    ]
+    assert out[0].headers == {"h": b"2"}
+    assert len(errors) == 1 and errors[0].code() == -191
+
+
+def test_field_reads_are_checked_against_the_installed_confluent_kafka() -> None:
+    """The compiled core reads records by field only after its probe matched (2.2, 2.16)."""
+    pytest.importorskip("confluent_kafka")
+    from streamq.brokers import kafka
+
+    assert kafka.FIELD_READS is (not dispatch.NO_EXTENSIONS)
+
+
+def test_call_each_stops_at_the_record_that_raised(core: tuple) -> None:
+    message_type, _, call_each, _ = core
+    unit = [message_type("t", 0, o, None, b"v") for o in range(10)]
+    seen: list[int] = []
+
+    def invoke(m: object) -> None:
+        seen.append(m.offset)  # type: ignore[attr-defined]
+        if m.offset == 6:  # type: ignore[attr-defined]
+            raise KeyError("boom")
+
+    failed: list = []
+    assert call_each(invoke, unit, 2, 5, failed) == 5 and not failed
+    assert call_each(invoke, unit, 5, 99, failed) == 6
+    assert seen == [2, 3, 4, 5, 6] and isinstance(failed[0], KeyError)
+
+
+def test_coordinate_keys_match_the_dedup_default(core: tuple) -> None:
+    from streamq.dedup import coordinates
+
+    message_type, _, _, coordinate_keys = core
+    unit = [message_type("orders", 2, o, None, b"v") for o in (0, 5, 2**40)]
+    assert coordinate_keys(unit) == [coordinates(m) for m in unit]
+
+
+def test_message_behaves_the_same_in_both_cores(core: tuple) -> None:
+    import pickle
+
+    message_type = core[0]
+    m = message_type("t", 1, 5, b"k", b'{"a": [1]}', [("x", b"1")], 99)
+    m.attempt = 3
+    assert m.json() == {"a": [1]} and m.headers == {"x": b"1"} and m.tp == TopicPartition("t", 1)
+    assert repr(m) == (
+        "Message('t', partition=1, offset=5, key=b'k', value=b'{\"a\": [1]}', attempt=3)"
+    )
+    back = pickle.loads(pickle.dumps(m))
+    assert type(back) is message_type and _fields(back) == _fields(m)
+    with pytest.raises(AttributeError):
+        m.unknown = 1  # no per-record __dict__
+    with pytest.raises(ValueError, match="tombstone"):
+        message_type("t", 0, 0, None, None).json()

@@ -6,8 +6,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamq import offsets as offsets_mod
+from streamq._native import NO_EXTENSIONS
 from streamq.message import Message, TopicPartition
-from streamq.offsets import OffsetTracker, PartitionOffsets
+from streamq.offsets import OffsetTracker
 
 TP = TopicPartition("t", 0)
 
@@ -29,8 +31,10 @@ def sparse_offsets(draw: st.DrawFn) -> list[int]:
 
 @settings(max_examples=300)
 @given(offsets=sparse_offsets(), seed=st.integers(), chunk=st.integers(min_value=1, max_value=7))
-def test_position_is_first_unfinished(offsets: list[int], seed: int, chunk: int) -> None:
-    part = PartitionOffsets(epoch=1)
+def test_position_is_first_unfinished(
+    offsets_impl: type, offsets: list[int], seed: int, chunk: int
+) -> None:
+    part = offsets_impl(epoch=1)
     for i in range(0, len(offsets), chunk):
         part.track(offsets[i : i + chunk])
     order = offsets[:]
@@ -45,15 +49,13 @@ def test_position_is_first_unfinished(offsets: list[int], seed: int, chunk: int)
         assert part.position == expected
         # memory is O(records in the window), never O(offset distance): gaps reach 1e9
         # (faust #453)
-        assert len(part.pending) + len(part.done_above) <= 2 * len(offsets)
-        assert len(part.pending) == len(unfinished) + len(part.done_above)
-        assert part.done_above <= set(part.pending)
-        assert part.in_flight == len(unfinished)
-    assert not part.pending and not part.done_above
+        assert part.held <= len(offsets)
+        assert part.in_flight == len(unfinished) <= part.held
+    assert part.held == 0 and part.in_flight == 0
 
 
-def test_position_none_until_tracked_then_one_past_last() -> None:
-    part = PartitionOffsets(epoch=1)
+def test_position_none_until_tracked_then_one_past_last(offsets_impl: type) -> None:
+    part = offsets_impl(epoch=1)
     assert part.position is None
     part.track([5, 9])
     assert part.position == 5
@@ -63,24 +65,33 @@ def test_position_none_until_tracked_then_one_past_last() -> None:
     assert part.position == 10
 
 
-def test_stale_and_unknown_completions_are_ignored() -> None:
-    part = PartitionOffsets(epoch=1)
+def test_stale_and_unknown_completions_are_ignored(offsets_impl: type) -> None:
+    part = offsets_impl(epoch=1)
     part.track([10, 11])
     assert not part.done(3)  # behind the position
     assert not part.done(99)  # never tracked
     assert part.position == 10
 
 
-def test_tracking_backwards_with_work_in_flight_is_refused() -> None:
-    part = PartitionOffsets(epoch=1)
+def test_a_gap_offset_is_not_in_flight(offsets_impl: type) -> None:
+    part = offsets_impl(epoch=1)
+    part.track([10, 20])  # 11..19 are a gap: compacted away, or transaction markers
+    assert not part.done(15)
+    assert part.in_flight == 2
+    assert part.done(20) and part.in_flight == 1 and part.position == 10
+    assert part.done(10) and part.position == 21
+
+
+def test_tracking_backwards_with_work_in_flight_is_refused(offsets_impl: type) -> None:
+    part = offsets_impl(epoch=1)
     part.track([10, 11])
     with pytest.raises(ValueError, match="in flight"):
         part.track([5])
-    assert list(part.pending) == [10, 11]
+    assert part.held == 2 and part.position == 10
 
 
-def test_rewind_after_everything_is_done() -> None:
-    part = PartitionOffsets(epoch=1)
+def test_rewind_after_everything_is_done(offsets_impl: type) -> None:
+    part = offsets_impl(epoch=1)
     part.track([10, 11])
     part.done(10)
     part.done(11)
@@ -114,3 +125,48 @@ def test_counts_ignore_duplicate_completions() -> None:
     tracker.complete(TP, epoch, batch)
     tracker.complete(TP, epoch, batch)
     assert tracker.in_flight_records == 0 and tracker.in_flight_bytes == 0
+
+
+def test_message_helpers_count_bytes_once(offsets_impl: type) -> None:
+    part = offsets_impl(epoch=1)
+    batch = [Message("t", 0, o, None, None if o == 2 else b"x" * 10) for o in range(4)]
+    assert part.track_messages(batch) == 30
+    assert part.bytes == 30
+    assert part.complete_messages(batch[1:3]) == (2, 10)
+    assert part.complete_messages(batch[1:3]) == (0, 0)  # duplicates count nothing
+    assert part.bytes == 20 and part.in_flight == 2 and part.position == 0
+
+
+# A random history of tracks and completions, including duplicates, gaps and stale ones.
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("track"), st.integers(min_value=1, max_value=6)),
+        st.tuples(st.just("done"), st.integers(min_value=0, max_value=40)),
+    ),
+    max_size=60,
+)
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="STREAMQ_NO_EXTENSIONS=1: no compiled core")
+@settings(max_examples=300)
+@given(history=ops, gap=st.integers(min_value=1, max_value=3))
+def test_cython_and_python_trackers_agree(history: list, gap: int) -> None:
+    from streamq._dispatch import PartitionOffsets as Compiled
+
+    py, cy = offsets_mod._PartitionOffsetsPy(1), Compiled(1)
+    next_offset = 0
+    for op, arg in history:
+        if op == "track":
+            batch = list(range(next_offset, next_offset + arg * gap, gap))
+            next_offset = batch[-1] + gap
+            py.track(batch, len(batch))
+            cy.track(batch, len(batch))
+        else:
+            assert py.done(arg) == cy.done(arg)
+        assert (py.position, py.in_flight, py.held, py.bytes, py.last) == (
+            cy.position,
+            cy.in_flight,
+            cy.held,
+            cy.bytes,
+            cy.last,
+        )
