@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from .dispatch import json_decoder
 from .errors import ConfigError, DecodeError, SchemaError
 from .message import Headers
 
@@ -77,22 +78,7 @@ def make_decoder(tp: Any) -> Decoder:
     loads = orjson.loads
     if tp in _PLAIN:
         kind = _PLAIN[tp]
-
-        def decode_plain(value: bytes | None) -> Any:
-            if value is None:
-                raise DecodeError("null value (tombstone) where a payload was expected")
-            try:
-                obj = loads(value)
-            except orjson.JSONDecodeError as exc:
-                raise DecodeError(f"invalid JSON: {exc}") from None
-            if kind is not None and type(obj) is not kind:
-                raise SchemaError(
-                    f"1 validation error: expected a JSON {_JSON_NAMES[kind]}, "
-                    f"got {_json_kind(obj)}"
-                )
-            return obj
-
-        return decode_plain
+        return json_decoder(kind, _describe_mismatch(kind))
 
     adapter: TypeAdapter[Any] = TypeAdapter(tp)
     validate_json = adapter.validate_json
@@ -124,6 +110,11 @@ def make_decoder(tp: Any) -> Decoder:
 
 
 _JSON_NAMES: dict[type, str] = {dict: "object", list: "array"}
+
+
+def _describe_mismatch(kind: type | None) -> Callable[[Any], str]:
+    expected = _JSON_NAMES.get(kind, "value") if kind is not None else "value"
+    return lambda obj: f"1 validation error: expected a JSON {expected}, got {_json_kind(obj)}"
 
 
 def _json_kind(obj: Any) -> str:

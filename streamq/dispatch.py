@@ -15,7 +15,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import orjson
+
 from ._native import IMPLEMENTATION, NO_EXTENSIONS, native
+from .errors import DecodeError, SchemaError
 from .message import Message, TopicPartition
 
 __all__ = [
@@ -26,7 +29,9 @@ __all__ = [
     "bind_confluent",
     "call_each",
     "coordinate_keys",
+    "json_decoder",
     "kafka_messages",
+    "make_invoker",
 ]
 
 
@@ -109,6 +114,44 @@ def _kafka_messages_py(raw: list[Any], on_error: Callable[[Any], None]) -> list[
     return out
 
 
+# Handler signatures ``make_invoker`` specialises (0: the handler takes the Message alone).
+SHAPE_MESSAGE, SHAPE_PAYLOAD, SHAPE_PAYLOAD_MSG, SHAPE_MSG_PAYLOAD = 0, 1, 2, 3
+
+
+def _make_invoker_py(
+    fn: Callable[..., Any], decode: Callable[[Any], Any] | None, shape: int
+) -> Callable[[Any], Any]:
+    """The per-record call for a handler of one of the shapes above, as a closure."""
+    if shape == SHAPE_MESSAGE:
+        return fn
+    assert decode is not None
+    if shape == SHAPE_PAYLOAD:
+        return lambda m: fn(decode(m.value))
+    if shape == SHAPE_PAYLOAD_MSG:
+        return lambda m: fn(decode(m.value), m)
+    if shape == SHAPE_MSG_PAYLOAD:
+        return lambda m: fn(m, decode(m.value))
+    raise ValueError(f"unknown handler shape {shape}")
+
+
+def _json_decoder_py(kind: type | None, describe: Callable[[Any], str]) -> Callable[[Any], Any]:
+    """Parse with orjson, then check the kind: for payload types JSON guarantees (dict, Any)."""
+    loads = orjson.loads
+
+    def decode(value: bytes | None) -> Any:
+        if value is None:
+            raise DecodeError("null value (tombstone) where a payload was expected")
+        try:
+            obj = loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(f"invalid JSON: {exc}") from None
+        if kind is not None and type(obj) is not kind:
+            raise SchemaError(describe(obj))
+        return obj
+
+    return decode
+
+
 def _bind_confluent_py(message_type: type) -> bool:
     """The twin reads records through their methods only."""
     return False
@@ -117,6 +160,8 @@ def _bind_confluent_py(message_type: type) -> bool:
 Dispatcher: type[DispatcherProtocol] = _DispatcherPy
 bind_confluent = _bind_confluent_py
 call_each = _call_each_py
+make_invoker = _make_invoker_py
+json_decoder = _json_decoder_py
 coordinate_keys = _coordinate_keys_py
 kafka_messages = _kafka_messages_py
 
@@ -124,5 +169,7 @@ if native is not None and not TYPE_CHECKING:
     Dispatcher = native.Dispatcher
     bind_confluent = native.bind_confluent
     call_each = native.call_each
+    make_invoker = native.make_invoker
+    json_decoder = native.JsonDecoder
     coordinate_keys = native.coordinate_keys
     kafka_messages = native.kafka_messages

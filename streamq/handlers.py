@@ -16,6 +16,13 @@ from typing import Any
 
 from .codec import make_decoder
 from .dedup import GuardedStore, KeyFn, coordinates, make_store
+from .dispatch import (
+    SHAPE_MESSAGE,
+    SHAPE_MSG_PAYLOAD,
+    SHAPE_PAYLOAD,
+    SHAPE_PAYLOAD_MSG,
+    make_invoker,
+)
 from .errors import ConfigError
 from .message import Message
 from .retry import RetryPolicy
@@ -281,20 +288,19 @@ def _specialise(
     if decode is None:
         assert msg_param is not None
         if positional and contiguous:
-            return fn
+            return make_invoker(fn, None, SHAPE_MESSAGE)
         mname = msg_param.name
         return lambda m: fn(**{mname: m})
     if msg_param is None:
         assert payload_param is not None
         if positional and contiguous:
-            return lambda m: fn(decode(m.value))
+            return make_invoker(fn, decode, SHAPE_PAYLOAD)
         pname = payload_param.name
         return lambda m: fn(**{pname: decode(m.value)})
     assert payload_param is not None
     if positional and contiguous:
-        if used[0] is payload_param:
-            return lambda m: fn(decode(m.value), m)
-        return lambda m: fn(m, decode(m.value))
+        shape = SHAPE_PAYLOAD_MSG if used[0] is payload_param else SHAPE_MSG_PAYLOAD
+        return make_invoker(fn, decode, shape)
     pname, mname = payload_param.name, msg_param.name
     return lambda m: fn(**{pname: decode(m.value), mname: m})
 

@@ -56,9 +56,12 @@ Unit = tuple[LaneKey, int, HandlerSpec, "Lease | None", list[Message]]
 # Seconds cancelled lanes get to unwind and report what they finished.
 _CANCEL_GRACE = 2.0
 
-# Records an inline lane handles before yielding the loop: bounds how long a revoke or stop
-# waits on a sync handler to one slice, at the cost of one loop turn per slice.
+# An inline lane looks at the clock every INLINE_SLICE records and yields the loop once it
+# held it for INLINE_HOLD seconds: a revoke or stop waits on a sync handler for about that
+# long (or one slice of slow handlers), while fast handlers pay one loop turn per few
+# thousand records instead of one per slice.
 INLINE_SLICE = 64
+INLINE_HOLD = 0.005
 
 
 class Stats:
@@ -124,6 +127,7 @@ class Lane:
         "stopped",
         "task",
         "wake",
+        "yielded_at",
     )
 
     def __init__(self, key: LaneKey, epoch: int, spec: HandlerSpec, lease: Lease | None) -> None:
@@ -142,6 +146,7 @@ class Lane:
         self.seq_base = 0  # records of this lane before the current unit
         self.last_dead = -2  # lane sequence number of the last dead-lettered record
         self.dead_run = 0  # consecutive dead-lettered records ending at last_dead
+        self.yielded_at = 0.0  # inline lanes: when this lane last gave the loop back
 
     def take(self, limit: int) -> list[Message]:
         """The next unit: one polled chunk, or up to ``limit`` records for batch handlers.
@@ -697,7 +702,7 @@ class GroupRunner:
             lane.reported = upto
 
     async def _run_sync(self, lane: Lane, unit: list[Message]) -> int:
-        """Run inline, yielding the loop every ``INLINE_SLICE`` records.
+        """Run inline, yielding the loop whenever this lane held it for ``INLINE_HOLD``.
 
         Inline handlers share the event loop. Without the yield one lane would hold it for a
         whole fetch, and a revoke could not stop it within ``revoke_timeout``: the old owner
@@ -705,6 +710,8 @@ class GroupRunner:
         """
         invoke = lane.spec.invoke
         lease = lane.lease
+        marks = lane.spec.dedup is not None
+        clock = time.monotonic
         n = len(unit)
         i = 0
         failed: list[BaseException] = []
@@ -713,7 +720,6 @@ class GroupRunner:
             if lease is None:
                 i = call_each(invoke, unit, i, end, failed)
             else:  # ownership can lapse silently: check it before every handler
-                clock = time.monotonic
                 try:
                     while i < end and clock() < lease.deadline:
                         invoke(unit[i])
@@ -727,10 +733,15 @@ class GroupRunner:
                     return i
                 i += 1
             lane.progress = i
-            self._report(lane, unit, i)
-            await asyncio.sleep(0)
-            if lane.stopped:
-                return i
+            if marks:  # a crash re-handles at most one slice that the store did not see
+                self._report(lane, unit, i)
+            now = clock()
+            if now - lane.yielded_at >= INLINE_HOLD:
+                self._report(lane, unit, i)
+                await asyncio.sleep(0)
+                lane.yielded_at = clock()
+                if lane.stopped:
+                    return i
         return n
 
     async def _run_async(self, lane: Lane, unit: list[Message]) -> int:
