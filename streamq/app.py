@@ -78,6 +78,7 @@ class App:
         timeout: float | None = None,
         dlq_limit: int | None = None,
         dedup_key: Callable[[Message], str] | None = None,
+        executor: Literal["inline", "threads", "asyncio", "processes"] | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function as the handler of ``topic``.
 
@@ -114,6 +115,10 @@ class App:
             dlq_limit: Most consecutive records of one partition (or key lane) that may be
                 dead-lettered; the next one halts the partition instead, so a bad deploy
                 does not empty a topic into its DLQ.
+            executor: Where the handler runs: ``"inline"`` (sync, on the event loop: the
+                default and the cheapest), ``"threads"`` (sync, blocking I/O),
+                ``"asyncio"`` (async def, the default for those) or ``"processes"`` (sync,
+                CPU-bound, module-level function). Lanes keep their order in every one.
 
         Raises:
             ConfigError: Invalid options or a signature that cannot be served, all listed,
@@ -143,6 +148,7 @@ class App:
                 dedup_key=dedup_key,
                 dedup_max_keys=self.settings.dedup_max_keys,
                 dedup_ttl=self.settings.dedup_ttl,
+                executor=executor,
             )
             key = (spec.group, spec.topic)
             if key in self.handlers:

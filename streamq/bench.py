@@ -96,6 +96,12 @@ class BenchSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def slots(self) -> int:
+        """Counter slots: one per worker, plus one per pool process under ``processes``."""
+        pool = (os.cpu_count() or 1) if self.executor == "processes" else 0
+        return self.workers * (1 + pool)
+
+    @property
     def topics(self) -> list[str]:
         return [self.topic, self.latency_topic] if self.latency_topic else [self.topic]
 
@@ -116,11 +122,6 @@ class BenchSpec:
             problems.append(f"--handler: {exc}")
         if self.executor not in EXECUTORS:
             problems.append(f"--executor: one of {', '.join(EXECUTORS)}")
-        elif self.executor in ("threads", "processes"):
-            problems.append(
-                f"--executor {self.executor}: that executor is not built yet (inline and "
-                "asyncio are); see the open performance issue"
-            )
         if self.ordering not in ("partition", "key"):
             problems.append("--ordering: partition or key")
         if self.workers > 1 and self.broker.startswith("memory://"):
@@ -183,12 +184,16 @@ def _attach(name: str) -> shared_memory.SharedMemory:
     Before Python 3.13 the resource tracker of an attaching process unlinks the block when
     that process exits (cpython #82300), under the parent's feet.
     """
-    shm = shared_memory.SharedMemory(name)
-    if sys.version_info < (3, 13):
-        from multiprocessing import resource_tracker
+    if sys.version_info >= (3, 13):
+        return shared_memory.SharedMemory(name, track=False)
+    from multiprocessing import resource_tracker
 
-        resource_tracker.unregister(shm._name, "shared_memory")  # type: ignore[attr-defined]
-    return shm
+    register = resource_tracker.register
+    resource_tracker.register = lambda *args, **kwargs: None
+    try:
+        return shared_memory.SharedMemory(name)
+    finally:
+        resource_tracker.register = register
 
 
 def _view(shm: shared_memory.SharedMemory) -> memoryview:
@@ -200,12 +205,28 @@ def _view(shm: shared_memory.SharedMemory) -> memoryview:
 class Tally:
     """This process's slot in the shared counters; ``tick`` runs once per record."""
 
-    def __init__(self, shm_name: str, slot: int) -> None:
+    def __init__(self, shm_name: str, slot: int | None, first_free: int = 0) -> None:
         self._shm = _attach(shm_name)
         self.view = _view(self._shm)
+        if slot is None:  # a pool process: claim a free slot past the workers'
+            slot = self._claim(shm_name, first_free)
         self.base = _HEADER + slot * _SLOT
         self.view[self.base + _PID] = os.getpid()
         atexit.register(self.close)  # the view must go before the mapping can close
+
+    def _claim(self, shm_name: str, first: int) -> int:
+        import fcntl
+        import tempfile
+
+        path = os.path.join(tempfile.gettempdir(), f"{shm_name.strip('/')}.lock")
+        with open(path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            slots = (len(self.view) - _HEADER) // _SLOT
+            for slot in range(first, slots):
+                if self.view[_HEADER + slot * _SLOT + _PID] == 0:
+                    self.view[_HEADER + slot * _SLOT + _PID] = os.getpid()
+                    return slot
+        raise RuntimeError("no free counter slot for this pool process")
 
     def tick_fn(self) -> Callable[[int], None]:
         """A closure: a local increment and one shared store per record; latency in phase 2."""
@@ -345,6 +366,8 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
     if slot is not None:
         tick = Tally(spec.shm, slot).tick_fn()
     options: dict[str, Any] = {"ordering": spec.ordering, "dlq": False}
+    if spec.executor in ("threads", "processes"):
+        options["executor"] = spec.executor
     if spec.dedup != "none":
         options["dedup"] = spec.dedup
     app = streamq.App(
@@ -360,7 +383,9 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
         for h in handlers:
             h(fn)
 
-    if spec.executor == "asyncio":
+    if spec.executor == "processes":
+        register(_POOL_HANDLERS[kind])
+    elif spec.executor == "asyncio":
         if kind == "sleep":
 
             async def handle_async(msg: Message) -> None:
@@ -413,6 +438,51 @@ def _no_tick(timestamp_ms: int) -> None:
     pass
 
 
+# -- module-level handlers for --executor processes: pool processes import them by name -------
+
+_pool_state: dict[str, Any] = {}
+
+
+def _pool_tick(timestamp_ms: int) -> None:
+    tick = _pool_state.get("tick")
+    if tick is None:
+        spec = BenchSpec(**json.loads(os.environ["STREAMQ_BENCH_SPEC"]))
+        _pool_state["sleep"] = parse_handler(spec.handler)[1]
+        tick = _pool_state["tick"] = Tally(spec.shm, None, spec.workers).tick_fn()
+    tick(timestamp_ms)
+
+
+def pool_noop(msg: Message) -> None:
+    _pool_tick(msg.timestamp)
+
+
+def pool_json(value: dict, msg: Message) -> None:  # type: ignore[type-arg]
+    _pool_tick(msg.timestamp)
+
+
+def pool_pydantic(value: BenchRecord, msg: Message) -> None:
+    _pool_tick(msg.timestamp)
+
+
+def pool_cpu(value: dict, msg: Message) -> None:  # type: ignore[type-arg]
+    _burn()
+    _pool_tick(msg.timestamp)
+
+
+def pool_sleep(msg: Message) -> None:
+    _pool_tick(msg.timestamp)  # first: it reads the sleep time
+    time.sleep(_pool_state["sleep"])
+
+
+_POOL_HANDLERS: dict[str, Callable[..., None]] = {
+    "noop": pool_noop,
+    "json": pool_json,
+    "pydantic": pool_pydantic,
+    "cpu": pool_cpu,
+    "sleep": pool_sleep,
+}
+
+
 def __getattr__(name: str) -> Any:
     """``streamq.bench:app`` for ``--workers N``: each spawned worker builds its own app."""
     if name != "app":
@@ -456,7 +526,7 @@ class Monitor:
         self.view = _view(self._shm)
 
     def slots(self) -> range:
-        return range(self.spec.workers)
+        return range(self.spec.slots)
 
     def count(self) -> int:
         v = self.view
@@ -671,7 +741,7 @@ def run_bench(spec: BenchSpec, progress: Progress | None = None) -> dict[str, An
     admin = connect(spec.broker).admin()
     runs: list[dict[str, Any]] = []
     sides = ["raw", "streamq"] if spec.raw else ["streamq"]
-    shm = shared_memory.SharedMemory(create=True, size=(_HEADER + spec.workers * _SLOT) * 8)
+    shm = shared_memory.SharedMemory(create=True, size=(_HEADER + spec.slots * _SLOT) * 8)
     view = _view(shm)
     try:
         for r in range(spec.rounds):
@@ -700,7 +770,7 @@ def _drain_with_progress(
     def report() -> None:
         while not finished.wait(0.1):
             if progress is not None:
-                count = sum(view[_HEADER + s * _SLOT + _COUNT] for s in range(spec.workers))
+                count = sum(view[_HEADER + s * _SLOT + _COUNT] for s in range(spec.slots))
                 progress(side, min(count, spec.messages), spec.messages)
 
     reporter = threading.Thread(target=report, daemon=True)

@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .message import Message
 from .retry import RetryPolicy
 
-__all__ = ["CommitMode", "HandlerSpec", "Ordering", "build_spec"]
+__all__ = ["CommitMode", "Executor", "HandlerSpec", "Ordering", "build_spec"]
 
 
 class Ordering(StrEnum):
@@ -38,6 +38,23 @@ class Ordering(StrEnum):
 
     KEY = "key"
     """Per key lane inside a partition: different keys run in parallel, each key in order."""
+
+
+class Executor(StrEnum):
+    """Where a handler runs."""
+
+    INLINE = "inline"
+    """Sync handlers, on the worker's event loop: cheapest per record, for fast handlers."""
+
+    THREADS = "threads"
+    """Sync handlers in a thread pool (``Settings.threads``): blocking I/O in parallel lanes."""
+
+    ASYNCIO = "asyncio"
+    """Async handlers, awaited on the event loop: many lanes waiting on I/O at once."""
+
+    PROCESSES = "processes"
+    """Sync module-level handlers in a process pool (``Settings.processes``): CPU-bound work
+    on every core, each lane's records still in order, shipped in chunks."""
 
 
 class CommitMode(StrEnum):
@@ -70,6 +87,7 @@ class HandlerSpec:
     dlq: bool | str
     dlq_topic: str | None
     commit: CommitMode
+    executor: Executor = Executor.INLINE
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     dont_retry_on: tuple[type[BaseException], ...] = ()
     timeout: float | None = None
@@ -105,6 +123,7 @@ def build_spec(
     dedup_key: KeyFn | None = None,
     dedup_max_keys: int = 100_000,
     dedup_ttl: float = 7 * 86400.0,
+    executor: str | None = None,
 ) -> HandlerSpec:
     name = getattr(fn, "__qualname__", repr(fn))
     problems: list[str] = []
@@ -153,6 +172,7 @@ def build_spec(
             "timeout: needs an async handler; a sync handler runs inline and cannot be "
             "interrupted (make it async, or drop timeout)"
         )
+    executor_v = _executor(fn, executor, is_async, invoke is not None, problems)
     if problems:
         raise ConfigError([f"handler {name!r} for topic {topic!r}: {p}" for p in problems])
     assert invoke is not None and retry is not None
@@ -174,6 +194,7 @@ def build_spec(
         dlq=dlq,
         dlq_topic=dlq_topic,
         commit=commit_v,
+        executor=executor_v,
         retry_on=retry_on_v,
         dont_retry_on=dont_retry_on_v,
         timeout=timeout,
@@ -181,6 +202,36 @@ def build_spec(
         dedup=store,
         dedup_key=dedup_key or coordinates,
     )
+
+
+def _executor(
+    fn: Callable[..., Any], value: str | None, is_async: bool, known: bool, problems: list[str]
+) -> Executor:
+    default = Executor.ASYNCIO if is_async else Executor.INLINE
+    if value is None:
+        return default
+    chosen: Executor | None = _enum(Executor, value, "executor", problems)
+    if chosen is None or not known:
+        return default
+    if is_async and chosen is not Executor.ASYNCIO:
+        problems.append(
+            f"executor: {value!r} runs sync handlers; an async handler is awaited on the event "
+            "loop (executor='asyncio', the default for async def)"
+        )
+    elif not is_async and chosen is Executor.ASYNCIO:
+        problems.append(
+            "executor: 'asyncio' needs an async def handler; for blocking sync code use "
+            "executor='threads'"
+        )
+    elif chosen is Executor.PROCESSES:
+        qualname = getattr(fn, "__qualname__", "")
+        module = getattr(fn, "__module__", None)
+        if not module or "<locals>" in qualname or "<lambda>" in qualname:
+            problems.append(
+                "executor: 'processes' sends the handler to other processes by name, so it "
+                "must be a module-level function (this one is defined inside a function)"
+            )
+    return chosen
 
 
 def _exception_types(value: Any, key: str, problems: list[str]) -> tuple[type[BaseException], ...]:

@@ -57,8 +57,17 @@ class Settings(BaseSettings):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     """Where a group with no committed offset starts. Earliest: nothing is skipped."""
 
-    key_lanes: int = Field(16, ge=1, le=4096)
-    """Parallel lanes per partition for ``ordering="key"`` handlers."""
+    key_lanes: int = Field(256, ge=1, le=4096)
+    """Lanes per partition for ``ordering="key"`` handlers: keys are hashed onto them, so this
+    bounds how many records of one partition run at once (and how often two keys share a
+    lane and wait for each other)."""
+
+    threads: int = Field(32, ge=1, le=1024)
+    """Threads of the worker's pool for ``executor="threads"`` handlers."""
+
+    processes: int | None = Field(None, ge=1, le=256)
+    """Processes of the worker's pool for ``executor="processes"`` handlers; default one per
+    CPU."""
 
     dlq_suffix: str = Field(".dlq", min_length=1)
     """``dlq=True`` dead-letters to ``<topic><dlq_suffix>``."""

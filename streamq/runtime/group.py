@@ -36,11 +36,12 @@ from ..dedup import coordinates
 from ..dispatch import Dispatcher, call_each, coordinate_keys
 from ..dlq import dead_letter_record
 from ..errors import BrokerError, PoisonMessage, Reject, WorkerLost
-from ..handlers import CommitMode, HandlerSpec, Ordering
+from ..handlers import CommitMode, Executor, HandlerSpec, Ordering
 from ..message import Message, TopicPartition
 from ..offsets import OffsetTracker
 from ..retry import NEVER_POISON
 from ..settings import Settings
+from .executors import BrokenProcessPool, PoolProcessDied, Pools, call_each_leased, process_chunk
 
 __all__ = ["GroupRunner", "Stats"]
 
@@ -62,6 +63,11 @@ _CANCEL_GRACE = 2.0
 # thousand records instead of one per slice.
 INLINE_SLICE = 64
 INLINE_HOLD = 0.005
+
+# Records per round trip to a pool: a thread pool chunk costs about 50 us, a process pool
+# chunk a pickle of the records both ways.
+POOL_CHUNK_THREADS = 64
+POOL_CHUNK_PROCESSES = 256
 
 
 class Stats:
@@ -187,6 +193,7 @@ class GroupRunner:
         crashes: CrashCounter | None = None,
         probe_lock: asyncio.Lock | None = None,
         backend: Backend | None = None,
+        pools: Pools | None = None,
     ) -> None:
         self.group = group
         self._specs = specs
@@ -199,6 +206,7 @@ class GroupRunner:
         self._dispatcher = Dispatcher()
         self._tracker = OffsetTracker()
         self._crashes = crashes
+        self._pools = pools or Pools(settings.threads, settings.processes)
         # one suspect at a time in the whole worker, so a death is charged to one record only
         self._probe_lock = probe_lock or asyncio.Lock()
         self._suspects: dict[TopicPartition, Suspects] = {}  # poll thread
@@ -628,11 +636,15 @@ class GroupRunner:
             lane.task = None
 
     async def _run_unit(self, lane: Lane, unit: list[Message]) -> int:
-        if lane.spec.batch:
+        spec = lane.spec
+        if spec.batch:
             return await self._run_batch(lane, unit)
-        if lane.spec.is_async:
+        executor = spec.executor
+        if executor is Executor.INLINE:
+            return await self._run_sync(lane, unit)
+        if executor is Executor.ASYNCIO:
             return await self._run_async(lane, unit)
-        return await self._run_sync(lane, unit)
+        return await self._run_pooled(lane, unit)
 
     async def _run_probe(self, lane: Lane, unit: Probe) -> int:
         """Handle one suspect alone, charged to the crash counter while its handler runs."""
@@ -777,9 +789,77 @@ class GroupRunner:
         return not lane.stopped
 
     async def _call(self, spec: HandlerSpec, arg: Any) -> None:
-        result = spec.invoke(arg)
-        if spec.is_async:
-            await result
+        """One call of the handler (a retry, a batch), wherever its executor runs it."""
+        executor = spec.executor
+        if executor is Executor.INLINE:
+            spec.invoke(arg)
+        elif executor is Executor.ASYNCIO:
+            await spec.invoke(arg)
+        elif executor is Executor.THREADS:
+            await self._loop.run_in_executor(self._pools.threads(), spec.invoke, arg)
+        else:
+            _, exc = await self._in_process(spec, arg if spec.batch else [arg])
+            if exc is not None:
+                raise exc
+
+    async def _run_pooled(self, lane: Lane, unit: list[Message]) -> int:
+        """Hand the unit to the thread or process pool one chunk at a time, in order.
+
+        The lane waits for each chunk, so its records never overlap; other lanes' chunks run
+        in the pool meanwhile. A revoke or stop waits for at most the running chunk.
+        """
+        spec = lane.spec
+        lease = lane.lease
+        threads = spec.executor is Executor.THREADS
+        chunk = POOL_CHUNK_THREADS if threads else POOL_CHUNK_PROCESSES
+        deadline = None if lease is None else (lambda: lease.deadline)
+        n = len(unit)
+        i = 0
+        alone_until = 0  # after a pool process died: one record per call, to find the killer
+        while i < n:
+            expired = lease is not None and time.monotonic() >= lease.deadline
+            if expired and not await self._await_lease(lane):
+                return i
+            end = min(i + (1 if i < alone_until else chunk), n)
+            exc: BaseException | None = None
+            if threads:
+                failed: list[BaseException] = []
+                i = await self._loop.run_in_executor(
+                    self._pools.threads(), call_each_leased, spec.invoke, unit, i, end, failed,
+                    deadline,
+                )  # fmt: skip
+                exc = failed[0] if failed else None
+            else:
+                done, exc = await self._in_process(spec, unit[i:end])
+                i += done
+                if isinstance(exc, PoolProcessDied) and end - i > 1:
+                    # Which record of the chunk killed it is unknown: charge none, and take
+                    # the rest of the chunk one record at a time (those that ran before the
+                    # death run again: at-least-once).
+                    alone_until = end
+                    continue
+            if exc is not None:
+                if not await self._recover(lane, unit[i], exc, i):
+                    return i
+                i += 1
+            lane.progress = i
+            self._report(lane, unit, i)
+            if lane.stopped:
+                return i
+        return n
+
+    async def _in_process(
+        self, spec: HandlerSpec, records: list[Message]
+    ) -> tuple[int, BaseException | None]:
+        pool = self._pools.processes()
+        try:
+            done, exc = await self._loop.run_in_executor(
+                pool, process_chunk, spec.fn, spec.batch, records
+            )
+        except BrokenProcessPool as broken:
+            self._pools.replace_broken_processes(pool)
+            return 0, PoolProcessDied(f"a process of the handler pool died: {broken}")
+        return int(done), exc
 
     async def _recover(self, lane: Lane, msg: Message, exc: BaseException, index: int) -> bool:
         """Retry ``msg`` (``unit[index]``) in place, then dead-letter it.

@@ -24,6 +24,7 @@ from ..dedup import RedisDedup
 from ..errors import ConfigError, PartitionHalted, ShutdownTimeout, StreamqError
 from ..handlers import CommitMode, HandlerSpec
 from ..settings import Settings
+from .executors import Pools
 from .group import GroupRunner
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ class Worker:
         broker = connect(settings.broker, settings)
         producer = broker.producer()
         probe_lock = asyncio.Lock()
+        pools = Pools(settings.threads, settings.processes)
         try:
             for group, specs in (self._groups or app.groups()).items():
                 self.runners.append(
@@ -105,6 +107,7 @@ class Worker:
                         crash_counter(group, specs, broker, settings),
                         probe_lock,
                         self._backends.get(group),
+                        pools,
                     )
                 )
             for runner in self.runners:
@@ -118,6 +121,7 @@ class Worker:
                 await asyncio.sleep(0.01)
             producer.flush(settings.shutdown_timeout)
             producer.close()
+            pools.shutdown()
         self._raise_outcome()
 
     async def _wait_for_stop(self) -> None:

@@ -183,3 +183,45 @@ def test_configure_rederives_dlq_topics(app: streamq.App) -> None:
 
     app.configure(dlq_suffix="-dead")
     assert app.handlers[("svc", "t")].dlq_topic == "t-dead"
+
+
+def module_level_handler(msg: Message) -> None:
+    """A handler the process pool can import by name."""
+
+
+def test_executor_defaults_follow_the_handler(app: streamq.App) -> None:
+    from streamq.handlers import Executor
+
+    @app.handler("sync")
+    def sync(msg: Message) -> None: ...
+
+    @app.handler("coro")
+    async def coro(msg: Message) -> None: ...
+
+    app.handler("proc", executor="processes")(module_level_handler)
+    assert app.handlers[("svc", "sync")].executor is Executor.INLINE
+    assert app.handlers[("svc", "coro")].executor is Executor.ASYNCIO
+    assert app.handlers[("svc", "proc")].executor is Executor.PROCESSES
+
+
+@pytest.mark.parametrize(
+    ("is_async", "executor", "fragment"),
+    [
+        (True, "threads", "async handler is awaited"),
+        (False, "asyncio", "needs an async def"),
+        (False, "processes", "module-level function"),
+        (False, "gpu", "is not one of"),
+    ],
+)
+def test_executor_that_cannot_serve_the_handler(
+    app: streamq.App, is_async: bool, executor: str, fragment: str
+) -> None:
+    if is_async:
+
+        async def handler(msg: Message) -> None: ...
+    else:
+
+        def handler(msg: Message) -> None: ...
+
+    with pytest.raises(ConfigError, match=fragment):
+        app.handler("t", executor=executor)(handler)  # type: ignore[arg-type]
