@@ -86,9 +86,7 @@ def _run(tmp_path: Path, env: dict) -> tuple[int, str, int]:
     return code, out, worker.pid
 
 
-def test_threads_run_keys_in_parallel_and_each_key_in_order(
-    broker: Broker, tmp_path: Path
-) -> None:
+def test_threads_run_keys_in_parallel_and_each_key_in_order(broker: Broker, tmp_path: Path) -> None:
     topic, group, coords = _setup(broker, tmp_path, 400, 1)
     ledger = tmp_path / "ledger"
     env = app_env(broker.url, topic, group, ledger, EXECUTOR="threads", ORDERING="key",
