@@ -54,7 +54,7 @@ HANDLERS = ("noop", "json", "pydantic", "cpu")
 EXECUTORS = ("inline", "asyncio", "threads", "processes")
 # Shared-memory layout: a header, then one slot per worker process.
 _PHASE, _HEADER = 0, 8
-_COUNT, _PID, _LAT_N, _LAT0 = 0, 1, 2, 8
+_COUNT, _PID, _LAT_N, _FIRST, _CPU0, _LAT0 = 0, 1, 2, 3, 4, 8
 _LAT_CAP = 4096
 _SLOT = _LAT0 + _LAT_CAP
 _CPU_ITERS = 2_000  # the "cpu" handler: about 50 us of pure-Python arithmetic here
@@ -232,11 +232,15 @@ class Tally:
         """A closure: a local increment and one shared store per record; latency in phase 2."""
         view, base = self.view, self.base
         at_count, at_n, at_lat = base + _COUNT, base + _LAT_N, base + _LAT0
+        at_first = base + _FIRST
         count = 0
 
         def tick(timestamp_ms: int) -> None:
             nonlocal count
             count += 1
+            if count == 1:  # before the count, so the monitor never sees one without it
+                view[at_first] = time.monotonic_ns()
+                view[at_first + 1] = time.process_time_ns()
             view[at_count] = count
             if view[_PHASE]:
                 n = view[at_n]
@@ -536,6 +540,20 @@ class Monitor:
         v = self.view
         return [p for s in self.slots() if (p := v[_HEADER + s * _SLOT + _PID])]
 
+    def cpu_at_first(self) -> float:
+        v = self.view
+        return sum(v[_HEADER + s * _SLOT + _CPU0] for s in self.slots()) / 1e9
+
+    def cpu_now(self, pids: list[int]) -> float:
+        if pids == [os.getpid()]:
+            return time.process_time()  # this process: exact, not in clock ticks
+        return sum(_proc_cpu(p) for p in pids)
+
+    def first_ns(self) -> int:
+        v = self.view
+        stamps = [v[_HEADER + s * _SLOT + _FIRST] for s in self.slots()]
+        return min(t for t in stamps if t) if any(stamps) else time.monotonic_ns()
+
     def latencies(self) -> list[int]:
         v = self.view
         out: list[int] = []
@@ -554,22 +572,22 @@ class Monitor:
             if time.monotonic() > deadline_start:
                 raise RuntimeError("no record was handled within 120 s of starting")
             time.sleep(0.002)
-        start = time.perf_counter()
+        started = self.first_ns()
         pids = self.pids()
-        cpu0 = sum(_proc_cpu(p) for p in pids)
         rss_start = max((_proc_mem(p, "VmRSS:") for p in pids), default=0.0)
-        first = self.count()
-        limit = None if spec.max_seconds is None else start + spec.max_seconds
+        limit = None if spec.max_seconds is None else time.monotonic() + spec.max_seconds
         while (handled := self.count()) < n:
-            if limit is not None and time.perf_counter() > limit:
+            if limit is not None and time.monotonic() > limit:
                 break
             time.sleep(0.002)
-        elapsed = time.perf_counter() - start
+        # from the first record handled (stamped by its handler) to the sample that saw the
+        # last one: at most one sampling interval late
+        elapsed = (time.monotonic_ns() - started) / 1e9
         pids = self.pids()
-        cpu = sum(_proc_cpu(p) for p in pids) - cpu0
+        # CPU from each process's first record (its handler stamped it) to now
+        cpu = self.cpu_now(pids) - self.cpu_at_first()
         rss_peak = max((_proc_mem(p, "VmHWM:") for p in pids), default=0.0)
         rss_end = max((_proc_mem(p, "VmRSS:") for p in pids), default=0.0)
-        timed = handled - first
         lat: list[int] = []
         if handled >= n and spec.latency_topic:
             self.view[_PHASE] = 1
@@ -582,9 +600,9 @@ class Monitor:
         return {
             "handled": handled,
             "seconds": round(elapsed, 4),
-            "msg_s": round(timed / elapsed) if elapsed > 0 else 0,
-            "mb_s": round(timed * spec.size / elapsed / 1e6, 2) if elapsed > 0 else 0.0,
-            "cpu_s_per_m": round(cpu / timed * 1e6, 2) if timed else None,
+            "msg_s": round(handled / elapsed) if elapsed > 0 else 0,
+            "mb_s": round(handled * spec.size / elapsed / 1e6, 2) if elapsed > 0 else 0.0,
+            "cpu_s_per_m": round(cpu / handled * 1e6, 2) if handled else None,
             "rss_start_mb": round(rss_start, 1),
             "rss_end_mb": round(rss_end, 1),
             "rss_peak_mb": round(rss_peak, 1),

@@ -108,6 +108,11 @@ def supervise(
                     continue
                 del children[slot]
                 code = proc.exitcode if proc.exitcode >= 0 else 128 - proc.exitcode
+                if stopping and proc.exitcode in (-signal.SIGTERM, -signal.SIGINT):
+                    # The forwarded signal arrived before the child set up its handlers:
+                    # it was still starting, held no partitions, and lost nothing.
+                    log.info("worker %d stopped while starting", slot)
+                    code = 0
                 if code in EXIT_FINAL or stopping or not restart:
                     if code != 0 and result == 0:
                         result = code

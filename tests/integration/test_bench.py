@@ -1,0 +1,87 @@
+"""``streamq bench`` against the real brokers: both sides drain every record, and say so.
+
+No speed is asserted (the machines are shared and noisy); what must hold is that each drain
+handled exactly the backlog, timed the latency records it produced, and reported the ratio.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Broker
+
+from .helpers import streamq_cmd
+
+pytestmark = [pytest.mark.timeout(300)]
+
+
+def _bench(tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        streamq_cmd("bench", *args, "--json", str(out)),
+        capture_output=True, text=True, timeout=280, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "streamq / raw" in proc.stdout or "--no-raw" in args
+    return dict(json.loads(out.read_text()))
+
+
+def test_raw_and_streamq_drain_the_same_backlog(broker: Broker, tmp_path: Path) -> None:
+    result = _bench(
+        tmp_path, "--broker", broker.url, "--messages", "3000", "--rounds", "1",
+        "--latency-messages", "100", "--latency-rate", "500",
+    )  # fmt: skip
+    runs = {r["side"]: r for r in result["runs"]}
+    assert set(runs) == {"raw", "streamq"}
+    for side, run in runs.items():
+        assert run["handled"] == 3000, side
+        assert run["latency_samples"] == 100, side
+        assert run["msg_s"] > 0 and run["cpu_s_per_m"] is not None and run["rss_peak_mb"] > 0
+        assert run["p50_ms"] is not None and run["p50_ms"] <= run["p99_ms"]
+    assert result["summary"]["ratio"] > 0
+    assert result["implementation"] in ("cython", "python")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--workers", "2", "--handler", "json"),
+        ("--executor", "processes", "--handler", "cpu"),
+        ("--executor", "threads", "--ordering", "key", "--handler", "sleep:1"),
+    ],
+    ids=["two-workers", "process-pool", "thread-key-lanes"],
+)
+def test_streamq_options_drain_everything(
+    broker: Broker, tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    result = _bench(
+        tmp_path, "--broker", broker.url, "--messages", "600", "--rounds", "1", "--no-raw",
+        "--latency-messages", "0", *args,
+    )  # fmt: skip
+    (run,) = result["runs"]
+    assert run["side"] == "streamq" and run["handled"] == 600
+    if "--workers" in args:
+        assert run["workers"] == 2  # both member processes counted records
+    if "processes" in args:
+        assert run["workers"] >= 2  # the worker and its pool processes
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (("--handler", "sleep:x"), "sleep takes milliseconds"),
+        (("--workers", "2"), "memory:// lives in one process"),
+        (("--dedup", "sqlite"), "--dedup"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(args: tuple[str, ...], fragment: str) -> None:
+    proc = subprocess.run(
+        streamq_cmd("bench", "--messages", "10", *args),
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert fragment in proc.stderr and "Traceback" not in proc.stderr
