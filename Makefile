@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 
-.PHONY: demo test test-unit test-integration lint format clean
+.PHONY: demo test test-unit test-integration lint format clean bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,5 +43,20 @@ test-integration: $(VENV)/.dev
 
 test: lint test-unit test-integration
 
+# The standard benchmark set (benchmarks/README.md): raw client loop and streamq in the same
+# run, the dispatch micro-benchmark, and the peer frameworks where they install.
+$(VENV)/.bench: pyproject.toml setup.py ext/_dispatch.pyx | $(BIN)/python
+	$(PIP) install -q -e ".[dev,bench]"
+	touch $@ $(VENV)/.dev $(VENV)/.base
+
+.venv-peers/bin/python:
+	$(PYTHON) -m venv .venv-peers
+	-.venv-peers/bin/python -m pip install -q orjson quixstreams sentry-arroyo \
+		"faststream[confluent]" faust-streaming
+
+bench: $(VENV)/.bench .venv-peers/bin/python
+	$(BIN)/python benchmarks/run.py --peers-python .venv-peers/bin/python
+
 clean:
-	rm -rf build dist *.egg-info streamq/*.so ext/*.c ext/*.html .pytest_cache .mypy_cache .ruff_cache
+	rm -rf build dist *.egg-info streamq/*.so ext/*.c ext/*.html .pytest_cache .mypy_cache .ruff_cache \
+		.venv-peers

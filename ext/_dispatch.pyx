@@ -26,6 +26,14 @@ from streamq._types import TopicPartition
 from streamq.errors import DecodeError, SchemaError
 
 cdef object _loads = orjson.loads
+
+
+cdef inline list _as_list(object seq, str what):
+    # list subclasses too (the worker's single-record Probe units): same layout, same reads.
+    # Cython's ``list`` parameters accept exactly list, which Probe is not.
+    if not isinstance(seq, list):
+        raise TypeError(f"{what} must be a list, got {type(seq).__name__}")
+    return <list>seq
 cdef object _JSONDecodeError = orjson.JSONDecodeError
 
 
@@ -199,8 +207,9 @@ cdef inline object _obj(PyObject* p):
     return None if p == NULL else <object>p
 
 
-def kafka_messages(list raw, object on_error):
+def kafka_messages(object raw_in, object on_error):
     """confluent-kafka records to Messages; records carrying an error go to ``on_error``."""
+    cdef list raw = _as_list(raw_in, "raw")
     cdef list out = []
     cdef object m, err, headers, topic
     cdef object last_topic = None
@@ -239,7 +248,8 @@ def kafka_messages(list raw, object on_error):
 cdef class Dispatcher:
     """Split a polled batch into per-partition lists, and those into key lanes."""
 
-    cpdef dict split(self, list batch):
+    cpdef dict split(self, object batch_in):
+        cdef list batch = _as_list(batch_in, "batch")
         cdef dict out = {}
         cdef list current = None
         cdef object topic = None
@@ -261,7 +271,8 @@ cdef class Dispatcher:
             current.append(m)
         return out
 
-    cpdef dict split_keys(self, list msgs, Py_ssize_t lanes):
+    cpdef dict split_keys(self, object msgs_in, Py_ssize_t lanes):
+        cdef list msgs = _as_list(msgs_in, "msgs")
         cdef dict out = {}
         cdef object m, key, found
         cdef Py_ssize_t lane
@@ -358,11 +369,12 @@ def make_invoker(object fn, object decode, int shape):
     return Invoker(fn, decode, shape)
 
 
-def call_each(object invoke, list unit, Py_ssize_t i, Py_ssize_t end, list failed):
+def call_each(object invoke, object unit_in, Py_ssize_t i, Py_ssize_t end, list failed):
     """Call ``invoke`` on ``unit[i:end]``; on an exception append it to ``failed`` and stop.
 
     Returns the index reached: ``end``, or the index of the record that raised.
     """
+    cdef list unit = _as_list(unit_in, "unit")
     cdef Py_ssize_t n = len(unit)
     cdef Invoker inv
     if end > n:
@@ -389,12 +401,13 @@ cdef extern from "stdio.h":
     int snprintf(char* buf, size_t size, const char* fmt, ...)
 
 
-def coordinate_keys(list unit):
+def coordinate_keys(object unit_in):
     """Dedup keys ``topic:partition:offset`` for a unit (``streamq.dedup.coordinates``).
 
     A unit is mostly one partition: the ``topic:partition:`` prefix is encoded once per run
     and each key is formatted in a C buffer.
     """
+    cdef list unit = _as_list(unit_in, "unit")
     cdef list out = []
     cdef Message m
     cdef object topic = None
@@ -513,8 +526,9 @@ cdef class PartitionOffsets:
         self._flags[at] = 0
         self._len += 1
 
-    def track(self, list offsets, Py_ssize_t nbytes=0):
+    def track(self, object offsets_in, Py_ssize_t nbytes=0):
         """Record dispatched offsets; they must increase, as a partition's log does."""
+        cdef list offsets = _as_list(offsets_in, "offsets")
         cdef Py_ssize_t n = len(offsets)
         cdef Py_ssize_t i
         if n == 0:
@@ -526,8 +540,9 @@ cdef class PartitionOffsets:
         self._last = offsets[n - 1]
         self._bytes += nbytes
 
-    def track_messages(self, list msgs):
+    def track_messages(self, object msgs_in):
         """``track`` for records; returns their payload bytes."""
+        cdef list msgs = _as_list(msgs_in, "msgs")
         cdef Py_ssize_t n = len(msgs)
         cdef Py_ssize_t i
         cdef Py_ssize_t nbytes = 0
@@ -581,8 +596,9 @@ cdef class PartitionOffsets:
         """Mark one offset done; False if it was not in flight (duplicate, stale, a gap)."""
         return self._done(offset)
 
-    def complete_messages(self, list msgs):
+    def complete_messages(self, object msgs_in):
         """``done`` for records; returns (records newly done, their payload bytes)."""
+        cdef list msgs = _as_list(msgs_in, "msgs")
         cdef Py_ssize_t records = 0
         cdef Py_ssize_t nbytes = 0
         cdef Message m

@@ -540,6 +540,10 @@ class Monitor:
         v = self.view
         return [p for s in self.slots() if (p := v[_HEADER + s * _SLOT + _PID])]
 
+    def all_workers_started(self) -> bool:
+        v = self.view
+        return all(v[_HEADER + s * _SLOT + _COUNT] for s in range(self.spec.workers))
+
     def cpu_at_first(self) -> float:
         v = self.view
         return sum(v[_HEADER + s * _SLOT + _CPU0] for s in self.slots()) / 1e9
@@ -573,6 +577,16 @@ class Monitor:
                 raise RuntimeError("no record was handled within 120 s of starting")
             time.sleep(0.002)
         started = self.first_ns()
+        base = 0  # records before the window: only with several workers
+        cpu_base: float | None = None
+        if spec.workers > 1:
+            # Members join one after another (a rebalance each): the window starts once every
+            # worker handled a record, so it measures the group at full strength.
+            join_by = time.monotonic() + 60
+            while not self.all_workers_started() and time.monotonic() < join_by:
+                time.sleep(0.002)
+            started, base = time.monotonic_ns(), self.count()
+            cpu_base = self.cpu_now(self.pids())
         pids = self.pids()
         rss_start = max((_proc_mem(p, "VmRSS:") for p in pids), default=0.0)
         limit = None if spec.max_seconds is None else time.monotonic() + spec.max_seconds
@@ -585,7 +599,8 @@ class Monitor:
         elapsed = (time.monotonic_ns() - started) / 1e9
         pids = self.pids()
         # CPU from each process's first record (its handler stamped it) to now
-        cpu = self.cpu_now(pids) - self.cpu_at_first()
+        cpu = self.cpu_now(pids) - (self.cpu_at_first() if cpu_base is None else cpu_base)
+        timed = handled - base
         rss_peak = max((_proc_mem(p, "VmHWM:") for p in pids), default=0.0)
         rss_end = max((_proc_mem(p, "VmRSS:") for p in pids), default=0.0)
         lat: list[int] = []
@@ -600,9 +615,10 @@ class Monitor:
         return {
             "handled": handled,
             "seconds": round(elapsed, 4),
-            "msg_s": round(handled / elapsed) if elapsed > 0 else 0,
-            "mb_s": round(handled * spec.size / elapsed / 1e6, 2) if elapsed > 0 else 0.0,
-            "cpu_s_per_m": round(cpu / handled * 1e6, 2) if handled else None,
+            "msg_s": round(timed / elapsed) if elapsed > 0 else 0,
+            "mb_s": round(timed * spec.size / elapsed / 1e6, 2) if elapsed > 0 else 0.0,
+            "cpu_s_per_m": round(cpu / timed * 1e6, 2) if timed else None,
+            "timed_records": timed,
             "rss_start_mb": round(rss_start, 1),
             "rss_end_mb": round(rss_end, 1),
             "rss_peak_mb": round(rss_peak, 1),
@@ -633,6 +649,7 @@ def drain(spec: BenchSpec, side: str) -> dict[str, Any]:
         if side == "raw":
             threads = [threading.Thread(target=raw_drain, args=(spec, 0, stop), daemon=True)]
             procs.extend(_spawn_raw(spec, slot) for slot in range(1, spec.workers))
+            idle = _proc_mem(os.getpid(), "VmRSS:")
             threads[0].start()
 
             def finish() -> None:
@@ -647,6 +664,7 @@ def drain(spec: BenchSpec, side: str) -> dict[str, Any]:
         else:
             os.environ["STREAMQ_BENCH_SPEC"] = json.dumps(asdict(spec))
             app = build_app(spec, 0) if spec.workers == 1 else None
+            idle = _proc_mem(os.getpid(), "VmRSS:")  # imports done, nothing consumed yet
             box: dict[str, Any] = {}
 
             def watch() -> None:
@@ -670,6 +688,8 @@ def drain(spec: BenchSpec, side: str) -> dict[str, Any]:
             if "error" in box:
                 raise box["error"]
             result = box["result"]
+        # before the consumer started, in the process that consumes (one worker only)
+        result["rss_idle_mb"] = round(idle, 1) if spec.workers == 1 else None
         return result
     finally:
         stop.set()

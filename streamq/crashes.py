@@ -112,6 +112,22 @@ class CrashCounter:
         except Exception as exc:
             self._failed("recording polled ranges", exc)
 
+    def clear(self, tps: list[TopicPartition]) -> None:
+        """Everything polled from ``tps`` finished and was committed: nothing to suspect.
+
+        Called after a graceful revoke or stop, so the next owner starts at full speed
+        instead of handling the last polled batch one record at a time.
+        """
+        if not tps or not self._usable():
+            return
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for tp in tps:
+                pipe.hdel(self._key(tp), _POLLED)
+            pipe.execute()
+        except Exception as exc:
+            self._failed("clearing polled ranges", exc)
+
     def begin(self, tp: TopicPartition, offset: int, count: int) -> None:
         """Charge a suspect before its handler starts: if the worker dies now, it counts."""
         if not self._usable():

@@ -469,13 +469,36 @@ class KafkaConsumer:
         }
 
     def close(self) -> None:
+        """Leave the group, waiting at most ``shutdown_timeout`` for the broker.
+
+        librdkafka's close runs the revoke callback (the worker commits there) and then waits
+        for the group leave; a coordinator caught mid-rebalance can keep it waiting for
+        good (seen with Tansu). A stop must not hang: past the deadline the member is left
+        to expire after ``session.timeout.ms``, like a crashed one, with its commits made.
+        """
         if self._closed:
             return
         self._closed = True
-        try:
-            self._consumer.close()  # runs the revoke callback first: the worker commits there
-        except (KafkaException, RuntimeError) as exc:
-            log.warning("group %s: close failed: %s", self._group, exc)
+        failed: list[BaseException] = []
+
+        def leave() -> None:
+            try:
+                self._consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                failed.append(exc)
+
+        closer = threading.Thread(target=leave, name=f"streamq-close[{self._group}]", daemon=True)
+        closer.start()
+        closer.join(self._settings.shutdown_timeout)
+        if closer.is_alive():
+            log.warning(
+                "group %s: leaving the group did not finish within %.0fs; the broker will "
+                "expire this member after session.timeout.ms",
+                self._group,
+                self._settings.shutdown_timeout,
+            )
+        elif failed:
+            log.warning("group %s: close failed: %s", self._group, failed[0])
 
 
 class KafkaProducer:

@@ -509,9 +509,18 @@ class GroupRunner:
         self._apply_completions()
         if failpoints.ACTIVE:
             failpoints.hit("in_revoke")
-        self._commit(sync=True, only=tps)
+        if self._commit(sync=True, only=tps):
+            self._clear_polled(tps)
         self._forget(tps)
         log.info("group %s: revoked %s", self.group, _fmt(tps))
+
+    def _clear_polled(self, tps: list[TopicPartition]) -> None:
+        """Partitions whose polled records all finished and were committed: not suspects."""
+        if self._crashes is None:
+            return
+        parts = self._tracker.parts
+        done = [tp for tp in tps if tp in parts and parts[tp].in_flight == 0]
+        self._crashes.clear([tp for tp in done if tp not in self._halted])
 
     def _on_lost(self, tps: list[TopicPartition]) -> None:
         """Someone else may own these already: stop them and commit nothing."""
@@ -563,7 +572,8 @@ class GroupRunner:
         if not self._quiesce(None, self._settings.shutdown_timeout):
             self.timed_out = True
         self._apply_completions()
-        self._commit(sync=True)
+        if self._commit(sync=True):
+            self._clear_polled(list(self._assigned))
         try:
             self._backend.close()
         except BrokerError as exc:

@@ -191,3 +191,24 @@ def test_message_behaves_the_same_in_both_cores(core: tuple) -> None:
         m.unknown = 1  # no per-record __dict__
     with pytest.raises(ValueError, match="tombstone"):
         message_type("t", 0, 0, None, None).json()
+
+
+def test_list_subclasses_are_units_too(core: tuple) -> None:
+    """The worker's single-record probes are a list subclass: every step must take them."""
+
+    class Probe(list):
+        pass
+
+    from streamq import offsets
+
+    message_type, _, call_each, coordinate_keys = core
+    compiled = message_type.__module__ == "streamq._dispatch"
+    tracker = offsets.PartitionOffsets if compiled else offsets._PartitionOffsetsPy
+    unit = Probe([message_type("t", 0, 7, b"k", b"v")])
+    failed: list = []
+    assert call_each(lambda m: None, unit, 0, 1, failed) == 1 and not failed
+    assert coordinate_keys(unit) == ["t:0:7"]
+    part = tracker(1)
+    assert part.track_messages(unit) == 1
+    assert part.complete_messages(unit) == (1, 1)
+    assert part.position == 8

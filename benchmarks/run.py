@@ -1,0 +1,308 @@
+"""The standard benchmark set (``make bench``): every target of the performance issue, measured.
+
+    python benchmarks/run.py [--quick] [--only NAME,...] [--peers-python PATH]
+
+Starts a private Tansu (Kafka protocol) and a private redis-server, runs each scenario of
+``SCENARIOS`` through ``streamq bench`` (raw client loop and streamq in the same run), the
+dispatch micro-benchmark, and the peer frameworks that are installed in ``--peers-python``,
+then writes ``benchmarks/results/*.json``, the results table in ``benchmarks/README.md``
+(between its markers) and ``benchmarks/results/chart.png``.
+
+Targets are checked here, by the benchmark, never by timed tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.conftest import RedisServer, free_port, start_tansu  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "benchmarks" / "README.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+@dataclass
+class Scenario:
+    name: str
+    broker: str  # kafka | redis | memory
+    args: list[str]
+    quick_args: list[str] = field(default_factory=list)
+    what: str = ""
+
+
+SCENARIOS = [
+    Scenario("kafka-json", "kafka",
+             ["--messages", "500000", "--rounds", "3"], ["--messages", "100000", "--rounds", "2"],
+             "Kafka (Tansu), 1 worker, 4 partitions, 100-byte JSON, handler decodes"),
+    Scenario("redis-json", "redis",
+             ["--messages", "500000", "--rounds", "3"], ["--messages", "100000", "--rounds", "2"],
+             "Redis Streams, same workload"),
+    Scenario("memory-json", "memory",
+             ["--messages", "300000", "--rounds", "3"], ["--messages", "100000", "--rounds", "2"],
+             "in-memory broker, same workload"),
+    Scenario("kafka-pydantic", "kafka",
+             ["--messages", "300000", "--rounds", "2", "--handler", "pydantic"],
+             ["--messages", "50000", "--rounds", "1", "--handler", "pydantic"],
+             "Kafka, handler validates a pydantic model"),
+    Scenario("kafka-backlog-memory", "kafka",
+             ["--messages", "1000000", "--handler", "sleep:1", "--no-raw", "--rounds", "1",
+              "--max-seconds", "20", "--latency-messages", "0"],
+             ["--messages", "200000", "--handler", "sleep:1", "--no-raw", "--rounds", "1",
+              "--max-seconds", "8", "--latency-messages", "0"],
+             "1M-record backlog, 1 ms handler: worker RSS against its idle size"),
+    Scenario("redis-cpu-1-worker", "redis",
+             ["--messages", "150000", "--handler", "cpu", "--no-raw", "--rounds", "2",
+              "--latency-messages", "0"],
+             ["--messages", "30000", "--handler", "cpu", "--no-raw", "--rounds", "1",
+              "--latency-messages", "0"],
+             "CPU-bound handler (about 50 us), 1 worker"),
+    Scenario("redis-cpu-2-workers", "redis",
+             ["--messages", "150000", "--handler", "cpu", "--no-raw", "--rounds", "2",
+              "--latency-messages", "0", "--workers", "2"],
+             ["--messages", "30000", "--handler", "cpu", "--no-raw", "--rounds", "1",
+              "--latency-messages", "0", "--workers", "2"],
+             "CPU-bound handler, --workers 2"),
+    Scenario("redis-io-key-order", "redis",
+             ["--messages", "20000", "--partitions", "1", "--keys", "100", "--handler", "sleep:5",
+              "--executor", "asyncio", "--ordering", "key", "--no-raw", "--rounds", "1",
+              "--latency-messages", "0"],
+             ["--messages", "5000", "--partitions", "1", "--keys", "100", "--handler", "sleep:5",
+              "--executor", "asyncio", "--ordering", "key", "--no-raw", "--rounds", "1",
+              "--latency-messages", "0"],
+             "5 ms I/O handler, 100 keys on 1 partition, ordering=key"),
+    Scenario("redis-io-partition-order", "redis",
+             ["--messages", "1000", "--partitions", "1", "--keys", "100", "--handler", "sleep:5",
+              "--executor", "asyncio", "--ordering", "partition", "--no-raw", "--rounds", "1",
+              "--latency-messages", "0"],
+             ["--messages", "400", "--partitions", "1", "--keys", "100", "--handler", "sleep:5",
+              "--executor", "asyncio", "--ordering", "partition", "--no-raw", "--rounds", "1",
+              "--latency-messages", "0"],
+             "the same, ordering=partition"),
+]  # fmt: skip
+
+
+def run_scenario(s: Scenario, url: str, quick: bool) -> dict[str, Any]:
+    out = RESULTS / f"{s.name}.json"
+    args = s.quick_args if quick else s.args
+    cmd = [sys.executable, "-m", "streamq", "bench", "--broker", url, *args, "--json", str(out)]
+    print(f"\n== {s.name}: {s.what}\n$ streamq bench {shlex.join(cmd[4:])}", flush=True)
+    subprocess.run(cmd, check=True)
+    result = json.loads(out.read_text())
+    result["command"] = "streamq bench " + shlex.join(
+        [a if a != url else f"{s.broker}://..." for a in cmd[4:] if a != str(out)]
+    )
+    result["what"] = s.what
+    out.write_text(json.dumps(result, indent=2))
+    return dict(result)
+
+
+def run_micro() -> dict[str, Any]:
+    out = RESULTS / "micro-dispatch.json"
+    print("\n== micro-dispatch: compiled core against the Python twin, per record", flush=True)
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "micro_dispatch.py"), "--json", str(out)],
+        check=True,
+    )
+    return dict(json.loads(out.read_text()))
+
+
+def run_peers(bootstrap: str, python: str | None, quick: bool) -> dict[str, Any] | None:
+    if not python:
+        print("\n== peers: skipped (no --peers-python)")
+        return None
+    out = RESULTS / "peers-kafka.json"
+    n = "50000" if quick else "200000"
+    print("\n== peers-kafka: the same drain on other frameworks, next to raw and streamq")
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "peers" / "run_peers.py"), "--bootstrap",
+         bootstrap, "--messages", n, "--peers-python", python, "--json", str(out)],
+        check=True,
+    )  # fmt: skip
+    return dict(json.loads(out.read_text()))
+
+
+def _summary(r: dict[str, Any] | None, side: str = "streamq") -> dict[str, Any]:
+    return (r or {}).get("summary", {}).get(side, {})
+
+
+def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """(target, measured, how, met) for each target of the issue."""
+    rows: list[tuple[str, str, str, bool | None]] = []
+    for name, label in (("kafka-json", "Kafka"), ("redis-json", "Redis Streams")):
+        r = results.get(name)
+        ratio = (r or {}).get("summary", {}).get("ratio")
+        raw, ours = _summary(r, "raw").get("msg_s"), _summary(r).get("msg_s")
+        rows.append((
+            f"{label}: streamq >= 0.8x the raw client loop",
+            f"{ratio}x ({ours:,.0f} vs {raw:,.0f} msg/s)" if ratio else "not run",
+            name, None if ratio is None else ratio >= 0.8,
+        ))  # fmt: skip
+    micro = results.get("micro-dispatch")
+    if micro:
+        rows.append((
+            "compiled core >= 5x cheaper per record than the twin",
+            f"{micro['speedup']}x ({micro['cython']['total_ns_per_record']} vs "
+            f"{micro['python']['total_ns_per_record']} ns/record)",
+            "micro-dispatch", micro["speedup"] >= 5,
+        ))  # fmt: skip
+    backlog = results.get("kafka-backlog-memory")
+    if backlog:
+        run = backlog["runs"][0]
+        growth = run["rss_peak_mb"] - run["rss_idle_mb"]
+        rows.append((
+            "1M backlog, slow handler: RSS within 150 MB of idle",
+            f"+{growth:.0f} MB (idle {run['rss_idle_mb']:.0f}, peak {run['rss_peak_mb']:.0f})",
+            "kafka-backlog-memory", growth <= 150,
+        ))  # fmt: skip
+    one, two = results.get("redis-cpu-1-worker"), results.get("redis-cpu-2-workers")
+    if one and two:
+        x = _summary(two)["msg_s"] / _summary(one)["msg_s"]
+        rows.append((
+            "CPU-bound handler: --workers 2 >= 1.6x one worker",
+            f"{x:.2f}x ({_summary(two)['msg_s']:,.0f} vs {_summary(one)['msg_s']:,.0f} msg/s)",
+            "redis-cpu-1-worker / -2-workers", x >= 1.6,
+        ))  # fmt: skip
+    key, part = results.get("redis-io-key-order"), results.get("redis-io-partition-order")
+    if key and part:
+        x = _summary(key)["msg_s"] / _summary(part)["msg_s"]
+        rows.append((
+            "5 ms I/O, 100 keys, 1 partition: ordering=key >= 20x partition",
+            f"{x:.1f}x ({_summary(key)['msg_s']:,.0f} vs {_summary(part)['msg_s']:,.0f} msg/s)",
+            "redis-io-key-order / -partition-order", x >= 20,
+        ))  # fmt: skip
+    peers = results.get("peers-kafka")
+    if peers:
+        for name, p in peers.get("peers", {}).items():
+            if p.get("msg_s"):
+                ours = peers["streamq"]["msg_s"]
+                rows.append((
+                    f"ahead of {name}", f"{ours / p['msg_s']:.2f}x ({ours:,.0f} vs "
+                    f"{p['msg_s']:,.0f} msg/s)", "peers-kafka", ours > p["msg_s"],
+                ))  # fmt: skip
+            else:
+                rows.append((f"ahead of {name}", f"did not run: {p.get('error', '?')}",
+                             "peers-kafka", None))  # fmt: skip
+    return rows
+
+
+def write_readme(results: dict[str, Any], quick: bool) -> None:
+    lines = [START, ""]
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    impl = next((r["implementation"] for r in results.values() if "implementation" in r), "?")
+    lines += [
+        f"Measured {time.strftime('%Y-%m-%d')} on {machine}; dispatch core: {impl}"
+        + (" (quick set)" if quick else "") + ". Brokers: a private Tansu and redis-server "
+        "on the same machine, so the broker competes with the consumer for the two cores.",
+        "",
+        "| target | measured | scenario | met |",
+        "|---|---|---|---|",
+    ]  # fmt: skip
+    for target, measured, how, met in targets(results):
+        mark = "n/a" if met is None else ("yes" if met else "**no**")
+        lines.append(f"| {target} | {measured} | {how} | {mark} |")
+    lines += ["", "| scenario | side | msg/s | MB/s | CPU s/M | p50 ms | p99 ms | RSS peak MB |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in results.items():
+        for side, s in r.get("summary", {}).items():
+            if isinstance(s, dict) and s.get("msg_s"):
+                cells = [s.get(k, "-") for k in ("mb_s", "cpu_s_per_m", "p50_ms", "p99_ms",
+                                                  "rss_peak_mb")]  # fmt: skip
+                lines.append(f"| {name} | {side} | {s['msg_s']:,.0f} | " + " | ".join(
+                    "-" if c is None else str(c) for c in cells) + " |")  # fmt: skip
+    lines += ["", "Commands (each also in `benchmarks/results/<scenario>.json`):", ""]
+    lines += [f"- `{r['command']}`" for r in results.values() if "command" in r]
+    lines += ["", "![throughput](results/chart.png)", "", END]
+    text = README.read_text() if README.exists() else f"# Benchmarks\n\n{START}\n{END}\n"
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    README.write_text(head + "\n".join(lines) + tail)
+
+
+def write_chart(results: dict[str, Any]) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install 'streamq[bench]')")
+        return
+    names, raw, ours = [], [], []
+    for name, r in results.items():
+        summary = r.get("summary", {})
+        if "streamq" in summary:
+            names.append(name)
+            raw.append((summary.get("raw") or {}).get("msg_s") or 0)
+            ours.append(summary["streamq"]["msg_s"])
+    fig, ax = plt.subplots(figsize=(10, 4.8))
+    x = range(len(names))
+    ax.bar([i - 0.2 for i in x], raw, 0.4, label="raw client loop", color="#999999")
+    ax.bar([i + 0.2 for i in x], ours, 0.4, label="streamq", color="#2b6cb0")
+    for i, (a, b) in enumerate(zip(raw, ours, strict=True)):
+        if a:
+            ax.annotate(f"{b / a:.2f}x", (i + 0.2, b), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(x), names, rotation=25, ha="right", fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("records per second (log)")
+    ax.set_title("streamq against the raw client loop, same records, same run")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(RESULTS / "chart.png", dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="Smaller runs (about 3 minutes).")
+    parser.add_argument("--only", help="Comma-separated scenario names (micro-dispatch, peers).")
+    parser.add_argument("--peers-python", help="A Python with the peer frameworks installed.")
+    args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tansu = start_tansu()
+        redis = RedisServer(free_port(), Path(tmp), durable=False)
+        redis.start()
+        urls = {"kafka": f"kafka://127.0.0.1:{tansu.port}", "redis": redis.url,
+                "memory": "memory://bench"}  # fmt: skip
+        try:
+            for s in SCENARIOS:
+                if only is None or s.name in only:
+                    results[s.name] = run_scenario(s, urls[s.broker], args.quick)
+            if only is None or "micro-dispatch" in only:
+                results["micro-dispatch"] = run_micro()
+            if only is None or "peers" in only:
+                peers = run_peers(f"127.0.0.1:{tansu.port}", args.peers_python, args.quick)
+                if peers:
+                    results["peers-kafka"] = peers
+        finally:
+            tansu.kill()
+            redis.kill()
+    previous = RESULTS / "summary.json"
+    merged = json.loads(previous.read_text()) if previous.exists() and only else {}
+    merged.update(results)
+    previous.write_text(json.dumps(merged, indent=2))
+    write_readme(merged, args.quick)
+    write_chart(merged)
+    print("\nTargets:")
+    for target, measured, _, met in targets(merged):
+        print(f"  [{'n/a' if met is None else 'met' if met else 'NOT MET'}] {target}: {measured}")
+
+
+if __name__ == "__main__":
+    main()
