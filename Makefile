@@ -52,7 +52,7 @@ $(VENV)/.bench: pyproject.toml setup.py ext/_dispatch.pyx | $(BIN)/python
 .venv-peers/bin/python:
 	$(PYTHON) -m venv .venv-peers
 	-.venv-peers/bin/python -m pip install -q orjson quixstreams sentry-arroyo \
-		"faststream[confluent]" faust-streaming
+		"faststream[confluent]>=0.5" faust-streaming
 
 bench: $(VENV)/.bench .venv-peers/bin/python
 	$(BIN)/python benchmarks/run.py --peers-python .venv-peers/bin/python

@@ -18,7 +18,7 @@ cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
 from libc.stdint cimport int32_t, int64_t, uint8_t
-from libc.string cimport memcpy, memmove
+from libc.string cimport memchr, memcmp, memcpy, memmove
 
 import orjson
 
@@ -241,6 +241,68 @@ def kafka_messages(object raw_in, object on_error):
     return out
 
 
+cdef bytes _F_VALUE = b"v"
+cdef bytes _F_KEY = b"k"
+cdef bytes _F_HEADERS = b"h"
+cdef bytes _F_STAMP = b"t"
+
+
+cdef int64_t _digits(const char* s, Py_ssize_t n, Py_ssize_t* pos) except? -1:
+    cdef int64_t v = 0
+    cdef Py_ssize_t i = pos[0]
+    cdef Py_ssize_t start = i
+    while i < n and 48 <= s[i] <= 57:
+        v = v * 10 + (s[i] - 48)
+        i += 1
+    if i == start:
+        raise ValueError("not a stream entry ID")
+    pos[0] = i
+    return v
+
+
+def redis_messages(str topic, object partition, object entries_in, list delivered,
+                   list trimmed, int seq_bits, object decode_headers):
+    """Redis stream entries ``(id, fields)`` to Messages, in one C loop.
+
+    The offset is the entry ID ``ms-seq`` as ``ms << seq_bits | seq``; the timestamp is the
+    producer's (field ``t``), else the ID's milliseconds. Entries whose fields are gone
+    (trimmed, then redelivered from the pending list) go to ``trimmed``; the offsets of the
+    others to ``delivered``.
+    """
+    cdef list entries = _as_list(entries_in, "entries")
+    cdef list out = []
+    cdef object entry_id, fields, stamp, hblob, offset_obj
+    cdef const char* raw
+    cdef Py_ssize_t n, pos
+    cdef int64_t ms, seq
+    for entry in entries:
+        entry_id, fields = entry
+        if not fields:
+            trimmed.append(entry_id)
+            continue
+        if isinstance(entry_id, str):
+            entry_id = (<str>entry_id).encode()
+        raw = <bytes>entry_id
+        n = len(<bytes>entry_id)
+        pos = 0
+        ms = _digits(raw, n, &pos)
+        seq = 0
+        if pos < n and raw[pos] == 45:  # "-"
+            pos += 1
+            seq = _digits(raw, n, &pos)
+        offset_obj = (ms << seq_bits) | seq
+        stamp = (<dict>fields).get(_F_STAMP)
+        hblob = (<dict>fields).get(_F_HEADERS)
+        out.append(_make(
+            topic, partition, offset_obj, (<dict>fields).get(_F_KEY),
+            (<dict>fields).get(_F_VALUE),
+            decode_headers(hblob) if hblob else None,
+            int(stamp) if stamp is not None else ms,
+        ))
+        delivered.append(offset_obj)
+    return out
+
+
 # -- Dispatcher ---------------------------------------------------------------------------------
 
 
@@ -316,6 +378,30 @@ cdef class JsonDecoder:
 
     def __call__(self, value):
         return self.decode(value)
+
+
+cdef bint _find(const char* s, Py_ssize_t n, char first, const char* word, Py_ssize_t k):
+    cdef const char* p = s
+    cdef const char* end = s + n
+    while p < end:
+        p = <const char*>memchr(p, first, end - p)
+        if p == NULL:
+            return False
+        if end - p >= k and memcmp(p, word, k) == 0:
+            return True
+        p += 1
+    return False
+
+
+def has_nonfinite(bytes value):
+    """Whether ``NaN`` or ``Infinity`` occurs anywhere in the payload (two memchr scans).
+
+    pydantic-core's JSON parser takes those literals and orjson refuses them: payloads that
+    contain them take the orjson path, so both payload kinds speak one JSON dialect.
+    """
+    cdef const char* s = value
+    cdef Py_ssize_t n = len(value)
+    return _find(s, n, 78, b"NaN", 3) or _find(s, n, 73, b"Infinity", 8)
 
 
 # Handler signatures the invoker calls without a Python frame of its own.

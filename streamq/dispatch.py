@@ -29,9 +29,11 @@ __all__ = [
     "bind_confluent",
     "call_each",
     "coordinate_keys",
+    "has_nonfinite",
     "json_decoder",
     "kafka_messages",
     "make_invoker",
+    "redis_messages",
 ]
 
 
@@ -152,6 +154,47 @@ def _json_decoder_py(kind: type | None, describe: Callable[[Any], str]) -> Calla
     return decode
 
 
+def _redis_messages_py(
+    topic: str,
+    partition: int,
+    entries: list[Any],
+    delivered: list[int],
+    trimmed: list[Any],
+    seq_bits: int,
+    decode_headers: Callable[[Any], Any],
+) -> list[Message]:
+    """Redis stream entries ``(id, fields)`` to Messages (twin of the compiled loop).
+
+    The offset is the entry ID ``ms-seq`` as ``ms << seq_bits | seq``; the timestamp is the
+    producer's (field ``t``), else the ID's milliseconds. Entries whose fields are gone go
+    to ``trimmed``; the offsets of the others to ``delivered``.
+    """
+    out: list[Message] = []
+    for entry_id, fields in entries:
+        if not fields:
+            trimmed.append(entry_id)
+            continue
+        raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+        ms_text, _, seq_text = raw.partition("-")
+        if not ms_text.isdigit() or (seq_text and not seq_text.isdigit()):
+            raise ValueError("not a stream entry ID")
+        ms = int(ms_text)
+        offset = (ms << seq_bits) | int(seq_text or 0)
+        stamp = fields.get(b"t")
+        blob = fields.get(b"h")
+        msg = Message(topic, partition, offset, fields.get(b"k"), fields.get(b"v"))
+        msg.raw_headers = decode_headers(blob) if blob else None
+        msg.timestamp = int(stamp) if stamp is not None else ms
+        out.append(msg)
+        delivered.append(offset)
+    return out
+
+
+def _has_nonfinite_py(value: bytes) -> bool:
+    """Whether ``NaN`` or ``Infinity`` occurs anywhere in the payload."""
+    return b"NaN" in value or b"Infinity" in value
+
+
 def _bind_confluent_py(message_type: type) -> bool:
     """The twin reads records through their methods only."""
     return False
@@ -161,6 +204,8 @@ Dispatcher: type[DispatcherProtocol] = _DispatcherPy
 bind_confluent = _bind_confluent_py
 call_each = _call_each_py
 make_invoker = _make_invoker_py
+redis_messages = _redis_messages_py
+has_nonfinite = _has_nonfinite_py
 json_decoder = _json_decoder_py
 coordinate_keys = _coordinate_keys_py
 kafka_messages = _kafka_messages_py
@@ -170,6 +215,8 @@ if native is not None and not TYPE_CHECKING:
     bind_confluent = native.bind_confluent
     call_each = native.call_each
     make_invoker = native.make_invoker
+    redis_messages = native.redis_messages
+    has_nonfinite = native.has_nonfinite
     json_decoder = native.JsonDecoder
     coordinate_keys = native.coordinate_keys
     kafka_messages = native.kafka_messages

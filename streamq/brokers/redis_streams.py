@@ -39,6 +39,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+from ..dispatch import redis_messages
 from ..errors import (
     BrokerError,
     BrokerUnavailable,
@@ -494,16 +495,13 @@ class RedisConsumer:
                 own.cursor = entries[-1][0]
             if not entries:
                 continue
-            delivered = own.delivered
             own.last_id = entries[-1][0]
-            trimmed = []
-            for entry_id, fields in entries:
-                if not fields:
-                    trimmed.append(entry_id)
-                    continue
-                msg = entry_to_message(topic, tp.partition, entry_id, fields)
-                delivered.append(msg.offset)
-                out.append(msg)
+            trimmed: list[Any] = []
+            offsets: list[int] = []
+            out += redis_messages(
+                topic, tp.partition, entries, offsets, trimmed, _SEQ_BITS, decode_headers
+            )
+            own.delivered.extend(offsets)
             if trimmed:
                 self._report_trimmed(tp, trimmed)
                 self._ack_ids(tp, own, trimmed)

@@ -504,23 +504,28 @@ class GroupRunner:
         tps = [tp for tp in tps if tp in self._assigned]
         if not tps:
             return
-        if not self._closing:
-            self._quiesce(tps, self._settings.revoke_timeout)
+        if self._closing:  # _shutdown quiesced every lane already
+            drained = not self.timed_out
+        else:
+            drained = self._quiesce(tps, self._settings.revoke_timeout)
         self._apply_completions()
         if failpoints.ACTIVE:
             failpoints.hit("in_revoke")
-        if self._commit(sync=True, only=tps):
+        if self._commit(sync=True, only=tps) and drained:
             self._clear_polled(tps)
         self._forget(tps)
         log.info("group %s: revoked %s", self.group, _fmt(tps))
 
     def _clear_polled(self, tps: list[TopicPartition]) -> None:
-        """Partitions whose polled records all finished and were committed: not suspects."""
-        if self._crashes is None:
-            return
-        parts = self._tracker.parts
-        done = [tp for tp in tps if tp in parts and parts[tp].in_flight == 0]
-        self._crashes.clear([tp for tp in done if tp not in self._halted])
+        """After a graceful revoke or stop, nothing polled from ``tps`` is a crash suspect.
+
+        Every handler finished (or the quiesce would have timed out): the records still
+        unfinished were never started, so the next owner handles them at full speed instead
+        of one at a time. Without this, every rebalance of a busy partition made its new
+        owner probe up to ``max_in_flight`` records serially.
+        """
+        if self._crashes is not None:
+            self._crashes.clear(tps)
 
     def _on_lost(self, tps: list[TopicPartition]) -> None:
         """Someone else may own these already: stop them and commit nothing."""
@@ -572,7 +577,7 @@ class GroupRunner:
         if not self._quiesce(None, self._settings.shutdown_timeout):
             self.timed_out = True
         self._apply_completions()
-        if self._commit(sync=True):
+        if self._commit(sync=True) and not self.timed_out:
             self._clear_polled(list(self._assigned))
         try:
             self._backend.close()

@@ -102,3 +102,16 @@ def test_arbitrary_bytes_never_raise_anything_else(data: bytes) -> None:
     except (DecodeError, SchemaError):
         return
     assert isinstance(result, Order)
+
+
+def test_the_words_nan_and_infinity_inside_strings_are_fine() -> None:
+    """Payloads mentioning them take the orjson path; only the bare literals are refused."""
+
+    class Note(BaseModel):
+        text: str
+        x: float
+
+    decode = make_decoder(Note)
+    assert decode(b'{"text": "NaN and Infinity", "x": 1.5}') == Note(text="NaN and Infinity", x=1.5)
+    with pytest.raises(DecodeError):
+        decode(b'{"text": "ok", "x": Infinity}')

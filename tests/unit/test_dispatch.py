@@ -212,3 +212,43 @@ def test_list_subclasses_are_units_too(core: tuple) -> None:
     assert part.track_messages(unit) == 1
     assert part.complete_messages(unit) == (1, 1)
     assert part.position == 8
+
+
+@given(st.binary(max_size=40), st.sampled_from([b"", b"NaN", b"Infinity", b"Infinit", b"Na"]))
+def test_nonfinite_scan_agrees_across_cores(data: bytes, word: bytes) -> None:
+    from streamq.dispatch import _has_nonfinite_py, has_nonfinite
+
+    value = data[: len(data) // 2] + word + data[len(data) // 2 :]
+    assert has_nonfinite(value) == _has_nonfinite_py(value)
+
+
+def test_redis_entries_become_messages_alike_in_both_cores() -> None:
+    from streamq import dispatch as d
+    from streamq.brokers.redis_streams import decode_headers, encode_headers, entry_to_message
+
+    entries = [
+        (b"1700000000123-0", {b"v": b'{"a":1}', b"k": b"key", b"t": b"1699999999999"}),
+        (b"1700000000123-7", {b"v": b"x", b"h": encode_headers([("h", b"1"), ("h", b"2")])}),
+        (b"1700000000200-1", {}),  # trimmed away, redelivered from the pending list
+        (b"1700000000300-2", {b"v": None, b"k": None}),
+    ]
+    cores = [d._redis_messages_py]
+    if not dispatch.NO_EXTENSIONS:
+        from streamq import _dispatch
+
+        cores.append(_dispatch.redis_messages)
+    shapes = []
+    for convert in cores:
+        delivered: list[int] = []
+        trimmed: list = []
+        out = convert("orders", 3, entries, delivered, trimmed, 20, decode_headers)
+        shapes.append(([_fields(m) for m in out], delivered, trimmed))
+    assert all(shape == shapes[0] for shape in shapes)
+    fields, delivered, trimmed = shapes[0]
+    expected = [_fields(entry_to_message("orders", 3, i, f)) for i, f in entries if f]
+    assert fields == expected and trimmed == [b"1700000000200-1"]
+    assert delivered == [
+        (1700000000123 << 20),
+        (1700000000123 << 20) | 7,
+        (1700000000300 << 20) | 2,
+    ]
