@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import tempfile
 import uuid
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--peers-python", required=True)
     parser.add_argument("--json")
     a = parser.parse_args()
+    python = os.path.abspath(a.peers_python)  # not resolved: the venv's symlink is the venv
     spec = BenchSpec(broker=f"kafka://{a.bootstrap}", messages=a.messages, rounds=1,
                      latency_messages=0)  # fmt: skip
     print(f"raw and streamq: {a.messages:,} records, json handler", flush=True)
@@ -47,7 +49,7 @@ def main() -> None:
         "what": "the same drain on peer frameworks (each in a fresh group)",
     }
     for peer in PEERS:
-        cmd = [a.peers_python, str(HERE / "peer_drain.py"), "--framework", peer, "--bootstrap",
+        cmd = [python, str(HERE / "peer_drain.py"), "--framework", peer, "--bootstrap",
                a.bootstrap, "--topic", topic, "--messages", str(a.messages), "--group",
                f"peer-{peer}-{uuid.uuid4().hex[:6]}"]  # fmt: skip
         try:
@@ -55,7 +57,7 @@ def main() -> None:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
                                       check=False, cwd=cwd)  # fmt: skip
             # some frameworks' loggers prefix our line; the result starts at its brace
-            lines = [x[x.index('{"framework"'):] for x in proc.stdout.splitlines()
+            lines = [x[x.index('{"framework"'):] for x in (proc.stdout + proc.stderr).splitlines()
                      if '{"framework"' in x]  # fmt: skip
             if proc.returncode == 0 and lines:
                 out["peers"][peer] = json.loads(lines[-1])
@@ -64,6 +66,8 @@ def main() -> None:
                 out["peers"][peer] = {"error": f"exit {proc.returncode}: {tail[0][:200]}"}
         except subprocess.TimeoutExpired:
             out["peers"][peer] = {"error": "did not drain the topic within 300 s"}
+        except OSError as exc:
+            out["peers"][peer] = {"error": f"cannot start {python}: {exc}"}
         print(f"{peer}: {out['peers'][peer]}", flush=True)
         out["summary"][peer] = out["peers"][peer] if "msg_s" in out["peers"][peer] else None
     out["summary"] = {k: v for k, v in out["summary"].items() if v is not None}
