@@ -49,10 +49,15 @@ $(VENV)/.bench: pyproject.toml setup.py ext/_dispatch.pyx | $(BIN)/python
 	$(PIP) install -q -e ".[dev,bench]"
 	touch $@ $(VENV)/.dev $(VENV)/.base
 
+# One pip run per peer: resolved together, pip backtracked for over ten minutes here. A peer
+# that does not install is reported by the benchmark as not run, with the reason.
+PEERS_PIP := timeout 600 .venv-peers/bin/python -m pip install -q
 .venv-peers/bin/python:
 	$(PYTHON) -m venv .venv-peers
-	-.venv-peers/bin/python -m pip install -q orjson quixstreams sentry-arroyo \
-		"faststream[confluent]>=0.5" faust-streaming
+	-$(PEERS_PIP) orjson quixstreams
+	-$(PEERS_PIP) sentry-arroyo
+	-$(PEERS_PIP) "faststream[confluent]>=0.5"
+	-$(PEERS_PIP) faust-streaming
 
 bench: $(VENV)/.bench .venv-peers/bin/python
 	$(BIN)/python benchmarks/run.py --peers-python .venv-peers/bin/python
