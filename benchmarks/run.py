@@ -103,9 +103,8 @@ def run_scenario(s: Scenario, url: str, quick: bool) -> dict[str, Any]:
     print(f"\n== {s.name}: {s.what}\n$ streamq bench {shlex.join(cmd[4:])}", flush=True)
     subprocess.run(cmd, check=True)
     result = json.loads(out.read_text())
-    result["command"] = "streamq bench " + shlex.join(
-        [a if a != url else f"{s.broker}://..." for a in cmd[4:] if a != str(out)]
-    )
+    shown = [a if a != url else f"{s.broker}://..." for a in cmd[4:-2]]  # without --json FILE
+    result["command"] = "streamq bench " + shlex.join(shown)
     result["what"] = s.what
     out.write_text(json.dumps(result, indent=2))
     return dict(result)
