@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TransferSpeedColumn, track
 from rich.table import Table
 
-from . import __version__
+from . import __version__, logs
 from .app import App
 from .brokers import connect
 from .dispatch import IMPLEMENTATION
@@ -42,6 +42,7 @@ from .errors import (
     UnknownTopicOrPartition,
 )
 from .message import Message
+from .metrics import MetricsServer, prepare_multiprocess_dir, remove_dir
 from .ops import LogView, open_view
 from .producer import Producer
 from .reader import read_topic
@@ -131,13 +132,17 @@ def _broker_url(broker: str | None) -> str:
     default="INFO",
     show_default=True,
 )
-def cli(log_level: str) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one object per line, with topic, partition, offset, handler and attempt on "
+    "lines about a record.",
+)
+def cli(log_level: str, log_format: str) -> None:
     """Run and operate streamq consumer groups."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(log_level.upper(), log_format)
 
 
 @cli.command()
@@ -150,24 +155,65 @@ def cli(log_level: str) -> None:
     default=None,
     help="Stop once caught up and idle for this many seconds.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus /metrics, /healthz and /readyz on this port (all workers in one "
+    "view; 0 picks a free port).",
+)
+@click.option(
+    "--metrics-host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics port binds to (0.0.0.0 to expose it).",
+)
 @_errors_as_exit_codes
-def run(app_spec: str, broker: str | None, workers: int, until_idle: float | None) -> None:
+def run(
+    app_spec: str,
+    broker: str | None,
+    workers: int,
+    until_idle: float | None,
+    metrics_port: int | None,
+    metrics_host: str,
+) -> None:
     """Consume with the handlers of MODULE:APP until SIGINT/SIGTERM (or idle)."""
-    app = load_app(app_spec)
-    overrides = {"broker": broker} if broker is not None else {}
-    if overrides:
-        app.configure(**overrides)
-    if workers > 1:
-        app._check_run_args(workers, until_idle)
-        module, attr = app_spec.split(":", 1)
-        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        target = ("streamq.runtime.worker", "run_app_child")
-        code = supervise(target, (module, attr, overrides, until_idle, level), workers)
-        sys.exit(code)
-    try:
-        app.run(until_idle=until_idle)
-    finally:
-        click.echo(f"streamq: {app.stats.summary()}", err=True)
+    with contextlib.ExitStack() as stack:
+        server = None
+        if metrics_port is not None:
+            # Before the app is imported: prometheus-client picks its mode at import time,
+            # and the app's own metrics should land in the shared directory too.
+            path, created = prepare_multiprocess_dir()
+            if created:
+                stack.callback(remove_dir, path)
+            server = MetricsServer(metrics_host, metrics_port, path)
+            stack.callback(server.close)
+            server.start()
+            click.echo(
+                f"streamq: metrics on http://{metrics_host}:{server.port}/metrics "
+                "(health: /healthz, /readyz)",
+                err=True,
+            )
+        app = load_app(app_spec)
+        overrides = {"broker": broker} if broker is not None else {}
+        if overrides:
+            app.configure(**overrides)
+        if workers > 1:
+            app._check_run_args(workers, until_idle)
+            module, attr = app_spec.split(":", 1)
+            root = logging.getLogger()
+            level = logging.getLevelName(root.getEffectiveLevel())
+            log_format = click.get_current_context().find_root().params.get("log_format", "text")
+            target = ("streamq.runtime.worker", "run_app_child")
+            args = (module, attr, overrides, until_idle, level, log_format, server is not None)
+            on_exit = server.mark_dead if server is not None else None
+            code = supervise(target, args, workers, on_exit=on_exit)
+            sys.exit(code)
+        app._check_run_args(1, until_idle)
+        try:
+            run_worker(app, until_idle, Worker(app, until_idle, metrics=server is not None))
+        finally:
+            click.echo(f"streamq: {app.stats.summary()}", err=True)
 
 
 @cli.group()

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     revoke_timeout: float = Field(5.0, gt=0)
     """Seconds a revoke waits for the revoked partitions' handlers before dropping them."""
 
+    poll_ttl: float = Field(60.0, gt=0)
+    """Liveness (``/healthz``) fails when a worker's poll loop has not turned for this long."""
+
+    consuming_ttl: float = Field(300.0, gt=0)
+    """Liveness fails when a partition with work has not advanced for this long: a handler
+    hangs. Keep it above your slowest handler plus its retry backoff."""
+
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     """Where a group with no committed offset starts. Earliest: nothing is skipped."""
 

@@ -82,6 +82,9 @@ _UNAVAILABLE = {
     KafkaError._RESOLVE,
     KafkaError._TIMED_OUT_QUEUE,
 }
+# Errors after which readiness reports the broker unreachable (a single dropped connection,
+# _TRANSPORT, is routine: librdkafka reconnects).
+_DISCONNECTED = {KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE}
 _UNKNOWN = {
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._UNKNOWN_TOPIC,
@@ -272,7 +275,10 @@ class KafkaConsumer:
         self._group = group
         config = broker.consumer_config(group)
         config["on_commit"] = self._on_commit
+        config["error_cb"] = self._on_client_error
         self._consumer = ck.Consumer(config)
+        self._down = False  # readiness: all brokers reported down, not reached since
+        self._probed_at = 0.0
         self._topics: tuple[str, ...] = ()
         self._assignment: set[TopicPartition] = set()
         self._assigned_once = False
@@ -349,6 +355,44 @@ class KafkaConsumer:
                 err.str(),
             )
 
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.code() in _DISCONNECTED:
+            self._down = True
+        _on_error(err)
+
+    @property
+    def connected(self) -> bool:
+        """False from an "all brokers down" error until a fetch or a metadata probe succeeds.
+
+        librdkafka reconnects by itself and says so only by errors; readiness asks here,
+        at most every two seconds with a short probe while down.
+        """
+        if self._down and time.monotonic() - self._probed_at >= 2.0:
+            self._probed_at = time.monotonic()
+            try:
+                self._consumer.list_topics(timeout=0.5)
+                self._down = False
+            except KafkaException:
+                pass
+        return not self._down
+
+    def lag(self, positions: Mapping[TopicPartition, int | None]) -> dict[TopicPartition, int]:
+        """Records past each committed position, from the high watermarks of the last fetch.
+
+        ``cached=True`` asks librdkafka's own state, not the broker: no network call.
+        """
+        out: dict[TopicPartition, int] = {}
+        for tp, position in positions.items():
+            if position is None:
+                continue
+            try:
+                _, high = self._consumer.get_watermark_offsets(_ck(tp), cached=True)
+            except KafkaException:
+                continue
+            if high is not None and high >= 0:
+                out[tp] = max(0, high - position)
+        return out
+
     def lease_of(self, tp: TopicPartition) -> None:
         return None  # ownership is fenced by the group itself
 
@@ -399,6 +443,8 @@ class KafkaConsumer:
             raw = self._consumer.consume(max_records, timeout)
         except KafkaException as exc:
             raise translate(exc, "consume") from None
+        if raw and self._down:
+            self._down = False
         return kafka_messages(raw, self._record_error)
 
     def _record_error(self, err: KafkaError) -> None:

@@ -293,6 +293,15 @@ class MemoryConsumer:
         if acquired:
             on_assign(acquired)
 
+    def lag(self, positions: Mapping[TopicPartition, int | None]) -> dict[TopicPartition, int]:
+        """Records past each position (the log is in this process: no I/O)."""
+        with self._log.cond:
+            return {
+                tp: max(0, len(self._log.topics[tp.topic][tp.partition]) - pos)
+                for tp, pos in positions.items()
+                if pos is not None and tp.topic in self._log.topics
+            }
+
     def _start_offset(self, tp: TopicPartition) -> int:
         committed = self._group.committed.get(tp)
         if committed is not None:

@@ -570,6 +570,31 @@ class RedisConsumer:
     def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         raise BrokerError("redis streams have no committed offsets; see pending entries")
 
+    def lag(self, positions: Mapping[TopicPartition, int | None]) -> dict[TopicPartition, int]:
+        """Entries not yet delivered to the group plus those delivered but not acknowledged.
+
+        One pipelined XINFO GROUPS for the partitions asked about (Redis >= 7 reports the
+        undelivered count; where it cannot tell, after trims, the partition is left out).
+        """
+        tps = list(positions)
+        pipe = self._r.pipeline(transaction=False)
+        for tp in tps:
+            pipe.xinfo_groups(stream_key(tp))
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except _UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis: XINFO GROUPS: {exc}") from None
+        out: dict[TopicPartition, int] = {}
+        for tp, infos in zip(tps, replies, strict=True):
+            if isinstance(infos, Exception):
+                continue
+            for info in infos:
+                if info["name"] in (self._group, self._group.encode()):
+                    if info.get("lag") is not None:
+                        out[tp] = int(info["lag"]) + int(info["pending"])
+                    break
+        return out
+
     def close(self) -> None:
         if self._closed:
             return

@@ -37,7 +37,16 @@ from ..dispatch import Dispatcher, call_each, coordinate_keys
 from ..dlq import dead_letter_record
 from ..errors import BrokerError, PoisonMessage, Reject, WorkerLost
 from ..handlers import CommitMode, Executor, HandlerSpec, Ordering
+from ..logs import about, get_logger
 from ..message import Message, TopicPartition
+from ..metrics import (
+    COMMIT_BUCKETS,
+    E2E_BUCKETS,
+    HANDLER_BUCKETS,
+    GroupSample,
+    Latency,
+    PartitionSample,
+)
 from ..offsets import OffsetTracker
 from ..retry import NEVER_POISON
 from ..settings import Settings
@@ -45,14 +54,21 @@ from .executors import BrokenProcessPool, PoolProcessDied, Pools, call_each_leas
 
 __all__ = ["GroupRunner", "Stats"]
 
-log = logging.getLogger("streamq.worker")
+log = get_logger("streamq.worker")
 
 LaneKey = tuple[TopicPartition, int]
+# (group, topic, partition, handler): the labels of per-partition counters and metrics
+Labels = tuple[str, str, str, str]
 # (tp, epoch, finished records, halted): one entry per unit, appended by the loop thread
 Completion = tuple[TopicPartition, int, list[Message], bool]
 
 # (lane, epoch, handler, lease, records): one ordered unit, handed from poll thread to loop
 Unit = tuple[LaneKey, int, HandlerSpec, "Lease | None", list[Message]]
+
+# Seconds between the poll thread's samples for health and gauges, and between lag samples
+# (lag may ask the broker: Redis XINFO).
+_SAMPLE_INTERVAL = 0.5
+_LAG_INTERVAL = 5.0
 
 # Seconds cancelled lanes get to unwind and report what they finished.
 _CANCEL_GRACE = 2.0
@@ -71,34 +87,73 @@ POOL_CHUNK_PROCESSES = 256
 
 
 class Stats:
-    """Per-topic outcome counters, updated once per unit on the event loop thread."""
+    """Outcome counters keyed by (group, topic, partition, handler), updated once per unit.
+
+    The runtime writes the ``*_by`` counters (the event loop thread, or the poll thread for
+    ``consumed`` and ``paused``); ``streamq.metrics`` exports them. The by-topic views
+    (``stats.handled["orders"]``) are for tests and summaries.
+    """
+
+    KINDS = ("consumed", "handled", "failed", "retried", "dead_lettered", "deduplicated", "paused")
 
     def __init__(self) -> None:
-        self.handled: Counter[str] = Counter()
-        self.failed: Counter[str] = Counter()
-        self.retried: Counter[str] = Counter()
-        self.dead_lettered: Counter[str] = Counter()
-        self.paused: Counter[str] = Counter()  # by the poll thread: backpressure and halts
-        self.deduplicated: Counter[str] = Counter()
+        self.consumed_by: Counter[Labels] = Counter()
+        self.handled_by: Counter[Labels] = Counter()
+        self.failed_by: Counter[Labels] = Counter()
+        self.retried_by: Counter[Labels] = Counter()
+        self.dead_lettered_by: Counter[Labels] = Counter()
+        self.deduplicated_by: Counter[Labels] = Counter()
+        self.paused_by: Counter[Labels] = Counter()
+        self.by_labels: dict[str, Counter[Labels]] = {
+            kind: getattr(self, f"{kind}_by") for kind in self.KINDS
+        }
+
+    def _by_topic(self, kind: str) -> Counter[str]:
+        out: Counter[str] = Counter()
+        for labels, n in list(self.by_labels[kind].items()):
+            out[labels[1]] += n
+        return out
+
+    @property
+    def consumed(self) -> Counter[str]:
+        return self._by_topic("consumed")
+
+    @property
+    def handled(self) -> Counter[str]:
+        return self._by_topic("handled")
+
+    @property
+    def failed(self) -> Counter[str]:
+        return self._by_topic("failed")
+
+    @property
+    def retried(self) -> Counter[str]:
+        return self._by_topic("retried")
+
+    @property
+    def dead_lettered(self) -> Counter[str]:
+        return self._by_topic("dead_lettered")
+
+    @property
+    def deduplicated(self) -> Counter[str]:
+        return self._by_topic("deduplicated")
+
+    @property
+    def paused(self) -> Counter[str]:
+        return self._by_topic("paused")
 
     def summary(self) -> str:
         """One line for the end of a run."""
+        total = {kind: sum(self.by_labels[kind].values()) for kind in self.KINDS}
         return (
-            f"handled {sum(self.handled.values())}, "
-            f"dead-lettered {sum(self.dead_lettered.values())}, "
-            f"retried {sum(self.retried.values())}, "
-            f"paused {sum(self.paused.values())} times"
+            f"handled {total['handled']}, "
+            f"dead-lettered {total['dead_lettered']}, "
+            f"retried {total['retried']}, "
+            f"paused {total['paused']} times"
         )
 
     def snapshot(self) -> dict[str, dict[str, int]]:
-        return {
-            "handled": dict(self.handled),
-            "failed": dict(self.failed),
-            "retried": dict(self.retried),
-            "dead_lettered": dict(self.dead_lettered),
-            "paused": dict(self.paused),
-            "deduplicated": dict(self.deduplicated),
-        }
+        return {kind: dict(self._by_topic(kind)) for kind in self.KINDS}
 
 
 class Probe(list[Message]):
@@ -123,6 +178,7 @@ class Lane:
         "epoch",
         "halted",
         "key",
+        "labels",
         "last_dead",
         "lease",
         "pending",
@@ -132,12 +188,16 @@ class Lane:
         "spec",
         "stopped",
         "task",
+        "timed_at",
         "wake",
         "yielded_at",
     )
 
-    def __init__(self, key: LaneKey, epoch: int, spec: HandlerSpec, lease: Lease | None) -> None:
+    def __init__(
+        self, key: LaneKey, epoch: int, spec: HandlerSpec, lease: Lease | None, labels: Labels
+    ) -> None:
         self.key = key
+        self.labels = labels
         self.epoch = epoch
         self.spec = spec
         self.lease = lease  # Redis: no handler starts past lease.deadline
@@ -153,6 +213,7 @@ class Lane:
         self.last_dead = -2  # lane sequence number of the last dead-lettered record
         self.dead_run = 0  # consecutive dead-lettered records ending at last_dead
         self.yielded_at = 0.0  # inline lanes: when this lane last gave the loop back
+        self.timed_at = 0.0  # metrics: when the records being reported started running
 
     def take(self, limit: int) -> list[Message]:
         """The next unit: one polled chunk, or up to ``limit`` records for batch handlers.
@@ -194,6 +255,8 @@ class GroupRunner:
         probe_lock: asyncio.Lock | None = None,
         backend: Backend | None = None,
         pools: Pools | None = None,
+        *,
+        metrics: bool = False,
     ) -> None:
         self.group = group
         self._specs = specs
@@ -219,6 +282,23 @@ class GroupRunner:
         self._since_commit = 0
         self._last_commit = time.monotonic()
         self._closing = False
+        self._labels: dict[TopicPartition, Labels] = {}
+        # progress: the position each partition last reached, and when (wall time)
+        self._position_at: dict[TopicPartition, tuple[int | None, float]] = {}
+        self._connected = True
+        self._lags: dict[TopicPartition, int | None] = {}
+        self._next_sample = 0.0
+        self._next_lag = 0.0
+        # metrics (streamq.metrics.Exporter reads these from its own thread)
+        self._metrics = metrics
+        self.last_poll = 0.0
+        self.sample: GroupSample | None = None
+        self.handler_latency: dict[Labels, Latency] = {}
+        self.e2e_latency: dict[Labels, Latency] = {}
+        self.commit_latency: dict[str, Latency] = {}
+        self.commit_failures: Counter[tuple[str]] = Counter()
+        self.rebalances: Counter[tuple[str, str]] = Counter()
+        self.ownership_changes: Counter[tuple[str, str]] = Counter()
         # loop-thread state
         self._lanes: dict[LaneKey, Lane] = {}
         # shared
@@ -255,6 +335,9 @@ class GroupRunner:
                 list(self._specs), self._on_assign, self._on_revoke, self._on_lost
             )
             while not self._stop.is_set():
+                self.last_poll = now = time.time()
+                if self._metrics and now >= self._next_sample:
+                    self._take_sample(now)
                 self._apply_completions()
                 self._maybe_commit()
                 try:
@@ -262,6 +345,7 @@ class GroupRunner:
                         settings.max_poll_records, settings.poll_timeout
                     )
                 except BrokerError as exc:
+                    self._connected = False
                     failures += 1
                     delay = min(5.0, 0.1 * 2 ** min(failures, 9))
                     if failures == 1 or failures % 10 == 0:
@@ -271,6 +355,7 @@ class GroupRunner:
                     self._stop.wait(delay)
                     continue
                 failures = 0
+                self._connected = True
                 if batch:
                     self.idle_since = None
                     if failpoints.ACTIVE:
@@ -296,12 +381,18 @@ class GroupRunner:
         tracker = self._tracker
         crashes = self._crashes
         polled: dict[TopicPartition, tuple[int, int]] = {}
+        consumed = self._stats.consumed_by
+        now = 0.0
         for tp, msgs in self._dispatcher.split(batch).items():
             epoch = self._assigned.get(tp)
             if epoch is None:
                 continue  # fetched just before a revoke: it will be redelivered to the owner
             spec = self._specs[tp.topic]
             part = tracker.track(tp, msgs)
+            consumed[self._labels[tp]] += len(msgs)
+            if part.in_flight == len(msgs):  # work after idling: progress is timed from now
+                now = now or time.time()
+                self._position_at[tp] = (part.position, now)
             if spec.commit is CommitMode.BEFORE:
                 if not self._commit_before(tp, msgs):
                     continue
@@ -370,7 +461,7 @@ class GroupRunner:
         """At-most-once: the position moves past the records before any handler sees them."""
         position = {tp: msgs[-1].offset + 1}
         try:
-            self._backend.commit(position, sync=True)
+            self._timed_commit(position, sync=True)
         except BrokerError as exc:
             log.warning(
                 "group %s: commit before handling failed (%s); not handling", self.group, exc
@@ -383,10 +474,17 @@ class GroupRunner:
     def _apply_completions(self) -> None:
         completions = self._completions
         tracker = self._tracker
+        progress = self._position_at
+        now = 0.0
         while completions:
             tp, epoch, msgs, halted = completions.popleft()
             if not tracker.complete(tp, epoch, msgs):
                 continue
+            position = tracker.parts[tp].position
+            seen = progress.get(tp)
+            if seen is None or seen[0] != position:
+                now = now or time.time()
+                progress[tp] = (position, now)
             self._since_commit += len(msgs)
             if halted:
                 self._halted.add(tp)
@@ -423,7 +521,7 @@ class GroupRunner:
             self._paused.update(new)
             self._backend.pause(new)
             for tp in new:
-                self._stats.paused[tp.topic] += 1
+                self._stats.paused_by[self._labels[tp]] += 1
 
     def _maybe_commit(self) -> None:
         now = time.monotonic()
@@ -445,7 +543,7 @@ class GroupRunner:
         if not positions:
             return True
         try:
-            self._backend.commit(positions, sync=sync)
+            self._timed_commit(positions, sync=sync)
             if failpoints.ACTIVE:
                 failpoints.hit("after_commit")
         except BrokerError as exc:
@@ -458,6 +556,62 @@ class GroupRunner:
             return False
         self._tracker.mark_committed(positions)
         return True
+
+    def _timed_commit(self, positions: dict[TopicPartition, int], *, sync: bool) -> None:
+        started = time.monotonic()
+        try:
+            self._backend.commit(positions, sync=sync)
+        except BrokerError:
+            self.commit_failures[(self.group,)] += 1
+            raise
+        finally:
+            mode = "sync" if sync else "async"
+            latency = self.commit_latency.get(mode)
+            if latency is None:
+                latency = self.commit_latency[mode] = Latency(COMMIT_BUCKETS)
+            latency.add(time.monotonic() - started)
+
+    def _take_sample(self, now: float) -> None:
+        """Publish what health and gauges need, twice a second (poll thread, off the hot path).
+
+        A partition with work waits since its position last moved (or since the work
+        arrived after idling); halted partitions wait on purpose and are not counted.
+        """
+        self._next_sample = now + _SAMPLE_INTERVAL
+        if self._metrics and now >= self._next_lag:
+            self._next_lag = now + _LAG_INTERVAL
+            self._sample_lag()
+        parts: dict[TopicPartition, PartitionSample] = {}
+        tracker_parts = self._tracker.parts
+        for tp in self._assigned:
+            part = tracker_parts.get(tp)
+            if part is None:
+                continue
+            in_flight = part.in_flight
+            halted = tp in self._halted
+            waiting = 0.0
+            if in_flight and not halted:
+                seen = self._position_at.get(tp)
+                waiting = seen[1] if seen is not None else now
+            parts[tp] = PartitionSample(
+                in_flight, part.bytes, tp in self._paused, halted, waiting, self._lags.get(tp)
+            )
+        connected = self._connected and getattr(self._backend, "connected", True)
+        self.sample = GroupSample(now, connected, parts)
+
+    def _sample_lag(self) -> None:
+        lag_of = getattr(self._backend, "lag", None)
+        if lag_of is None or not self._assigned:
+            return
+        positions: dict[TopicPartition, int | None] = {}
+        for tp in self._assigned:
+            part = self._tracker.parts.get(tp)
+            if part is not None:
+                positions[tp] = part.committed if part.committed is not None else part.position
+        try:
+            self._lags = lag_of(positions)
+        except BrokerError as exc:
+            log.debug("group %s: sampling lag failed: %s", self.group, exc)
 
     def _in_flight_unhalted(self) -> int:
         halted = sum(
@@ -480,7 +634,9 @@ class GroupRunner:
     # -- rebalance callbacks (poll thread, inside poll_batch) ------------------------------------
 
     def _on_assign(self, tps: list[TopicPartition]) -> None:
+        self._count_rebalance("assigned", tps)
         for tp in tps:
+            self._labels[tp] = (self.group, tp.topic, str(tp.partition), self._specs[tp.topic].name)
             self._assigned[tp] = self._tracker.assign(tp)
             self._leases[tp] = self._backend.lease_of(tp)
             self._paused.discard(tp)  # pause state never survives reassignment (C7)
@@ -504,6 +660,7 @@ class GroupRunner:
         tps = [tp for tp in tps if tp in self._assigned]
         if not tps:
             return
+        self._count_rebalance("revoked", tps)
         if self._closing:  # _shutdown quiesced every lane already
             drained = not self.timed_out
         else:
@@ -530,6 +687,7 @@ class GroupRunner:
     def _on_lost(self, tps: list[TopicPartition]) -> None:
         """Someone else may own these already: stop them and commit nothing."""
         tps = [tp for tp in tps if tp in self._assigned]
+        self._count_rebalance("lost", tps)
         if not self._closing:
             self._quiesce(tps, 0.0)
         self._forget(tps)
@@ -539,6 +697,11 @@ class GroupRunner:
             _fmt(tps),
         )
 
+    def _count_rebalance(self, event: str, tps: list[TopicPartition]) -> None:
+        if tps:
+            self.rebalances[(self.group, event)] += 1
+            self.ownership_changes[(self.group, event)] += len(tps)
+
     def _forget(self, tps: list[TopicPartition]) -> None:
         for tp in tps:
             self._tracker.revoke(tp)
@@ -547,6 +710,8 @@ class GroupRunner:
             self._paused.discard(tp)
             self._halted.discard(tp)
             self._suspects.pop(tp, None)
+            self._position_at.pop(tp, None)
+            self._lags.pop(tp, None)
 
     def _quiesce(self, tps: list[TopicPartition] | None, timeout: float) -> bool:
         """Stop the lanes of ``tps`` (all if None) and wait for their running unit.
@@ -591,7 +756,9 @@ class GroupRunner:
         for key, epoch, spec, lease, msgs in units:
             lane = lanes.get(key)
             if lane is None or lane.epoch != epoch:
-                lane = lanes[key] = Lane(key, epoch, spec, lease)
+                tp = key[0]
+                labels = (self.group, tp.topic, str(tp.partition), spec.name)
+                lane = lanes[key] = Lane(key, epoch, spec, lease, labels)
             if lane.stopped or lane.halted:
                 continue
             lane.pending.append(msgs)
@@ -630,6 +797,7 @@ class GroupRunner:
                     if not unit:
                         continue
                 lane.dead_lettered = lane.progress = lane.reported = 0
+                lane.timed_at = time.monotonic()
                 try:
                     if type(unit) is Probe:
                         done = await self._run_probe(lane, unit)
@@ -639,7 +807,7 @@ class GroupRunner:
                     self._report(lane, unit, lane.progress)  # keep what finished
                     raise
                 if done > lane.dead_lettered:
-                    self._stats.handled[spec.topic] += done - lane.dead_lettered
+                    self._stats.handled_by[lane.labels] += done - lane.dead_lettered
                 # Commit-before units report too: the tracker counts in-flight work for both.
                 halted = done < len(unit) and not lane.stopped
                 self._report(lane, unit, done, halted)
@@ -670,7 +838,7 @@ class GroupRunner:
             if lane.stopped:
                 return 0
             if unit.starts >= crashes.limit:
-                self._stats.failed[lane.spec.topic] += 1
+                self._stats.failed_by[lane.labels] += 1
                 lost = WorkerLost(
                     f"the worker died {unit.starts + 1} times while handling this record, "
                     f"{unit.starts} of them while it was handled alone (crash_limit="
@@ -706,7 +874,7 @@ class GroupRunner:
             return unit
         skipped = [m for m, seen in zip(unit, flags, strict=True) if seen]
         self._completions.append((lane.key[0], lane.epoch, skipped, False))
-        self._stats.deduplicated[spec.topic] += len(skipped)
+        self._stats.deduplicated_by[lane.labels] += len(skipped)
         return [m for m, seen in zip(unit, flags, strict=True) if not seen]
 
     def _report(self, lane: Lane, unit: list[Message], upto: int, halted: bool = False) -> None:
@@ -727,6 +895,28 @@ class GroupRunner:
                     failpoints.hit("after_mark")
             self._completions.append((lane.key[0], lane.epoch, done, halted))
             lane.reported = upto
+            if self._metrics and done:
+                self._time(lane, done)
+
+    def _time(self, lane: Lane, done: list[Message]) -> None:
+        """Handler and end-to-end latency of records just finished, once per report.
+
+        Records reported together are counted at their mean handler time; their end-to-end
+        latency at the mean of the first and last record's timestamps.
+        """
+        now = time.monotonic()
+        n = len(done)
+        latency = self.handler_latency.get(lane.labels)
+        if latency is None:
+            latency = self.handler_latency[lane.labels] = Latency(HANDLER_BUCKETS)
+        latency.add((now - lane.timed_at) / n, n)
+        lane.timed_at = now
+        first, last = done[0].timestamp, done[-1].timestamp
+        if first and last:
+            e2e = self.e2e_latency.get(lane.labels)
+            if e2e is None:
+                e2e = self.e2e_latency[lane.labels] = Latency(E2E_BUCKETS)
+            e2e.add(max(0.0, time.time() - (first + last) / 2000.0), n)
 
     async def _run_sync(self, lane: Lane, unit: list[Message]) -> int:
         """Run inline, yielding the loop whenever this lane held it for ``INLINE_HOLD``.
@@ -766,7 +956,7 @@ class GroupRunner:
             if now - lane.yielded_at >= INLINE_HOLD:
                 self._report(lane, unit, i)
                 await asyncio.sleep(0)
-                lane.yielded_at = clock()
+                lane.yielded_at = lane.timed_at = clock()
                 if lane.stopped:
                     return i
         return n
@@ -882,7 +1072,7 @@ class GroupRunner:
         Returns False when the lane must halt at this record.
         """
         spec = lane.spec
-        self._stats.failed[spec.topic] += 1
+        self._stats.failed_by[lane.labels] += 1
         if self._is_critical(lane, msg, exc):
             return False
         if isinstance(exc, PoisonMessage | Reject) or not spec.retryable(exc):
@@ -894,17 +1084,18 @@ class GroupRunner:
                 "handler %s failed on %s[%d]@%d (attempt %d of %d): %s: %s; retrying in %.2fs",
                 spec.name, msg.topic, msg.partition, msg.offset, msg.attempt,
                 policy.max_retries + 1, type(exc).__name__, exc, delay,
+                extra=about(spec.name, msg, self.group),
             )  # fmt: skip
             if not await self._sleep(lane, delay) or not await self._await_lease(lane):
                 return False
-            self._stats.retried[spec.topic] += 1
+            self._stats.retried_by[lane.labels] += 1
             msg.attempt = retry + 1
             try:
                 await self._call(spec, msg)
                 return True
             except BaseException as again:
                 exc = again
-                self._stats.failed[spec.topic] += 1
+                self._stats.failed_by[lane.labels] += 1
                 if self._is_critical(lane, msg, exc):
                     return False
                 if isinstance(exc, PoisonMessage | Reject) or not spec.retryable(exc):
@@ -919,7 +1110,7 @@ class GroupRunner:
             if attempt > 1:
                 if not await self._sleep(lane, policy.delay(attempt - 1)):
                     return 0
-                self._stats.retried[spec.topic] += len(unit)
+                self._stats.retried_by[lane.labels] += len(unit)
                 for m in unit:
                     m.attempt = attempt
             if not await self._await_lease(lane):
@@ -928,7 +1119,7 @@ class GroupRunner:
                 await self._call(spec, unit)
                 return len(unit)
             except BaseException as exc:
-                self._stats.failed[spec.topic] += 1
+                self._stats.failed_by[lane.labels] += 1
                 if self._is_critical(lane, unit[0], exc):
                     return 0
                 log.warning(
@@ -936,6 +1127,7 @@ class GroupRunner:
                     "(attempt %d of %d): %s: %s",
                     spec.name, len(unit), unit[0].topic, unit[0].partition, unit[0].offset,
                     attempt, policy.max_retries + 1, type(exc).__name__, exc,
+                    extra=about(spec.name, unit[0], self.group),
                 )  # fmt: skip
                 if isinstance(exc, PoisonMessage | Reject) or not spec.retryable(exc):
                     break
@@ -963,6 +1155,7 @@ class GroupRunner:
             "the partition stops uncommitted, the worker stops, and the record will be "
             "redelivered on restart",
             lane.spec.name, type(exc).__name__, msg.topic, msg.partition, msg.offset,
+            extra=about(lane.spec.name, msg, self.group),
         )  # fmt: skip
         self._on_critical(exc)
         return True
@@ -978,6 +1171,7 @@ class GroupRunner:
                 "halting the partition at offset %d instead of dead-lettering more, which "
                 "looks like a bad deploy rather than bad data",
                 spec.name, run - 1, msg.topic, msg.partition, spec.dlq_limit, msg.offset,
+                extra=about(spec.name, msg, self.group),
             )  # fmt: skip
             return False
         if spec.dlq_topic is None:
@@ -985,7 +1179,7 @@ class GroupRunner:
                 "handler %s gave up on %s[%d]@%d (%s: %s) and dlq=False: partition %d halts "
                 "here uncommitted until the worker restarts",
                 spec.name, msg.topic, msg.partition, msg.offset, type(exc).__name__, exc,
-                msg.partition,
+                msg.partition, extra=about(spec.name, msg, self.group),
             )  # fmt: skip
             return False
         key, value, headers = dead_letter_record(
@@ -1004,7 +1198,7 @@ class GroupRunner:
                     failpoints.hit("after_dlq")
                 break
             except Exception as dlq_exc:
-                log.warning(
+                log.warning(  # not about(): a DLQ outage repeats this, so it is rate-limited
                     "DLQ write to %s for %s[%d]@%d failed (%s); the partition waits and "
                     "retries in %.1fs",
                     spec.dlq_topic, msg.topic, msg.partition, msg.offset, dlq_exc, delay,
@@ -1012,15 +1206,15 @@ class GroupRunner:
                 if not await self._sleep(lane, delay):
                     return False
                 delay = min(delay * 2, 30.0)
-        self._stats.dead_lettered[spec.topic] += 1
+        self._stats.dead_lettered_by[lane.labels] += 1
         lane.dead_lettered += 1
         lane.last_dead, lane.dead_run = seq, run
         level = logging.INFO if isinstance(exc, Reject) else logging.WARNING
         log.log(
             level,
-            "dead-lettered %s[%d]@%d to %s after %d attempt(s): %s: %s",
-            msg.topic, msg.partition, msg.offset, spec.dlq_topic, msg.attempt,
-            type(exc).__name__, exc,
+            "handler %s: dead-lettered %s[%d]@%d to %s after %d attempt(s): %s: %s",
+            spec.name, msg.topic, msg.partition, msg.offset, spec.dlq_topic, msg.attempt,
+            type(exc).__name__, exc, extra=about(spec.name, msg, self.group),
         )  # fmt: skip
         return True
 

@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import ctypes
 import importlib
-import logging
 import multiprocessing
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from ..logs import get_logger
+
 __all__ = ["EXIT_FINAL", "supervise"]
 
-log = logging.getLogger("streamq.supervisor")
+log = get_logger("streamq.supervisor")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -61,12 +63,14 @@ def supervise(
     *,
     restart: bool = True,
     max_backoff: float = 30.0,
+    on_exit: Callable[[int], None] | None = None,
 ) -> int:
     """Run ``module.function(slot, *args)`` in ``workers`` spawned processes; return a code.
 
     A child that exits with a final code (0 done, 2 configuration, 4 halted) is not
     restarted; one that crashed is, after a growing delay, so a crash loop cannot spin. The
-    result is 0 if every child ended with 0, else the first other code.
+    result is 0 if every child ended with 0, else the first other code. ``on_exit(pid)``
+    runs for every child that ended (the metrics server drops its gauges).
     """
     ctx = multiprocessing.get_context("spawn")
     parent = os.getpid()
@@ -107,6 +111,8 @@ def supervise(
                 if proc.exitcode is None:
                     continue
                 del children[slot]
+                if on_exit is not None and proc.pid is not None:
+                    on_exit(proc.pid)
                 code = proc.exitcode if proc.exitcode >= 0 else 128 - proc.exitcode
                 if stopping and proc.exitcode in (-signal.SIGTERM, -signal.SIGINT):
                     # The forwarded signal arrived before the child set up its handlers:

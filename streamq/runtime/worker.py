@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
 import os
 import signal
 import sys
@@ -17,12 +16,14 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from .. import logs
 from ..brokers import connect
 from ..brokers.base import Backend, Broker
 from ..crashes import CrashCounter, counter_url
 from ..dedup import RedisDedup
 from ..errors import ConfigError, PartitionHalted, ShutdownTimeout, StreamqError
 from ..handlers import CommitMode, HandlerSpec
+from ..metrics import Exporter
 from ..settings import Settings
 from .executors import Pools
 from .group import GroupRunner
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["EXIT_SHUTDOWN_TIMEOUT", "Worker", "exit_code_for", "run_app_child", "run_worker"]
 
-log = logging.getLogger("streamq.worker")
+log = logs.get_logger("streamq.worker")
 
 # Exit codes, shared by the CLI and spawned workers.
 EXIT_RUNTIME = 1  # broker or runtime error
@@ -63,8 +64,10 @@ class Worker:
         *,
         groups: dict[str, dict[str, HandlerSpec]] | None = None,
         backends: dict[str, Backend] | None = None,
+        metrics: bool = False,
     ) -> None:
         self.app = app
+        self.metrics = metrics
         self.until_idle = until_idle
         self._groups = groups  # replay: one handler over fixed ranges instead of the app's
         self._backends = backends or {}
@@ -92,6 +95,7 @@ class Worker:
         producer = broker.producer()
         probe_lock = asyncio.Lock()
         pools = Pools(settings.threads, settings.processes)
+        exporter: Exporter | None = None
         try:
             for group, specs in (self._groups or app.groups()).items():
                 self.runners.append(
@@ -108,8 +112,12 @@ class Worker:
                         probe_lock,
                         self._backends.get(group),
                         pools,
+                        metrics=self.metrics,
                     )
                 )
+            if self.metrics:
+                exporter = Exporter(app.stats, self.runners)
+                exporter.start(settings.poll_ttl, settings.consuming_ttl)
             for runner in self.runners:
                 runner.start()
             await self._wait_for_stop()
@@ -122,6 +130,8 @@ class Worker:
             producer.flush(settings.shutdown_timeout)
             producer.close()
             pools.shutdown()
+            if exporter is not None:
+                exporter.stop()
         self._raise_outcome()
 
     async def _wait_for_stop(self) -> None:
@@ -210,11 +220,11 @@ def run_app_child(
     overrides: dict[str, object],
     until_idle: float | None,
     log_level: str,
+    log_format: str = "text",
+    metrics: bool = False,
 ) -> int:
     """Entry point of one spawned worker: import the app afresh, run it, return the exit code."""
-    logging.basicConfig(
-        level=log_level, format=f"%(asctime)s %(levelname)s [worker {slot}] %(name)s: %(message)s"
-    )
+    logs.configure(log_level, log_format, worker=slot)
     from ..app import App
 
     app: App | None = None
@@ -225,7 +235,7 @@ def run_app_child(
             app.configure(**overrides)
         if app.settings.instance_id:  # static membership needs one id per member
             app.configure(instance_id=f"{app.settings.instance_id}-{slot}")
-        run_worker(app, until_idle)
+        run_worker(app, until_idle, Worker(app, until_idle, metrics=metrics))
         return 0
     except (StreamqError, SystemExit, KeyboardInterrupt) as exc:
         if not isinstance(exc, SystemExit | KeyboardInterrupt):
