@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import BrokerUnavailable, ConfigError, UnknownTopicOrPartition
-from .message import Message
+from .message import Message, TopicPartition
 from .settings import Settings
 
 __all__ = ["GroupPosition", "LogView", "open_view"]
@@ -72,6 +72,15 @@ class LogView(Protocol):
         """Active members of ``group``, for refusing a reset under them."""
 
     def set_positions(self, group: str, topic: str, positions: dict[int, int]) -> None: ...
+
+    def topics(self) -> dict[str, int]:
+        """Every topic and its partition count."""
+
+    def groups(self) -> list[str]:
+        """Consumer groups the broker knows of."""
+
+    def owners(self, group: str, topic: str) -> dict[int, str]:
+        """Partition -> the member that owns it now (absent: nobody, or the broker won't say)."""
 
     def read(
         self, topic: str, ranges: dict[int, tuple[int, int | None]], timeout: float = 0.2
@@ -208,6 +217,42 @@ class KafkaView:
         except self._ck.KafkaException as exc:
             raise self._translate(exc, f"describe group {group}") from None
         return [f"{m.client_id}@{m.host} ({m.member_id})" for m in result.members or []]
+
+    def topics(self) -> dict[str, int]:
+        try:
+            meta = self._reader.list_topics(timeout=self._settings.broker_timeout)
+        except self._ck.KafkaException as exc:
+            raise self._translate(exc, "metadata") from None
+        return {
+            name: len(t.partitions)
+            for name, t in meta.topics.items()
+            if t.error is None and not name.startswith("__")
+        }
+
+    def groups(self) -> list[str]:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self._config)
+        try:
+            result = admin.list_consumer_groups().result(timeout=20)
+        except self._ck.KafkaException as exc:
+            raise self._translate(exc, "list groups") from None
+        return sorted(g.group_id for g in result.valid if not g.group_id.startswith("streamq-ops-"))
+
+    def owners(self, group: str, topic: str) -> dict[int, str]:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self._config)
+        try:
+            result = admin.describe_consumer_groups([group])[group].result(timeout=20)
+        except self._ck.KafkaException:
+            return {}  # some brokers (Tansu) cannot describe groups: owners unknown
+        out: dict[int, str] = {}
+        for m in result.members or []:
+            for tp in getattr(m.assignment, "topic_partitions", None) or []:
+                if tp.topic == topic:
+                    out[tp.partition] = f"{m.client_id}@{m.host}"
+        return out
 
     def set_positions(self, group: str, topic: str, positions: dict[int, int]) -> None:
         ck = self._ck
@@ -382,6 +427,36 @@ class RedisView:
         return sorted(
             t for t, n in topics.items() if any(self._group_info(group, t, p) for p in range(n))
         )
+
+    def topics(self) -> dict[str, int]:
+        from .brokers.redis_streams import RedisAdmin
+
+        return RedisAdmin(self._broker).list_topics()
+
+    def groups(self) -> list[str]:
+        found: set[str] = set()
+        for topic, n in self.topics().items():
+            for p in range(n):
+                try:
+                    infos: Any = self._r.xinfo_groups(self._key(topic, p))
+                except Exception:  # noqa: S112 - no stream yet: no groups on it
+                    continue
+                for info in infos:
+                    name = info["name"]
+                    found.add(name.decode() if isinstance(name, bytes) else name)
+        return sorted(found)
+
+    def owners(self, group: str, topic: str) -> dict[int, str]:
+        from .brokers.redis_streams import lease_key
+
+        parts = self.partitions(topic)
+        tokens = self._r.mget([lease_key(group, TopicPartition(topic, p)) for p in parts])
+        # a lease token is "<member id>:<random>"
+        return {
+            p: token.decode().rsplit(":", 1)[0]
+            for p, token in zip(parts, tokens, strict=True)
+            if token is not None
+        }
 
     def members(self, group: str) -> list[str]:
         now_ms = int(time.time() * 1000)

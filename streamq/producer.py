@@ -12,6 +12,7 @@ from .brokers.base import RecordMetadata
 from .codec import encode_headers, encode_key, encode_value
 from .errors import ConfigError
 from .settings import load_settings
+from .tracing import tracer
 
 __all__ = ["Producer"]
 
@@ -34,6 +35,7 @@ class Producer:
         self.url = resolved.broker
         self._backend = connect(self.url, resolved).producer()
         self._closed = False
+        self._tracer = tracer() if resolved.tracing else None
 
     def send(
         self,
@@ -63,6 +65,12 @@ class Producer:
             raise ConfigError("producer is closed")
         if not isinstance(topic, str) or not topic:
             raise ConfigError("topic: must be a non-empty string")
+        if self._tracer is not None:
+            with self._tracer.publishing(topic):
+                encoded = self._tracer.inject(encode_headers(headers) or [])
+                return self._backend.send(
+                    topic, encode_value(value), encode_key(key), encoded, partition, timestamp
+                )
         return self._backend.send(
             topic,
             encode_value(value),

@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     """Liveness fails when a partition with work has not advanced for this long: a handler
     hangs. Keep it above your slowest handler plus its retry backoff."""
 
+    tracing: bool = False
+    """OpenTelemetry spans per handler call, with ``traceparent`` propagated from
+    ``Producer.send`` through the handler to the DLQ (``streamq.tracing``; needs the
+    ``otel`` extra)."""
+
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     """Where a group with no committed offset starts. Earliest: nothing is skipped."""
 

@@ -27,6 +27,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from typing import Any
 
 from .. import failpoints
@@ -38,7 +39,7 @@ from ..dlq import dead_letter_record
 from ..errors import BrokerError, PoisonMessage, Reject, WorkerLost
 from ..handlers import CommitMode, Executor, HandlerSpec, Ordering
 from ..logs import about, get_logger
-from ..message import Message, TopicPartition
+from ..message import Headers, Message, TopicPartition
 from ..metrics import (
     COMMIT_BUCKETS,
     E2E_BUCKETS,
@@ -50,6 +51,7 @@ from ..metrics import (
 from ..offsets import OffsetTracker
 from ..retry import NEVER_POISON
 from ..settings import Settings
+from ..tracing import tracer
 from .executors import BrokenProcessPool, PoolProcessDied, Pools, call_each_leased, process_chunk
 
 __all__ = ["GroupRunner", "Stats"]
@@ -68,7 +70,7 @@ Unit = tuple[LaneKey, int, HandlerSpec, "Lease | None", list[Message]]
 # Seconds between the poll thread's samples for health and gauges, and between lag samples
 # (lag may ask the broker: Redis XINFO).
 _SAMPLE_INTERVAL = 0.5
-_LAG_INTERVAL = 5.0
+_LAG_INTERVAL = 2.0
 
 # Seconds cancelled lanes get to unwind and report what they finished.
 _CANCEL_GRACE = 2.0
@@ -259,6 +261,9 @@ class GroupRunner:
         metrics: bool = False,
     ) -> None:
         self.group = group
+        self._tracer = tracer() if settings.tracing else None
+        if self._tracer is not None:
+            specs = {topic: self._tracer.traced(spec) for topic, spec in specs.items()}
         self._specs = specs
         self._settings = settings
         self._backend: Backend = backend or broker.consumer(group, settings)
@@ -1192,7 +1197,10 @@ class GroupRunner:
         delay = 0.1
         while True:
             try:
-                fut = self._producer.send(spec.dlq_topic, value, key, headers)
+                if self._tracer is None:
+                    fut = self._producer.send(spec.dlq_topic, value, key, headers)
+                else:
+                    fut = self._traced_send(spec.dlq_topic, msg, key, value, headers)
                 await asyncio.wrap_future(fut)
                 if failpoints.ACTIVE:
                     failpoints.hit("after_dlq")
@@ -1217,6 +1225,15 @@ class GroupRunner:
             type(exc).__name__, exc, extra=about(spec.name, msg, self.group),
         )  # fmt: skip
         return True
+
+    def _traced_send(
+        self, topic: str, msg: Message, key: bytes | None, value: bytes | None, headers: Headers
+    ) -> Future[Any]:
+        """The DLQ write as a span in the record's trace (``streamq.tracing``)."""
+        tracer = self._tracer
+        assert tracer is not None
+        with tracer.publishing(topic, parent=tracer.context_of(msg.raw_headers)):
+            return self._producer.send(topic, value, key, tracer.inject(headers))
 
     async def _sleep(self, lane: Lane, delay: float) -> bool:
         """Back off without blocking other lanes; False if the lane was stopped meanwhile."""
