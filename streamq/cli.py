@@ -716,8 +716,8 @@ def status(broker: str | None, only: str | None, as_json: bool) -> None:
         )
         columns = ("topic", "partition", "owner", "committed", "end", "lag", "pending")
         for column in columns:
-            justify = "left" if column in ("topic", "owner") else "right"
-            table.add_column(column, justify=justify, overflow="fold")
+            left = column in ("topic", "owner")
+            table.add_column(column, justify="left" if left else "right", overflow="fold")
         for r in g["partitions"]:
             shown = {**r, "committed": offset_text(r["committed"]), "end": offset_text(r["end"])}
             table.add_row(*("-" if shown[c] is None else str(shown[c]) for c in columns))
