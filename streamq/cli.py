@@ -60,6 +60,8 @@ from .settings import load_settings
 
 __all__ = ["main"]
 
+log = logs.get_logger("streamq.cli")
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -189,10 +191,10 @@ def run(
             server = MetricsServer(metrics_host, metrics_port, path)
             stack.callback(server.close)
             server.start()
-            click.echo(
-                f"streamq: metrics on http://{metrics_host}:{server.port}/metrics "
-                "(health: /healthz, /readyz)",
-                err=True,
+            log.info(
+                "metrics on http://%s:%d/metrics (health: /healthz, /readyz)",
+                metrics_host,
+                server.port,
             )
         app = load_app(app_spec)
         overrides = {"broker": broker} if broker is not None else {}

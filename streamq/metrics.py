@@ -243,9 +243,11 @@ class Exporter:
             multiprocess_mode="liveall",
         )
         self._assigned = G(
-            "streamq_assigned_partitions", "Partitions owned.", ("group",),
-            multiprocess_mode="livesum",
-        )  # fmt: skip
+            "streamq_assigned_partitions",
+            "Partitions owned, per worker process (sum by group for the group's total).",
+            ("group",),
+            multiprocess_mode="liveall",
+        )
         self._last_poll = G(
             "streamq_poll_timestamp_seconds",
             "Unix time of the poll loop's last turn. Liveness fails when older than poll_ttl.",

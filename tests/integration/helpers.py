@@ -104,12 +104,15 @@ def app_env(broker: str, topic: str, group: str, ledger: Path, **more: str) -> d
 class Worker:
     """A ``streamq run`` process whose stderr goes to a file the test can watch."""
 
-    def __init__(self, cwd: Path, spec: str, env: dict[str, str], *extra: str) -> None:
+    def __init__(
+        self, cwd: Path, spec: str, env: dict[str, str], *extra: str, options: tuple[str, ...] = ()
+    ) -> None:
         self.log = cwd / f"worker-{uuid.uuid4().hex[:6]}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                streamq_cmd("run", spec, *extra), cwd=cwd, env=env, stdout=out, stderr=out
-            )
+                streamq_cmd(*options, "run", spec, *extra), cwd=cwd, env=env, stdout=out,
+                stderr=out,
+            )  # fmt: skip
         self.pid = self.proc.pid
 
     def output(self) -> str:
