@@ -55,6 +55,14 @@ SCENARIOS = [
     Scenario("memory-json", "memory",
              ["--messages", "300000", "--rounds", "3"], ["--messages", "100000", "--rounds", "2"],
              "in-memory broker, same workload"),
+    Scenario("kafka-json-metrics", "kafka",
+             ["--messages", "500000", "--rounds", "3", "--metrics"],
+             ["--messages", "100000", "--rounds", "2", "--metrics"],
+             "kafka-json with Prometheus metrics on (the exporter and server as in production)"),
+    Scenario("memory-json-metrics", "memory",
+             ["--messages", "300000", "--rounds", "3", "--metrics"],
+             ["--messages", "100000", "--rounds", "2", "--metrics"],
+             "memory-json with metrics on (no broker competing for the cores: least noise)"),
     Scenario("kafka-pydantic", "kafka",
              ["--messages", "300000", "--rounds", "2", "--handler", "pydantic"],
              ["--messages", "50000", "--rounds", "1", "--handler", "pydantic"],
@@ -184,6 +192,17 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             f"{x:.1f}x ({_summary(key)['msg_s']:,.0f} vs {_summary(part)['msg_s']:,.0f} msg/s)",
             "redis-io-key-order / -partition-order", x >= 20,
         ))  # fmt: skip
+    for off_name in ("kafka-json", "memory-json"):
+        off, on = results.get(off_name), results.get(f"{off_name}-metrics")
+        if off and on:
+            x = _summary(on)["msg_s"] / _summary(off)["msg_s"]
+            cpu_on, cpu_off = _summary(on).get("cpu_s_per_m"), _summary(off).get("cpu_s_per_m")
+            rows.append((
+                f"cost of metrics ({off_name}): throughput on / off (no target; report)",
+                f"{x:.2f}x ({_summary(on)['msg_s']:,.0f} vs {_summary(off)['msg_s']:,.0f} msg/s;"
+                f" CPU {cpu_on} vs {cpu_off} s per million)",
+                f"{off_name}-metrics / {off_name}", None,
+            ))  # fmt: skip
     peers = results.get("peers-kafka")
     if peers:
         for name, p in peers.get("peers", {}).items():

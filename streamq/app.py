@@ -169,7 +169,14 @@ class App:
             out.setdefault(group, {})[topic] = spec
         return out
 
-    def run(self, workers: int = 1, until_idle: float | None = None) -> None:
+    def run(
+        self,
+        workers: int = 1,
+        until_idle: float | None = None,
+        *,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+    ) -> None:
         """Consume until SIGINT/SIGTERM, or until caught up for ``until_idle`` seconds.
 
         Graceful stop: stop polling, let running handlers finish (up to
@@ -181,6 +188,9 @@ class App:
             workers: Member processes to run; more than one needs a broker shared across
                 processes (not ``memory://``).
             until_idle: Seconds without new records after which to stop; None runs forever.
+            metrics_port: Serve Prometheus ``/metrics``, ``/healthz`` and ``/readyz`` here
+                (0: a free port), one view over all workers (``streamq.metrics``).
+            metrics_host: The address that port binds to.
 
         Raises:
             ConfigError: Invalid arguments or settings.
@@ -188,17 +198,22 @@ class App:
             PartitionHalted: The run ended with partitions halted at a record.
         """
         self._check_run_args(workers, until_idle)
-        from .runtime.worker import run_worker
+        from .metrics import serving
+        from .runtime.worker import Worker, run_worker
 
-        if workers == 1:
-            run_worker(self, until_idle)
-            return
-        from .runtime.supervisor import supervise
+        with serving(metrics_host, metrics_port) as server:
+            metrics = server is not None
+            if workers == 1:
+                run_worker(self, until_idle, Worker(self, until_idle, metrics=metrics))
+                return
+            from .runtime.supervisor import supervise
 
-        module, attr = self._locate()
-        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-        target = ("streamq.runtime.worker", "run_app_child")
-        code = supervise(target, (module, attr, self._overrides, until_idle, level), workers)
+            module, attr = self._locate()
+            level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+            target = ("streamq.runtime.worker", "run_app_child")
+            args = (module, attr, self._overrides, until_idle, level, "text", metrics)
+            on_exit = server.mark_dead if server is not None else None
+            code = supervise(target, args, workers, on_exit=on_exit)
         if code:
             raise SystemExit(code)
 

@@ -83,6 +83,7 @@ class BenchSpec:
     ordering: str = "partition"
     workers: int = 1
     dedup: str = "none"
+    metrics: bool = False  # streamq side: Prometheus metrics on, server on a free port
     rounds: int = 2
     max_seconds: float | None = None
     latency_messages: int = 2000
@@ -678,12 +679,13 @@ def drain(spec: BenchSpec, side: str) -> dict[str, Any]:
 
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
+            port = 0 if spec.metrics else None
             if app is not None:
-                app.run()
+                app.run(metrics_port=port)
             else:
                 import streamq.bench as me
 
-                me.app.run(workers=spec.workers)
+                me.app.run(workers=spec.workers, metrics_port=port)
             watcher.join(30)
             if "error" in box:
                 raise box["error"]

@@ -42,7 +42,7 @@ from .errors import (
     UnknownTopicOrPartition,
 )
 from .message import Message
-from .metrics import MetricsServer, prepare_multiprocess_dir, remove_dir
+from .metrics import serving
 from .ops import LogView, open_view
 from .producer import Producer
 from .reader import read_topic
@@ -60,7 +60,6 @@ from .settings import load_settings
 
 __all__ = ["main"]
 
-log = logs.get_logger("streamq.cli")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -180,22 +179,7 @@ def run(
     metrics_host: str,
 ) -> None:
     """Consume with the handlers of MODULE:APP until SIGINT/SIGTERM (or idle)."""
-    with contextlib.ExitStack() as stack:
-        server = None
-        if metrics_port is not None:
-            # Before the app is imported: prometheus-client picks its mode at import time,
-            # and the app's own metrics should land in the shared directory too.
-            path, created = prepare_multiprocess_dir()
-            if created:
-                stack.callback(remove_dir, path)
-            server = MetricsServer(metrics_host, metrics_port, path)
-            stack.callback(server.close)
-            server.start()
-            log.info(
-                "metrics on http://%s:%d/metrics (health: /healthz, /readyz)",
-                metrics_host,
-                server.port,
-            )
+    with serving(metrics_host, metrics_port) as server:
         app = load_app(app_spec)
         overrides = {"broker": broker} if broker is not None else {}
         if overrides:
@@ -874,6 +858,9 @@ def _print_record(msg: Message, as_json: bool) -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--dedup", default="none", show_default=True, help="none, memory or redis://...")
 @click.option(
+    "--metrics", is_flag=True, help="Run streamq with Prometheus metrics on (as --metrics-port)."
+)
+@click.option(
     "--rounds",
     type=click.IntRange(min=1),
     default=2,
@@ -906,6 +893,7 @@ def bench(
     ordering: str,
     workers: int,
     dedup: str,
+    metrics: bool,
     rounds: int,
     max_seconds: float | None,
     latency_messages: int,
@@ -923,7 +911,7 @@ def bench(
     spec = BenchSpec(
         broker=broker, messages=messages, size=size, partitions=partitions, keys=keys,
         handler=handler, executor=executor, ordering=ordering, workers=workers, dedup=dedup,
-        rounds=rounds, max_seconds=max_seconds, latency_messages=latency_messages,
+        metrics=metrics, rounds=rounds, max_seconds=max_seconds, latency_messages=latency_messages,
         latency_rate=latency_rate, raw=not no_raw,
     )  # fmt: skip
     spec.validate()

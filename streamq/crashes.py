@@ -27,16 +27,16 @@ record.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .logs import get_logger
 from .message import TopicPartition
 
 __all__ = ["CrashCounter", "Suspects"]
 
-log = logging.getLogger("streamq.crashes")
+log = get_logger("streamq.crashes")
 
 _POLLED = b"polled"
 

@@ -14,13 +14,13 @@ instead, which also suppresses a re-sent duplicate.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import ConfigError
+from .logs import get_logger
 from .message import Message
 
 __all__ = [
@@ -32,7 +32,7 @@ __all__ = [
     "make_store",
 ]
 
-log = logging.getLogger("streamq.dedup")
+log = get_logger("streamq.dedup")
 
 KeyFn = Callable[[Message], str]
 

@@ -22,6 +22,7 @@ worker connected to its broker and every group holding partitions.
 
 from __future__ import annotations
 
+import functools
 import http.server
 import os
 import shutil
@@ -30,7 +31,8 @@ import threading
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -174,7 +176,11 @@ class Exporter:
         self._thread = threading.Thread(target=self._main, name="streamq-metrics", daemon=True)
         self._flushed: dict[tuple[str, Any], Any] = {}  # what was already added, per series
         self._known: dict[str, set[Any]] = {}  # gauge series set once, zeroed when gone
-        C, G, H = pc.Counter, pc.Gauge, pc.Histogram
+        # registry=None: in multiprocess mode the server reads the files, not a registry, and
+        # a second run in the same process must not collide with the first one's metrics.
+        C = functools.partial(pc.Counter, registry=None)
+        G = functools.partial(pc.Gauge, registry=None)
+        H = functools.partial(pc.Histogram, registry=None)
         part = PARTITION_LABELS
         tp = ("group", "topic", "partition")
         self._counters = {kind: C(name, doc, part) for kind, name, doc in self.COUNTERS}
@@ -473,3 +479,28 @@ class MetricsServer:
 
 def remove_dir(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+@contextmanager
+def serving(host: str, port: int | None) -> Iterator[MetricsServer | None]:
+    """The metrics server for one run, or None when ``port`` is None.
+
+    Call it before the app's module is imported where possible: prometheus-client picks its
+    multiprocess mode when first imported, and the app's own metrics then land in the shared
+    directory too.
+    """
+    if port is None:
+        yield None
+        return
+    path, created = prepare_multiprocess_dir()
+    try:
+        server = MetricsServer(host, port, path)
+        server.start()
+        log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", host, server.port)
+        try:
+            yield server
+        finally:
+            server.close()
+    finally:
+        if created:
+            remove_dir(path)

@@ -41,6 +41,7 @@ from ..errors import (
     ConfigError,
     UnknownTopicOrPartition,
 )
+from ..logs import get_logger
 from ..message import Headers, Message, TopicPartition
 from ..settings import Settings
 from .base import Rebalance, RecordMetadata, wait_until_reachable
@@ -60,7 +61,7 @@ FIELD_READS = bind_confluent(ck.Message)
 
 __all__ = ["KafkaBroker"]
 
-log = logging.getLogger("streamq.kafka")
+log = get_logger("streamq.kafka")
 
 MIN_LIBRDKAFKA = (2, 10, 0)
 

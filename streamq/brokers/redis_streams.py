@@ -24,7 +24,6 @@ tracker orders Redis entries exactly like Kafka offsets.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import queue
 import socket
@@ -47,6 +46,7 @@ from ..errors import (
     ConfigError,
     UnknownTopicOrPartition,
 )
+from ..logs import get_logger
 from ..message import Headers, Message, TopicPartition
 from ..murmur2 import partition_for_key
 from ..settings import Settings
@@ -64,7 +64,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 __all__ = ["RedisBroker", "id_to_offset", "offset_to_id"]
 
-log = logging.getLogger("streamq.redis")
+log = get_logger("streamq.redis")
 
 _SEQ_BITS = 20
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
