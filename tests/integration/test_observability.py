@@ -23,6 +23,7 @@ import orjson
 import pytest
 
 import streamq
+from streamq.brokers import connect
 from streamq.reader import read_topic
 from streamq.settings import load_settings
 
@@ -49,6 +50,7 @@ app = streamq.App(
     commit_interval=0.2,
     lease_ttl=3,
     consuming_ttl=3,
+    shutdown_timeout=float(os.environ.get("SHUTDOWN_TIMEOUT", "30")),
 )
 
 @app.handler(os.environ["TOPIC"], max_retries=1, retry_backoff=0.01)
@@ -242,6 +244,46 @@ def test_broker_outage_is_logged_sparingly_and_fails_readiness(redis_server, tmp
     assert dead["topic"] == topic and dead["handler"] == "handle" and dead["attempt"] == 2
     assert dead["partition"] >= 0 and dead["offset"] > 0 and dead["group"] == group
     assert exit_code == 0, out[-3000:]
+
+
+@pytest.mark.kafka
+def test_kafka_outage_is_logged_sparingly_and_fails_readiness(tmp_path: Path) -> None:
+    """A private Tansu killed under a running worker: a few log lines, /readyz 503."""
+    from ..conftest import start_tansu
+
+    try:
+        tansu = start_tansu()
+    except RuntimeError as exc:
+        from ..conftest import unavailable
+
+        unavailable(str(exc))
+    url = f"kafka://{tansu.bootstrap}"
+    topic, group = unique("outage"), unique("g")
+    try:
+        connect(url).admin().create_topic(topic, 2)
+        with streamq.Producer(url) as producer:
+            producer.send(topic, {"i": 2})
+        (tmp_path / "obs_app.py").write_text(textwrap.dedent(APP.format(kafka=FAST_GROUP)))
+        port = free_port()
+        env = {**os.environ, "BROKER": url, "TOPIC": topic, "GROUP": group,
+               "SHUTDOWN_TIMEOUT": "3"}  # fmt: skip
+        worker = Worker(tmp_path, "obs_app:app", env, "--metrics-port", str(port))
+        try:
+            wait_until(lambda: get(port, "/readyz")[0] == 200, 90, "the worker to be ready")
+            before = len(worker.output().splitlines())
+            tansu.kill()
+            wait_until(lambda: get(port, "/readyz")[0] == 503, 30, "/readyz to fail")
+            body = get(port, "/readyz")[1]
+            time.sleep(6)
+            during = worker.output().splitlines()[before:]
+            assert get(port, "/healthz")[0] == 200  # the worker itself is alive
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            worker.finish(90)
+    finally:
+        tansu.kill()
+    assert any("cannot reach its broker" in p for p in body["problems"]), body
+    assert 1 <= len(during) <= 25, "\n".join(during)  # not thousands of lines
 
 
 @pytest.fixture(scope="module")
