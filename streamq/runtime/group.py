@@ -917,7 +917,7 @@ class GroupRunner:
         latency.add((now - lane.timed_at) / n, n)
         lane.timed_at = now
         first, last = done[0].timestamp, done[-1].timestamp
-        if first and last:
+        if first is not None and last is not None and first > 0 and last > 0:  # -1: unknown
             e2e = self.e2e_latency.get(lane.labels)
             if e2e is None:
                 e2e = self.e2e_latency[lane.labels] = Latency(E2E_BUCKETS)
