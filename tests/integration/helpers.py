@@ -84,7 +84,11 @@ def read_ledger(path: Path, kind: str = "E") -> list[Entry]:
     if not path.exists():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    text = path.read_text()
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()  # a line being written right now: read it next time
+    for line in lines:
         what, pid, part, off, key, ident, ns = line.split()
         if what == kind:
             out.append(Entry(int(pid), int(part), int(off), key, int(ident), int(ns)))

@@ -160,3 +160,16 @@ def test_sigterm_stops_gracefully_with_exit_0(tmp_path: Path) -> None:
         proc.kill()
     assert proc.returncode == 0, err.decode()
     assert b"stopping gracefully" in err and b"Traceback" not in err
+
+
+def test_metrics_and_log_options_refuse_bad_values() -> None:
+    import socket
+
+    assert_clean_error(streamq("run", "x:app", "--metrics-port", "70000"), 2, "--metrics-port")
+    assert_clean_error(streamq("--log-format", "yaml", "run", "x:app"), 2, "--log-format")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        result = streamq("run", "x:app", "--metrics-port", port)  # checked before the app
+    assert_clean_error(result, 2, f"--metrics-port {port}: cannot listen on 127.0.0.1")
