@@ -216,6 +216,19 @@ class Exporter:
             "Partitions assigned, revoked or lost (Redis: leases acquired or given up).",
             ("group", "event"),
         )
+        self._events = {
+            "stream_reset": C(
+                "streamq_stream_resets",
+                "Redis: a partition's consumer group was gone (Redis restarted empty, or the "
+                "key was deleted) and was recreated from the start of the stream.",
+                ("group", "topic", "partition"),
+            ),
+            "lost_to_trim": C(
+                "streamq_records_lost_to_trim",
+                "Redis: pending entries trimmed from the stream before they were handled.",
+                ("group", "topic", "partition"),
+            ),
+        }
         self._in_flight = G(
             "streamq_in_flight_records", "Fetched, unfinished records.", tp,
             multiprocess_mode="livesum",
@@ -305,6 +318,10 @@ class Exporter:
             self._add_counts("commit_failures", self._commit_failures, runner.commit_failures)
             self._add_counts("rebalances", self._rebalances, runner.rebalances)
             self._add_counts("ownership", self._ownership, runner.ownership_changes)
+            for (event, topic, partition), n in list(runner.backend_events.items()):
+                metric = self._events.get(event)
+                if metric is not None:
+                    self._add_counts(event, metric, {(group, topic, partition): n})
             self._last_poll.labels(group).set(runner.last_poll)
             sample = runner.sample
             if sample is not None:

@@ -31,7 +31,7 @@ import struct
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from importlib import resources
@@ -236,6 +236,8 @@ class RedisConsumer:
         self._checked_at = 0.0
         self._callbacks: tuple[Rebalance, Rebalance, Rebalance] | None = None
         self._closed = False
+        # (event, topic, partition) -> count, exported as metrics (streamq.metrics)
+        self.events: Counter[tuple[str, str, str]] = Counter()
 
     # -- membership --------------------------------------------------------------------------
 
@@ -394,6 +396,7 @@ class RedisConsumer:
             start = cursor
 
     def _report_trimmed(self, tp: TopicPartition, ids: Sequence[bytes]) -> None:
+        self.events[("lost_to_trim", tp.topic, str(tp.partition))] += len(ids)
         log.error(
             "group %s: %d pending entries of %s[%d] were trimmed from the stream before they "
             "were handled and cannot be delivered: %s",
@@ -402,6 +405,8 @@ class RedisConsumer:
         )  # fmt: skip
 
     def _recreate_group(self, key: str) -> None:
+        topic, _, partition = key.rpartition(":")
+        self.events[("stream_reset", topic, partition)] += 1
         log.error(
             "group %s: the consumer group on %s is gone (Redis restarted without persistence, "
             "or the key was deleted); recreating it from the start of the stream",

@@ -304,6 +304,11 @@ class GroupRunner:
         self.commit_failures: Counter[tuple[str]] = Counter()
         self.rebalances: Counter[tuple[str, str]] = Counter()
         self.ownership_changes: Counter[tuple[str, str]] = Counter()
+        # backend events (Redis: streams reset, entries lost to trims), if it counts any
+        events = getattr(self._backend, "events", None)
+        self.backend_events: Counter[tuple[str, str, str]] = (
+            events if isinstance(events, Counter) else Counter()
+        )
         # loop-thread state
         self._lanes: dict[LaneKey, Lane] = {}
         # shared

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 import uuid
 from collections import defaultdict
 from collections.abc import Callable
@@ -164,3 +165,31 @@ def duplicates(entries: list[Entry]) -> list[int]:
     for e in entries:
         counts[e.id] += 1
     return sorted(i for i, c in counts.items() if c > 1)
+
+
+class Scrape:
+    """One scrape of /metrics, parsed into (name, labels) -> value."""
+
+    def __init__(self, port: int) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        self.samples: list[tuple[str, dict[str, str], float]] = [
+            (s.name, s.labels, s.value)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        ]
+
+    def total(self, name: str, **labels: str) -> float:
+        return sum(
+            v for n, ls, v in self.samples
+            if n == name and all(ls.get(k) == want for k, want in labels.items())
+        )  # fmt: skip
+
+    def by(self, name: str, label: str) -> dict[str, float]:
+        out: dict[str, float] = defaultdict(float)
+        for n, ls, v in self.samples:
+            if n == name:
+                out[ls[label]] += v
+        return dict(out)

@@ -28,7 +28,7 @@ from streamq.reader import read_topic
 from streamq.settings import load_settings
 
 from ..conftest import free_port
-from .helpers import FAST_GROUP, Worker, streamq_cmd, unique, wait_until
+from .helpers import FAST_GROUP, Scrape, Worker, streamq_cmd, unique, wait_until
 
 pytestmark = [pytest.mark.timeout(300)]
 
@@ -64,34 +64,6 @@ def handle(value: dict) -> None:
     if i == HANG_ID:
         time.sleep(float(os.environ.get("HANG_FOR", "6")))
 """
-
-
-class Scrape:
-    """One scrape of /metrics, parsed into (name, labels) -> value."""
-
-    def __init__(self, port: int) -> None:
-        from prometheus_client.parser import text_string_to_metric_families
-
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        self.samples: list[tuple[str, dict[str, str], float]] = [
-            (s.name, s.labels, s.value)
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        ]
-
-    def total(self, name: str, **labels: str) -> float:
-        return sum(
-            v for n, ls, v in self.samples
-            if n == name and all(ls.get(k) == want for k, want in labels.items())
-        )  # fmt: skip
-
-    def by(self, name: str, label: str) -> dict[str, float]:
-        out: dict[str, float] = defaultdict(float)
-        for n, ls, v in self.samples:
-            if n == name:
-                out[ls[label]] += v
-        return dict(out)
 
 
 def get(port: int, path: str) -> tuple[int, dict]:

@@ -22,6 +22,7 @@ from streamq.murmur2 import partition_for_key
 from tests.conftest import RedisServer, free_port
 
 from .helpers import (
+    Scrape,
     app_env,
     check_per_key_order,
     duplicates,
@@ -201,7 +202,9 @@ def test_redis_restarted_empty_recreates_the_group_without_spinning(tmp_path: Pa
         produce(url, topic, 100)
         group, ledger = unique("empty"), tmp_path / "ledger"
         spec = write_app(tmp_path, extra=LEASES)
-        worker = start_worker(tmp_path, spec, app_env(url, topic, group, ledger))
+        port = free_port()
+        worker = start_worker(tmp_path, spec, app_env(url, topic, group, ledger),
+                              "--metrics-port", str(port))  # fmt: skip
         wait_until(lambda: len(read_ledger(ledger)) == 100, 60, "the first records")
         server.kill()
         server.start()  # no persistence: streams, groups and leases are gone
@@ -215,6 +218,8 @@ def test_redis_restarted_empty_recreates_the_group_without_spinning(tmp_path: Pa
         cpu_before = _cpu_seconds(worker.pid)
         time.sleep(2)
         spent = _cpu_seconds(worker.pid) - cpu_before
+        wait_until(lambda: Scrape(port).total("streamq_stream_resets_total") >= 1, 10,
+                   "the stream reset metric")  # fmt: skip
         worker.send_signal(signal.SIGTERM)
         code, err = worker.finish(60)
         assert code == 0, err
@@ -272,8 +277,16 @@ def test_pending_entries_trimmed_away_are_reported_not_fatal(
     assert client.xpending(f"{topic}:0", group)["pending"] == 10
     produce(url, topic, 5)
     spec = write_app(tmp_path, extra=LEASES)
-    code, err = start_worker(tmp_path, spec, app_env(url, topic, group, ledger),
-                             "--until-idle", "2").finish(60)  # fmt: skip
+    port = free_port()
+    worker = start_worker(tmp_path, spec, app_env(url, topic, group, ledger),
+                          "--metrics-port", str(port))  # fmt: skip
+    try:
+        wait_until(lambda: len(read_ledger(ledger)) == 5, 60, "the 5 entries left")
+        wait_until(lambda: Scrape(port).total("streamq_records_lost_to_trim_total") == 10, 10,
+                   "the lost-to-trim metric")  # fmt: skip
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code, err = worker.finish(60)
     assert code == 0, err
     assert "trimmed from the stream before they were handled" in err
     assert "Traceback" not in err
