@@ -15,7 +15,7 @@ instead, which also suppresses a re-sent duplicate.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -106,25 +106,33 @@ class GuardedStore:
         self.name = name
         self._pause = pause
         self._quiet_until = 0.0
+        # for metrics: failed calls, and keys not checked or not marked, by operation
+        self.errors: Counter[str] = Counter()
+        self.bypassed: Counter[str] = Counter()
 
     def seen(self, keys: Sequence[str]) -> list[bool]:
         if time.monotonic() < self._quiet_until:
+            self.bypassed["check"] += len(keys)
             return [False] * len(keys)
         try:
             return self.store.seen(keys)
         except Exception as exc:
             self._failed("check", exc, "those records are handled again")
+            self.bypassed["check"] += len(keys)
             return [False] * len(keys)
 
     def mark(self, keys: Sequence[str]) -> None:
         if time.monotonic() < self._quiet_until:
+            self.bypassed["mark"] += len(keys)
             return
         try:
             self.store.mark(keys)
         except Exception as exc:
             self._failed("mark", exc, "a redelivery of those records would be handled again")
+            self.bypassed["mark"] += len(keys)
 
     def _failed(self, what: str, exc: Exception, consequence: str) -> None:
+        self.errors[what] += 1
         self._quiet_until = time.monotonic() + self._pause
         log.warning(
             "dedup store %s: %s failed (%s); %s; leaving the store alone for %.0fs",

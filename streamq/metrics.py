@@ -229,6 +229,17 @@ class Exporter:
                 ("group", "topic", "partition"),
             ),
         }
+        self._dedup_errors = C(
+            "streamq_dedup_errors",
+            "Failed calls to a handler's dedup store (it is then left alone for a few "
+            "seconds: records are handled, never skipped).",
+            ("group", "topic", "handler", "operation"),
+        )
+        self._dedup_bypassed = C(
+            "streamq_dedup_bypassed",
+            "Records not checked against, or not marked in, a failing dedup store.",
+            ("group", "topic", "handler", "operation"),
+        )
         self._in_flight = G(
             "streamq_in_flight_records", "Fetched, unfinished records.", tp,
             multiprocess_mode="livesum",
@@ -318,6 +329,9 @@ class Exporter:
             self._add_counts("commit_failures", self._commit_failures, runner.commit_failures)
             self._add_counts("rebalances", self._rebalances, runner.rebalances)
             self._add_counts("ownership", self._ownership, runner.ownership_changes)
+            for spec in runner.specs.values():
+                if spec.dedup is not None:
+                    self._add_dedup((group, spec.topic, spec.name), spec.dedup)
             for (event, topic, partition), n in list(runner.backend_events.items()):
                 metric = self._events.get(event)
                 if metric is not None:
@@ -326,6 +340,13 @@ class Exporter:
             sample = runner.sample
             if sample is not None:
                 self._set_sample(group, sample)
+
+    def _add_dedup(self, key: tuple[str, str, str], store: Any) -> None:
+        for name, metric, counts in (
+            ("dedup_errors", self._dedup_errors, store.errors),
+            ("dedup_bypassed", self._dedup_bypassed, store.bypassed),
+        ):
+            self._add_counts(name, metric, {(*key, op): n for op, n in list(counts.items())})
 
     def _add_counts(self, kind: str, metric: Any, counts: Mapping[Any, int]) -> None:
         flushed = self._flushed

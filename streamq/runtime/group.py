@@ -331,6 +331,11 @@ class GroupRunner:
         self._stop.set()
 
     @property
+    def specs(self) -> dict[str, HandlerSpec]:
+        """The group's handlers by topic."""
+        return self._specs
+
+    @property
     def halted(self) -> list[TopicPartition]:
         """Partitions that halted at a record during this run (read after it ended)."""
         return sorted(self._halted_in_run)

@@ -19,6 +19,7 @@ from prometheus_client import Histogram
 from prometheus_client.samples import Sample
 
 from streamq import logs
+from streamq.dedup import GuardedStore
 from streamq.message import Message, TopicPartition
 from streamq.metrics import (
     HANDLER_BUCKETS,
@@ -111,7 +112,7 @@ def _runner(group: str) -> SimpleNamespace:
     return SimpleNamespace(
         group=group, handler_latency={}, e2e_latency={}, commit_latency={},
         commit_failures=Counter(), rebalances=Counter(), ownership_changes=Counter(),
-        last_poll=0.0, sample=None,
+        last_poll=0.0, sample=None, specs={}, backend_events=Counter(),
     )  # fmt: skip
 
 
@@ -152,6 +153,31 @@ def test_exporter_adds_only_what_grew_and_zeroes_revoked_partitions() -> None:
     exporter.flush()
     assert _value(exporter._in_flight, "streamq_in_flight_records", partition="0") == 0
     assert _value(exporter._paused, "streamq_partition_paused", partition="0") == 0
+
+
+def test_dedup_store_failures_and_backend_events_are_exported() -> None:
+    class Broken:
+        def seen(self, keys):
+            raise ConnectionError("dedup redis is away")
+
+        def mark(self, keys):
+            raise ConnectionError("dedup redis is away")
+
+    store = GuardedStore(Broken(), "redis://dedup", pause=60)
+    assert store.seen(["a", "b"]) == [False, False]  # failing: handle, never skip
+    store.seen(["c"])  # left alone meanwhile
+    store.mark(["a", "b", "c"])
+    assert store.errors == {"check": 1} and store.bypassed == {"check": 3, "mark": 3}
+    runner = _runner("g")
+    runner.specs = {"orders": SimpleNamespace(topic="orders", name="handle", dedup=store)}
+    runner.backend_events[("stream_reset", "orders", "2")] += 1
+    exporter = Exporter(Stats(), [runner])
+    exporter.flush()
+    exporter.flush()
+    assert _value(exporter._dedup_errors, "streamq_dedup_errors_total", operation="check") == 1
+    assert _value(exporter._dedup_bypassed, "streamq_dedup_bypassed_total") == 6
+    resets = exporter._events["stream_reset"]
+    assert _value(resets, "streamq_stream_resets_total", partition="2", group="g") == 1
 
 
 def _families(*samples: tuple[str, dict[str, str], float]) -> list[SimpleNamespace]:
