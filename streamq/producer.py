@@ -66,11 +66,14 @@ class Producer:
         if not isinstance(topic, str) or not topic:
             raise ConfigError("topic: must be a non-empty string")
         if self._tracer is not None:
-            with self._tracer.publishing(topic):
-                encoded = self._tracer.inject(encode_headers(headers) or [])
-                return self._backend.send(
-                    topic, encode_value(value), encode_key(key), encoded, partition, timestamp
-                )
+            encoded_value, encoded_key = encode_value(value), encode_key(key)
+            return self._tracer.publish(  # type: ignore[no-any-return]
+                topic,
+                encode_headers(headers) or [],
+                lambda traced: self._backend.send(
+                    topic, encoded_value, encoded_key, traced, partition, timestamp
+                ),
+            )
         return self._backend.send(
             topic,
             encode_value(value),

@@ -1242,8 +1242,12 @@ class GroupRunner:
         """The DLQ write as a span in the record's trace (``streamq.tracing``)."""
         tracer = self._tracer
         assert tracer is not None
-        with tracer.publishing(topic, parent=tracer.context_of(msg.raw_headers)):
-            return self._producer.send(topic, value, key, tracer.inject(headers))
+        return tracer.publish(  # type: ignore[no-any-return]
+            topic,
+            headers,
+            lambda traced: self._producer.send(topic, value, key, traced),
+            parent=tracer.context_of(msg.raw_headers),
+        )
 
     async def _sleep(self, lane: Lane, delay: float) -> bool:
         """Back off without blocking other lanes; False if the lane was stopped meanwhile."""
