@@ -116,33 +116,13 @@ class Stats:
             out[labels[1]] += n
         return out
 
-    @property
-    def consumed(self) -> Counter[str]:
-        return self._by_topic("consumed")
-
-    @property
-    def handled(self) -> Counter[str]:
-        return self._by_topic("handled")
-
-    @property
-    def failed(self) -> Counter[str]:
-        return self._by_topic("failed")
-
-    @property
-    def retried(self) -> Counter[str]:
-        return self._by_topic("retried")
-
-    @property
-    def dead_lettered(self) -> Counter[str]:
-        return self._by_topic("dead_lettered")
-
-    @property
-    def deduplicated(self) -> Counter[str]:
-        return self._by_topic("deduplicated")
-
-    @property
-    def paused(self) -> Counter[str]:
-        return self._by_topic("paused")
+    consumed = property(lambda self: self._by_topic("consumed"))
+    handled = property(lambda self: self._by_topic("handled"))
+    failed = property(lambda self: self._by_topic("failed"))
+    retried = property(lambda self: self._by_topic("retried"))
+    dead_lettered = property(lambda self: self._by_topic("dead_lettered"))
+    deduplicated = property(lambda self: self._by_topic("deduplicated"))
+    paused = property(lambda self: self._by_topic("paused"))
 
     def summary(self) -> str:
         """One line for the end of a run."""
@@ -397,6 +377,7 @@ class GroupRunner:
         crashes = self._crashes
         polled: dict[TopicPartition, tuple[int, int]] = {}
         consumed = self._stats.consumed_by
+        metrics = self._metrics
         now = 0.0
         for tp, msgs in self._dispatcher.split(batch).items():
             epoch = self._assigned.get(tp)
@@ -405,7 +386,7 @@ class GroupRunner:
             spec = self._specs[tp.topic]
             part = tracker.track(tp, msgs)
             consumed[self._labels[tp]] += len(msgs)
-            if part.in_flight == len(msgs):  # work after idling: progress is timed from now
+            if metrics and part.in_flight == len(msgs):  # work after idling: timed from now
                 now = now or time.time()
                 self._position_at[tp] = (part.position, now)
             if spec.commit is CommitMode.BEFORE:
@@ -490,16 +471,18 @@ class GroupRunner:
         completions = self._completions
         tracker = self._tracker
         progress = self._position_at
+        metrics = self._metrics
         now = 0.0
         while completions:
             tp, epoch, msgs, halted = completions.popleft()
             if not tracker.complete(tp, epoch, msgs):
                 continue
-            position = tracker.parts[tp].position
-            seen = progress.get(tp)
-            if seen is None or seen[0] != position:
-                now = now or time.time()
-                progress[tp] = (position, now)
+            if metrics:  # for liveness: when the partition's position last moved
+                position = tracker.parts[tp].position
+                seen = progress.get(tp)
+                if seen is None or seen[0] != position:
+                    now = now or time.time()
+                    progress[tp] = (position, now)
             self._since_commit += len(msgs)
             if halted:
                 self._halted.add(tp)
