@@ -119,10 +119,11 @@ class Tracer:
 
         def begin(arg: Any) -> Any:
             if spec.batch:
-                links = [
-                    self._link(self._trace.get_current_span(context_of(m.raw_headers)).get_span_context())
+                contexts = (
+                    self._trace.get_current_span(context_of(m.raw_headers)).get_span_context()
                     for m in arg[:128]
-                ]  # fmt: skip
+                )
+                links = [self._link(c) for c in contexts if c.is_valid]  # untraced: no link
                 span = start_span(name, context=self._root, kind=consumer, links=links)
                 if span.is_recording():
                     span.set_attributes({"messaging.batch.message_count": len(arg),
