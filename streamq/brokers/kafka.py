@@ -33,12 +33,13 @@ from concurrent.futures import Future
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from ..dispatch import bind_confluent, kafka_messages
+from ..dispatch import Lease, bind_confluent, kafka_messages
 from ..errors import (
     BrokerError,
     BrokerUnavailable,
     CommitFailed,
     ConfigError,
+    MemberFenced,
     UnknownTopicOrPartition,
 )
 from ..logs import get_logger
@@ -76,6 +77,15 @@ _OWNED = {
     "group.instance.id": "use the instance_id setting",
     "group.protocol": "use the group_protocol setting",
 }
+# Under KIP-848 the group coordinator owns these; librdkafka refuses the consumer otherwise.
+_BROKER_SIDE_UNDER_KIP848 = {
+    "session.timeout.ms": "group.consumer.session.timeout.ms",
+    "heartbeat.interval.ms": "group.consumer.heartbeat.interval.ms",
+    "partition.assignment.strategy": "group.consumer.assignors",
+    "group.protocol.type": "group.consumer.assignors",
+}
+# A commit refused with these: the group replaced this member for good.
+_FENCED = {KafkaError._FATAL, KafkaError.FENCED_INSTANCE_ID}
 _UNAVAILABLE = {
     KafkaError._ALL_BROKERS_DOWN,
     KafkaError._TRANSPORT,
@@ -186,6 +196,12 @@ class KafkaBroker:
         }
         if s.group_protocol == "consumer":
             config["group.protocol"] = "consumer"
+            broker_side = [k for k in _BROKER_SIDE_UNDER_KIP848 if k in self.passthrough]
+            if broker_side:
+                raise ConfigError(
+                    [f"kafka.{k}: not allowed with group_protocol='consumer' (KIP-848): the "
+                     f"broker sets it ({_BROKER_SIDE_UNDER_KIP848[k]})" for k in broker_side]
+                )  # fmt: skip
         else:
             config |= {
                 "partition.assignment.strategy": "cooperative-sticky",
@@ -264,6 +280,69 @@ class KafkaConsumer:
         self._checked_at = 0.0
         self._callbacks: tuple[Rebalance, Rebalance, Rebalance] | None = None
         self._closed = False
+        self._fatal: KafkaError | None = None  # from error_cb: raised by the next poll
+        # Liveness (B4): lanes start no handler past the lease's deadline, which a watchdog
+        # thread moves on while this process runs. See _watch.
+        session_ms, heartbeat_ms = self._group_timeouts(config)
+        self._stall_s = session_ms / 2000
+        self._grace_s = min(session_ms / 1000, max(2.0, 2 * heartbeat_ms / 1000))
+        self._lease = Lease(None, time.monotonic() + self._stall_s)
+        self._suspect_until = 0.0
+        self._stopped = threading.Event()
+        self._watchdog = threading.Thread(
+            target=self._watch, name=f"streamq-liveness[{group}]", daemon=True
+        )
+        self._watchdog.start()
+
+    def _group_timeouts(self, config: dict[str, Any]) -> tuple[float, float]:
+        """Session and heartbeat interval: the client's, or under KIP-848 the broker's."""
+        if config.get("group.protocol") != "consumer":
+            return float(config["session.timeout.ms"]), float(config["heartbeat.interval.ms"])
+        found = {"group.consumer.session.timeout.ms": 45000.0,
+                 "group.consumer.heartbeat.interval.ms": 5000.0}  # fmt: skip
+        try:
+            from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
+
+            admin = AdminClient(self._broker.client_config())
+            meta = admin.list_topics(timeout=5)
+            resource = ConfigResource(ConfigResource.Type.BROKER, str(next(iter(meta.brokers))))
+            entries = admin.describe_configs([resource])[resource].result(5)
+            for name in found:
+                if name in entries and entries[name].value:
+                    found[name] = float(entries[name].value)
+        except Exception as exc:  # the defaults are safe: a longer stall goes unnoticed
+            log.debug("group %s: broker group timeouts unknown (%s)", self._group, exc)
+        return (found["group.consumer.session.timeout.ms"],
+                found["group.consumer.heartbeat.interval.ms"])  # fmt: skip
+
+    def _watch(self) -> None:
+        """Keep the liveness lease ahead of the clock while this process runs.
+
+        A process frozen (SIGSTOP, a VM pause, swap) for longer than the session was
+        removed from the group: its partitions belong to someone else now. On waking, its
+        threads run again at once, and librdkafka reports the loss only a little later; the
+        lanes would go on handling records of partitions they lost. So the lease is never
+        more than half a session ahead; after a stall of that length it is left expired
+        until the group confirms the assignment (a rebalance callback) or, when no loss is
+        reported within a grace of two heartbeats, until it is clear none happened.
+        """
+        last = time.monotonic()
+        while not self._stopped.wait(0.1):
+            now = time.monotonic()
+            if now - last > self._stall_s:
+                self._suspect_until = now + self._grace_s
+                log.warning(
+                    "group %s: this process stood still for %.1fs (more than half the session "
+                    "timeout); starting no handler until the group confirms its partitions",
+                    self._group, now - last,
+                )  # fmt: skip
+            last = now
+            if now >= self._suspect_until:
+                self._lease.deadline = now + self._stall_s
+
+    def _confirm(self) -> None:
+        """A rebalance callback: the group told this member what it owns now."""
+        self._suspect_until = 0.0
 
     # -- membership --------------------------------------------------------------------------
 
@@ -298,6 +377,7 @@ class KafkaConsumer:
     # librdkafka calls these from inside consume(), on the poll thread. They must not raise:
     # an exception here would crash the client, so failures are logged instead.
     def _assigned(self, consumer: Any, parts: list[Any]) -> None:
+        self._confirm()
         tps = _ours(parts)
         self._assigned_once = True
         self._assignment.update(tps)
@@ -305,12 +385,14 @@ class KafkaConsumer:
         self._call(0, tps)
 
     def _revoked(self, consumer: Any, parts: list[Any]) -> None:
+        self._confirm()
         tps = _ours(parts)
         self._call(1, tps)
         self._assignment.difference_update(tps)
         self._checked_at = 0.0
 
     def _lost(self, consumer: Any, parts: list[Any]) -> None:
+        self._confirm()
         tps = _ours(parts)
         self._call(2, tps)
         self._assignment.difference_update(tps)
@@ -336,7 +418,22 @@ class KafkaConsumer:
     def _on_client_error(self, err: KafkaError) -> None:
         if err.code() in _DISCONNECTED:
             self._down = True
+        if err.fatal():
+            self._fatal = err
         _on_error(err)
+
+    def _fenced(self, err: KafkaError) -> MemberFenced:
+        """The one line a fenced member exits with: who fenced it, and what happens now."""
+        text = err.str()
+        if "fenced" in text.lower() or err.code() == KafkaError.FENCED_INSTANCE_ID:
+            return MemberFenced(
+                f"fenced: another process joined group {self._group} with this member's "
+                f"instance_id {self._settings.instance_id!r}; stopping without committing "
+                f"(give each process its own instance_id) [{text}]"
+            )
+        return MemberFenced(
+            f"fatal Kafka error in group {self._group}, this member cannot continue: {text}"
+        )
 
     @property
     def connected(self) -> bool:
@@ -371,8 +468,9 @@ class KafkaConsumer:
                 out[tp] = max(0, high - position)
         return out
 
-    def lease_of(self, tp: TopicPartition) -> None:
-        return None  # ownership is fenced by the group itself
+    def lease_of(self, tp: TopicPartition) -> Lease:
+        """One liveness lease for every partition: see ``_watch``."""
+        return self._lease
 
     @property
     def settled(self) -> bool:
@@ -417,6 +515,8 @@ class KafkaConsumer:
     # -- fetching ----------------------------------------------------------------------------
 
     def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
+        if self._fatal is not None:
+            raise self._fenced(self._fatal)
         try:
             raw = self._consumer.consume(max_records, timeout)
         except KafkaException as exc:
@@ -426,8 +526,8 @@ class KafkaConsumer:
         return kafka_messages(raw, self._record_error)
 
     def _record_error(self, err: KafkaError) -> None:
-        if err.fatal():
-            raise BrokerError(f"fatal Kafka error, this member cannot continue: {err.str()}")
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            raise self._fenced(err)
         if err.code() == KafkaError._PARTITION_EOF:
             return
         _error_log.warning("group %s: %s", self._group, err.str())
@@ -476,6 +576,9 @@ class KafkaConsumer:
                 return
             result = self._consumer.commit(offsets=parts, asynchronous=False)
         except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is not None and (err.fatal() or err.code() in _FENCED):
+                raise self._fenced(self._fatal or err) from None
             raise CommitFailed(f"group {self._group}: {translate(exc, 'commit')}") from None
         if result:
             failed = [f"{p.topic}[{p.partition}]: {p.error.str()}" for p in result if p.error]
@@ -503,6 +606,7 @@ class KafkaConsumer:
         if self._closed:
             return
         self._closed = True
+        self._stopped.set()
         failed: list[BaseException] = []
 
         def leave() -> None:

@@ -38,7 +38,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
-from ..dispatch import redis_messages
+from ..dispatch import Lease, redis_messages
 from ..errors import (
     BrokerError,
     BrokerUnavailable,
@@ -127,16 +127,6 @@ def stream_key(tp: TopicPartition) -> str:
 
 def lease_key(group: str, tp: TopicPartition) -> str:
     return f"streamq:lease:{group}:{tp.topic}:{tp.partition}"
-
-
-class Lease:
-    """Local view of a partition lease; lanes stop starting handlers once past ``deadline``."""
-
-    __slots__ = ("deadline", "token")
-
-    def __init__(self, token: str, deadline: float) -> None:
-        self.token = token
-        self.deadline = deadline
 
 
 class RedisBroker:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
-import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from ..dispatch import call_each
+from ..dispatch import Lease, call_each, call_each_until
 from ..message import Message
 
 __all__ = ["BrokenProcessPool", "PoolProcessDied", "Pools", "call_each_leased", "process_chunk"]
@@ -77,19 +76,12 @@ def call_each_leased(
     i: int,
     end: int,
     failed: list[BaseException],
-    deadline: Callable[[], float] | None,
+    lease: Lease | None,
 ) -> int:
     """``call_each`` in a pool thread; with a lease, no handler starts past its deadline."""
-    if deadline is None:
+    if lease is None:
         return int(call_each(invoke, unit, i, end, failed))
-    clock = time.monotonic
-    try:
-        while i < end and clock() < deadline():
-            invoke(unit[i])
-            i += 1
-    except BaseException as exc:
-        failed.append(exc)
-    return i
+    return int(call_each_until(invoke, unit, i, end, failed, lease))
 
 
 # -- in the pool processes --------------------------------------------------------------------

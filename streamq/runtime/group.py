@@ -34,9 +34,9 @@ from .. import failpoints
 from ..brokers.base import Backend, Broker, Lease, ProducerBackend
 from ..crashes import CrashCounter, Suspects
 from ..dedup import coordinates
-from ..dispatch import Dispatcher, call_each, coordinate_keys
+from ..dispatch import Dispatcher, call_each, call_each_until, coordinate_keys
 from ..dlq import dead_letter_record
-from ..errors import BrokerError, PoisonMessage, Reject, WorkerLost
+from ..errors import BrokerError, MemberFenced, PoisonMessage, Reject, WorkerLost
 from ..handlers import CommitMode, Executor, HandlerSpec, Ordering
 from ..logs import about, get_logger
 from ..message import Headers, Message, TopicPartition
@@ -339,6 +339,8 @@ class GroupRunner:
                     batch = self._backend.poll_batch(
                         settings.max_poll_records, settings.poll_timeout
                     )
+                except MemberFenced:
+                    raise
                 except BrokerError as exc:
                     self._connected = False
                     failures += 1
@@ -544,6 +546,10 @@ class GroupRunner:
             self._timed_commit(positions, sync=sync)
             if failpoints.ACTIVE:
                 failpoints.hit("after_commit")
+        except MemberFenced:
+            if self._closing:
+                return False
+            raise
         except BrokerError as exc:
             log.warning(
                 "group %s: commit failed (%s); records after the last committed offsets will be "
@@ -720,6 +726,15 @@ class GroupRunner:
         """
         if self._loop.is_closed():
             return False
+        # Flag the lanes from this thread first. The loop may be inside a sync handler's
+        # slice for longer than ``timeout``; cancelling _stop_lanes before it ever ran would
+        # leave the lanes going, handling records of partitions another member owns now
+        # (seen on Kafka: a fenced member went on for a second). A flagged lane starts no
+        # new slice or unit.
+        wanted = None if tps is None else set(tps)
+        for key, lane in list(self._lanes.items()):  # one C-level copy: safe across threads
+            if wanted is None or key[0] in wanted:
+                lane.stopped = True
         finished = threading.Event()
         fut = asyncio.run_coroutine_threadsafe(self._stop_lanes(tps, finished), self._loop)
         if finished.wait(timeout):
@@ -737,7 +752,11 @@ class GroupRunner:
 
     def _shutdown(self) -> None:
         self._closing = True
-        if not self._quiesce(None, self._settings.shutdown_timeout):
+        if isinstance(self.error, MemberFenced):
+            # Another member owns these partitions now: stop at once, commit nothing.
+            self._quiesce(None, 0.0)
+            self._forget(list(self._assigned))
+        elif not self._quiesce(None, self._settings.shutdown_timeout):
             self.timed_out = True
         self._apply_completions()
         if self._commit(sync=True) and not self.timed_out:
@@ -935,15 +954,13 @@ class GroupRunner:
             if lease is None:
                 i = call_each(invoke, unit, i, end, failed)
             else:  # ownership can lapse silently: check it before every handler
-                try:
-                    while i < end and clock() < lease.deadline:
-                        invoke(unit[i])
-                        i += 1
-                except BaseException as exc:
-                    failed.append(exc)
-                if not failed and i < end and not await self._await_lease(lane):
-                    return i
+                i = call_each_until(invoke, unit, i, end, failed, lease)
+                if not failed and i < end:
+                    self._finished(lane, unit, i, marks)
+                    if not await self._await_lease(lane):
+                        return i
             if failed:
+                self._finished(lane, unit, i, marks)
                 if not await self._recover(lane, unit[i], failed.pop(), i):
                     return i
                 i += 1
@@ -958,6 +975,17 @@ class GroupRunner:
                 if lane.stopped:
                     return i
         return n
+
+    def _finished(self, lane: Lane, unit: list[Message], upto: int, marks: bool) -> None:
+        """Mark what a lane finished before it awaits mid-unit (a retry, a DLQ write, a lease).
+
+        Other lanes run meanwhile, and a crash there must not re-handle records the store
+        could have known (seen on Kafka: a slice handled just before a poison record ran
+        again after a crash in another lane during its dead-lettering).
+        """
+        lane.progress = upto
+        if marks:
+            self._report(lane, unit, upto)
 
     async def _run_async(self, lane: Lane, unit: list[Message]) -> int:
         invoke = lane.spec.invoke
@@ -1015,7 +1043,6 @@ class GroupRunner:
         lease = lane.lease
         threads = spec.executor is Executor.THREADS
         chunk = POOL_CHUNK_THREADS if threads else POOL_CHUNK_PROCESSES
-        deadline = None if lease is None else (lambda: lease.deadline)
         n = len(unit)
         i = 0
         alone_until = 0  # after a pool process died: one record per call, to find the killer
@@ -1029,7 +1056,7 @@ class GroupRunner:
                 failed: list[BaseException] = []
                 i = await self._loop.run_in_executor(
                     self._pools.threads(), call_each_leased, spec.invoke, unit, i, end, failed,
-                    deadline,
+                    lease,
                 )  # fmt: skip
                 exc = failed[0] if failed else None
             else:
@@ -1042,6 +1069,7 @@ class GroupRunner:
                     alone_until = end
                     continue
             if exc is not None:
+                self._finished(lane, unit, i, lane.spec.dedup is not None)
                 if not await self._recover(lane, unit[i], exc, i):
                     return i
                 i += 1

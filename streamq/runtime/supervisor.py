@@ -31,7 +31,7 @@ log = get_logger("streamq.supervisor")
 _PR_SET_PDEATHSIG = 1
 
 # Exit codes after which restarting cannot help: done, bad configuration, halted partitions.
-EXIT_FINAL = (0, 2, 4)
+EXIT_FINAL = (0, 2, 4, 5)  # done, bad usage, halted, fenced: a restart cannot help
 
 # A child that ran this long before failing starts its backoff over.
 _HEALTHY_AFTER = 60.0

@@ -21,7 +21,7 @@ from ..brokers import connect
 from ..brokers.base import Backend, Broker
 from ..crashes import CrashCounter, counter_url
 from ..dedup import RedisDedup
-from ..errors import ConfigError, PartitionHalted, ShutdownTimeout, StreamqError
+from ..errors import ConfigError, MemberFenced, PartitionHalted, ShutdownTimeout, StreamqError
 from ..handlers import CommitMode, HandlerSpec
 from ..metrics import Exporter
 from ..settings import Settings
@@ -40,6 +40,7 @@ EXIT_RUNTIME = 1  # broker or runtime error
 EXIT_USAGE = 2  # bad usage or configuration
 EXIT_SHUTDOWN_TIMEOUT = 3  # handlers outlived shutdown_timeout: their records are not committed
 EXIT_HALTED = 4  # the run ended with a partition halted at a record
+EXIT_FENCED = 5  # the group replaced this member (a second process with its instance_id)
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -49,6 +50,8 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_SHUTDOWN_TIMEOUT
     if isinstance(exc, PartitionHalted):
         return EXIT_HALTED
+    if isinstance(exc, MemberFenced):
+        return EXIT_FENCED
     if isinstance(exc, KeyboardInterrupt):
         return 130
     if isinstance(exc, SystemExit):

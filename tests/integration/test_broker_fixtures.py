@@ -1,7 +1,7 @@
 """The test brokers start here and support what streamq's backends will rely on.
 
-These probe the fixtures (a private Tansu, a private durable redis-server), not a streamq
-backend: consumer groups with commits on Tansu, and streams with groups that survive a
+These probe the fixtures (Apache Kafka from the JVM launcher, a private durable redis-server),
+not a streamq backend: consumer groups with commits on Kafka, and streams with groups that survive a
 SIGKILL under AOF on Redis. In CI (STREAMQ_REQUIRE_BROKERS=1) a broker that cannot start
 fails here instead of silently skipping every broker test.
 """
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.timeout(90)
 
 
 @pytest.mark.kafka
-def test_tansu_serves_groups_and_commits(kafka_bootstrap: str) -> None:
+def test_kafka_serves_groups_and_commits(kafka_bootstrap: str) -> None:
     from confluent_kafka import Consumer, Producer, TopicPartition
     from confluent_kafka.admin import AdminClient, NewTopic
 

@@ -1,7 +1,5 @@
 """The Backend contract on the real brokers (the memory run is in tests/unit)."""
 
-import os
-
 import pytest
 
 from tests.contract import BackendContract
@@ -14,15 +12,6 @@ from .helpers import FAST_GROUP
 class TestKafkaContract(BackendContract):
     settings = {"kafka": FAST_GROUP, "revoke_timeout": 3}
     fences_commits_per_partition = False
-
-    @pytest.mark.xfail(
-        not os.environ.get("STREAMQ_KAFKA_BOOTSTRAP"),
-        strict=True,
-        reason="Tansu answers offset 0, not -1, when no record is at or after the timestamp "
-        "(probed); real Kafka answers -1, which streamq reports as None",
-    )
-    def test_offsets_for_times_past_the_end_is_none(self, url: str, topic: str) -> None:
-        super().test_offsets_for_times_past_the_end_is_none(url, topic)
 
     @pytest.fixture
     def url(self, kafka_bootstrap: str) -> str:

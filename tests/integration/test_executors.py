@@ -1,6 +1,6 @@
 """Thread and process executors on the real brokers: order kept, work parallel, failures exact.
 
-Each test runs ``streamq run`` as a real process against Kafka (Tansu) and Redis, with a
+Each test runs ``streamq run`` as a real process against Apache Kafka and Redis, with a
 handler that writes start (S) and end (E) lines to a ledger, plus a T line naming the thread
 it ran on. Handlers run in pool threads or pool processes, so the ledger is the only witness.
 """

@@ -1,8 +1,7 @@
-"""streamq on a real Kafka-protocol broker (Tansu here; any cluster via STREAMQ_KAFKA_BOOTSTRAP).
+"""streamq on Apache Kafka (a private JVM node here; any cluster via STREAMQ_KAFKA_BOOTSTRAP).
 
-Each scenario opens with the property it proves. Tansu is memory-only and answers a wrong
-high watermark for multi-record batches, so these tests count produced records (from the
-delivery reports) instead of trusting end offsets.
+Each scenario opens with the property it proves. Producers batch as users' producers do, so
+end offsets and lag are checked on multi-record batches.
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from streamq.brokers import connect
 from streamq.murmur2 import partition_for_key
 
 from .helpers import (
+    FAST_GROUP,
     app_env,
     check_per_key_order,
     duplicates,
@@ -65,15 +65,10 @@ def create_topic(url: str, partitions: int = 4) -> str:
     return topic
 
 
-# One record per batch: Tansu's high watermark is wrong for multi-record batches, and
-# --until-idle asks whether other members' partitions caught up to it (DESIGN.md).
-EXACT_WATERMARKS = {"linger.ms": 0, "batch.num.messages": 1}
-
-
 def produce(url: str, topic: str, n: int, keys: int = 50) -> dict[int, int]:
     """Send n keyed JSON records; return the end offset per partition, from delivery reports."""
     ends: Counter[int] = Counter()
-    with streamq.Producer(url, kafka=EXACT_WATERMARKS) as producer:
+    with streamq.Producer(url) as producer:
         futures = [
             producer.send(topic, {"i": i, "k": f"k{i % keys}"}, key=f"k{i % keys}")
             for i in range(n)
@@ -220,7 +215,7 @@ def test_handler_slower_than_max_poll_interval_is_not_evicted(
     topic = create_topic(kafka_url, 2)
     produce(kafka_url, topic, 50)
     group, ledger = unique("slow"), tmp_path / "ledger"
-    spec = write_app(tmp_path)
+    spec = write_app(tmp_path, kafka={**FAST_GROUP, "max.poll.interval.ms": 6000})
     env = app_env(kafka_url, topic, group, ledger, SLOW_ID="10", SLOW_FOR="8")
     proc = start_worker(tmp_path, spec, env, "--until-idle", "2")
     code, err = finish(proc)
@@ -294,3 +289,36 @@ def test_failed_delivery_is_an_error_not_silence(kafka_url: str) -> None:
         future = producer.send(topic, b"x", partition=7)  # the topic has partitions 0 and 1
         with pytest.raises(streamq.BrokerError):
             future.result(30)
+
+
+def test_partitions_added_while_consuming_are_picked_up(kafka_url: str, tmp_path: Path) -> None:
+    """B8: partitions added to a topic under a running member are assigned and handled."""
+    from confluent_kafka.admin import AdminClient, NewPartitions
+
+    topic = create_topic(kafka_url, 2)
+    group, ledger = unique("grow"), tmp_path / "ledger"
+    refresh = {"topic.metadata.refresh.interval.ms": 2000}
+    spec = write_app(tmp_path, kafka={**FAST_GROUP, **refresh})
+    worker = start_worker(tmp_path, spec, app_env(kafka_url, topic, group, ledger))
+    ends = produce(kafka_url, topic, 200)
+    wait_until(lambda: len(read_ledger(ledger)) == 200, 60, "the first 200 records")
+
+    admin = AdminClient({"bootstrap.servers": kafka_url.removeprefix("kafka://")})
+    admin.create_partitions([NewPartitions(topic, 4)])[topic].result(30)
+    with streamq.Producer(kafka_url, kafka=refresh) as producer:
+        futures = [
+            producer.send(topic, {"i": i, "k": f"k{i}"}, key=f"k{i}", partition=i % 4)
+            for i in range(200, 400)
+        ]
+        assert producer.flush(60) == 0
+    assert {f.result().partition for f in futures} == {0, 1, 2, 3}  # the new ones got records
+    wait_until(lambda: len(read_ledger(ledger)) >= 400, 60, "records on the new partitions")
+    worker.send_signal(signal.SIGTERM)
+    code, err = finish(worker)
+    assert code == 0, err
+    entries = read_ledger(ledger)
+    assert sorted(e.id for e in entries) == list(range(400))
+    assert {e.partition for e in entries} == {0, 1, 2, 3}
+    for f in futures:
+        ends[f.result().partition] = max(ends.get(f.result().partition, 0), f.result().offset + 1)
+    assert committed(kafka_url, group, topic, 4) == ends

@@ -149,9 +149,8 @@ def test_metrics_of_two_workers_match_what_happened(broker, tmp_path: Path) -> N
         assert report["dlq"] == [{"topic": f"{topic}.dlq", "records": 8}]
         assert sorted(r["partition"] for r in report["partitions"]) == [0, 1, 2, 3]
         assert all(r["lag"] == 0 for r in report["partitions"])
-        if broker.kind == "redis":  # Tansu does not describe group members
-            assert len(report["members"]) == 2
-            assert len({r["owner"] for r in report["partitions"]}) == 2
+        assert len(report["members"]) == 2
+        assert len({r["owner"] for r in report["partitions"]}) == 2
 
         # A handler that hangs past consuming_ttl (3 s) fails liveness, then recovers.
         assert get(port, "/healthz")[0] == 200
@@ -219,17 +218,12 @@ def test_broker_outage_is_logged_sparingly_and_fails_readiness(redis_server, tmp
 
 
 @pytest.mark.kafka
-def test_kafka_outage_is_logged_sparingly_and_fails_readiness(tmp_path: Path) -> None:
-    """A private Tansu killed under a running worker: a few log lines, /readyz 503."""
-    from ..conftest import start_tansu
-
-    try:
-        tansu = start_tansu()
-    except RuntimeError as exc:
-        from ..conftest import unavailable
-
-        unavailable(str(exc))
-    url = f"kafka://{tansu.bootstrap}"
+def test_kafka_outage_is_logged_sparingly_and_fails_readiness(
+    tmp_path: Path, private_kafka
+) -> None:
+    """A private Kafka killed under a running worker: a few log lines, /readyz 503."""
+    kafka = private_kafka.nodes[0]
+    url = private_kafka.url
     topic, group = unique("outage"), unique("g")
     try:
         connect(url).admin().create_topic(topic, 2)
@@ -243,7 +237,7 @@ def test_kafka_outage_is_logged_sparingly_and_fails_readiness(tmp_path: Path) ->
         try:
             wait_until(lambda: get(port, "/readyz")[0] == 200, 90, "the worker to be ready")
             before = len(worker.output().splitlines())
-            tansu.kill()
+            kafka.kill()
             wait_until(lambda: get(port, "/readyz")[0] == 503, 30, "/readyz to fail")
             body = get(port, "/readyz")[1]
             time.sleep(6)
@@ -253,7 +247,7 @@ def test_kafka_outage_is_logged_sparingly_and_fails_readiness(tmp_path: Path) ->
             worker.send_signal(signal.SIGTERM)
             worker.finish(90)
     finally:
-        tansu.kill()
+        kafka.kill()
     assert any("cannot reach its broker" in p for p in body["problems"]), body
     assert 1 <= len(during) <= 25, "\n".join(during)  # not thousands of lines
 

@@ -70,3 +70,13 @@ def test_static_membership_and_kip848_opt_in() -> None:
 def test_url_without_host_is_refused() -> None:
     with pytest.raises(ConfigError, match="names no host"):
         broker("kafka://")
+
+
+def test_kip848_refuses_settings_the_broker_owns() -> None:
+    b = broker(group_protocol="consumer",
+               kafka={"session.timeout.ms": 6000, "heartbeat.interval.ms": 500})  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        b.consumer_config("g")
+    text = str(info.value)
+    assert "kafka.session.timeout.ms: not allowed with group_protocol='consumer'" in text
+    assert "group.consumer.heartbeat.interval.ms" in text

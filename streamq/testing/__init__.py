@@ -1,0 +1,1 @@
+"""Helpers for testing streamq apps and streamq itself against real brokers."""

@@ -1,0 +1,469 @@
+"""Apache Kafka as a plain JVM process, for tests, benchmarks and contributors.
+
+Integration tests must run against the broker users run, not a look-alike: a protocol clone
+got high watermarks, group descriptions, static-membership fencing and KIP-848 wrong, and
+every one of those hid a streamq bug or left a guarantee unproven. Docker is not everywhere,
+but Java and Maven are easy to have, so this module resolves the broker jars of Apache Kafka
+from Maven Central once into a cache (``~/.cache/streamq/kafka-<version>``), formats a fresh
+KRaft log dir and starts combined broker+controller nodes on free loopback ports.
+
+    with KafkaCluster.start(nodes=1) as cluster:
+        cluster.bootstrap  # "127.0.0.1:41234"
+
+``python -m streamq.testing.kafka [--nodes 3]`` starts one for a shell and prints its address.
+Nothing here is imported by streamq itself: ``pip install streamq`` never needs Java.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["DEFAULT_VERSION", "KafkaCluster", "KafkaLaunchError", "KafkaNode", "resolve_jars"]
+
+DEFAULT_VERSION = "4.2.2"
+# Kafka 4.x logs through slf4j 1.7; log4j-core arrives transitively, its binding does not.
+LOG4J_VERSION = "2.25.3"
+
+POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>io.streamq</groupId>
+  <artifactId>kafka-test-broker</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+    <dependency>
+      <groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId>
+      <version>{version}</version>
+    </dependency>
+    <dependency>
+      <groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId>
+      <version>{log4j}</version>
+    </dependency>
+  </dependencies>
+</project>
+"""
+
+# Warnings and errors to server.log, plus the one line that says the node is up.
+LOG4J2 = """status = error
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = {log}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = warn
+rootLogger.appenderRef.file.ref = file
+logger.raft.name = kafka.server.KafkaRaftServer
+logger.raft.level = info
+"""
+
+JVM_OPTS = [
+    "-Xms256m", "-Xmx768m", "-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+    "-XX:InitiatingHeapOccupancyPercent=35", "-XX:+ExplicitGCInvokesConcurrent",
+    "-Djava.awt.headless=true",
+]  # fmt: skip
+
+
+class KafkaLaunchError(RuntimeError):
+    """Why a broker could not be had, in one line (no java, no mvn, jars not resolvable...)."""
+
+
+def cache_root() -> Path:
+    env = os.environ.get("STREAMQ_KAFKA_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "streamq"
+
+
+def _java() -> str:
+    home = os.environ.get("JAVA_HOME")
+    java = os.path.join(home, "bin", "java") if home else None
+    if java is None or not os.access(java, os.X_OK):
+        java = shutil.which("java")
+    if java is None:
+        raise KafkaLaunchError(
+            "no java on PATH: Apache Kafka needs Java 17+ (apt-get install openjdk-17-jre-headless)"
+        )
+    out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=60)
+    found = re.search(r'version "(\d+)', out.stderr + out.stdout)
+    if found is None or int(found.group(1)) < 17:
+        seen = found.group(1) if found else "unknown"
+        raise KafkaLaunchError(f"{java} is Java {seen}: Apache Kafka 4.x needs Java 17+")
+    return java
+
+
+def resolve_jars(version: str = DEFAULT_VERSION) -> Path:
+    """The folder of broker jars for ``version``, resolved by Maven once and cached.
+
+    A file lock makes parallel test processes wait for one resolution instead of racing.
+    """
+    root = cache_root() / f"kafka-{version}"
+    jars, done = root / "jars", root / ".complete"
+    if done.exists():
+        return jars
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.exists():
+            return jars
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise KafkaLaunchError(
+                f"no mvn on PATH and no cached jars in {root}: install Maven "
+                "(apt-get install maven) or point STREAMQ_KAFKA_BOOTSTRAP at a cluster"
+            )
+        (root / "pom.xml").write_text(POM.format(version=version, log4j=LOG4J_VERSION))
+        shutil.rmtree(jars, ignore_errors=True)
+        out = subprocess.run(
+            [mvn, "-B", "-q", "-f", str(root / "pom.xml"), "dependency:copy-dependencies",
+             f"-DoutputDirectory={jars}", "-DincludeScope=runtime"],
+            capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        if out.returncode != 0 or not any(jars.glob(f"kafka_2.13-{version}.jar")):
+            errors = [ln for ln in (out.stdout + out.stderr).splitlines() if "ERROR" in ln]
+            why = errors[0].strip() if errors else f"mvn exited with {out.returncode}"
+            raise KafkaLaunchError(f"cannot resolve Apache Kafka {version} jars: {why}")
+        done.touch()
+    return jars
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _random_uuid() -> str:
+    """A Kafka ``Uuid`` string (url-safe base64, no padding), without starting a JVM."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+
+
+@dataclass
+class KafkaNode:
+    """One combined broker+controller JVM the caller may kill, freeze and restart."""
+
+    node_id: int
+    port: int
+    controller_port: int
+    dir: Path
+    jars: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def server_log(self) -> Path:
+        return self.dir / "server.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def launch(self, java: str) -> None:
+        """Start the JVM on the existing (formatted) log dir; returns without waiting."""
+        cmd = [java, *JVM_OPTS, f"-Dlog4j2.configurationFile={self.dir / 'log4j2.properties'}",
+               f"-Dkafka.logs.dir={self.dir}", "-cp", f"{self.jars}/*", "kafka.Kafka",
+               str(self.dir / "server.properties")]  # fmt: skip
+        with open(self.dir / "stdout.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+    def kill(self) -> None:
+        """SIGKILL: the log dir stays, so :meth:`KafkaCluster.restart` brings the node back."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, signal.SIGCONT)  # a frozen JVM still dies, but reap it
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM (a controlled shutdown), then SIGKILL past ``timeout``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def why_dead(self) -> str:
+        """The first error the JVM wrote, for a one-line startup failure."""
+        text = ""
+        for name in ("stdout.log", "server.log"):
+            path = self.dir / name
+            if path.exists():
+                text += path.read_text(errors="replace")
+        for line in text.splitlines():
+            if "ERROR" in line or "Exception" in line:
+                return line.strip()[:300]
+        return f"exit code {self.proc.poll() if self.proc else None}"
+
+
+# Settings for a fast, small test node; the caller's ``overrides`` win.
+BASE_SETTINGS = {
+    "process.roles": "broker,controller",
+    "controller.listener.names": "CONTROLLER",
+    "inter.broker.listener.name": "PLAINTEXT",
+    "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+    "num.partitions": "1",
+    "auto.create.topics.enable": "true",
+    "group.initial.rebalance.delay.ms": "0",
+    # classic protocol: let tests ask for short session timeouts
+    "group.min.session.timeout.ms": "1000",
+    # KIP-848 and share groups take heartbeats and sessions from the broker
+    "group.consumer.min.heartbeat.interval.ms": "100",
+    "group.consumer.heartbeat.interval.ms": "500",
+    "group.consumer.min.session.timeout.ms": "1000",
+    "group.consumer.session.timeout.ms": "6000",
+    "group.share.min.heartbeat.interval.ms": "100",
+    "group.share.heartbeat.interval.ms": "500",
+    "group.share.min.session.timeout.ms": "1000",
+    "group.share.session.timeout.ms": "6000",
+    # internal topics: one partition each, so the first join or transaction is quick
+    "offsets.topic.num.partitions": "1",
+    "transaction.state.log.num.partitions": "1",
+    "share.coordinator.state.topic.num.partitions": "1",
+    # the cleaner allocates 128 MB at start by default
+    "log.cleaner.dedupe.buffer.size": "16777216",
+    "num.io.threads": "4",
+    "num.network.threads": "2",
+}
+
+
+def _replication(nodes: int) -> dict[str, str]:
+    rf, isr = str(nodes), ("2" if nodes >= 3 else "1")
+    return {
+        "default.replication.factor": rf,
+        "min.insync.replicas": isr,
+        "offsets.topic.replication.factor": rf,
+        "transaction.state.log.replication.factor": rf,
+        "transaction.state.log.min.isr": isr,
+        "share.coordinator.state.topic.replication.factor": rf,
+        "share.coordinator.state.topic.min.isr": isr,
+    }
+
+
+@dataclass
+class KafkaCluster:
+    """Kafka nodes on loopback: one (replication factor 1) or three (RF 3, min ISR 2)."""
+
+    nodes: list[KafkaNode]
+    root: Path
+    java: str
+    owns_root: bool = False
+    started_in: float = 0.0
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.bootstrap}"
+
+    @classmethod
+    def start(
+        cls,
+        nodes: int = 1,
+        *,
+        version: str = DEFAULT_VERSION,
+        root: Path | None = None,
+        settings: dict[str, str] | None = None,
+        timeout: float = 90,
+    ) -> KafkaCluster:
+        """Resolve, format and start ``nodes`` nodes; raise :class:`KafkaLaunchError` on failure."""
+        started = time.monotonic()
+        java = _java()
+        jars = resolve_jars(version)
+        owns = root is None
+        base = Path(tempfile.mkdtemp(prefix="streamq-kafka-")) if root is None else root
+        made = [
+            KafkaNode(i + 1, free_port(), free_port(), base / f"node-{i + 1}", jars)
+            for i in range(nodes)
+        ]
+        cluster = cls(made, base, java, owns_root=owns)
+        try:
+            cluster._format(settings or {})
+            for node in made:
+                node.launch(java)
+            cluster.wait_ready(timeout)
+        except BaseException:
+            cluster.close()
+            raise
+        cluster.started_in = time.monotonic() - started
+        return cluster
+
+    def _format(self, overrides: dict[str, str]) -> None:
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        cluster_id = _random_uuid()
+        formats = []
+        for node in self.nodes:
+            node.dir.mkdir(parents=True, exist_ok=True)
+            props = {
+                **BASE_SETTINGS,
+                **_replication(len(self.nodes)),
+                "node.id": str(node.node_id),
+                "controller.quorum.voters": voters,
+                "listeners": f"PLAINTEXT://127.0.0.1:{node.port},"
+                f"CONTROLLER://127.0.0.1:{node.controller_port}",
+                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port},"
+                f"CONTROLLER://127.0.0.1:{node.controller_port}",
+                "log.dirs": str(node.log_dir),
+                **overrides,
+            }
+            text = "".join(f"{k}={v}\n" for k, v in props.items())
+            (node.dir / "server.properties").write_text(text)
+            (node.dir / "log4j2.properties").write_text(LOG4J2.format(log=node.server_log))
+            formats.append(
+                subprocess.Popen(
+                    [self.java, "-Xmx256m", "-cp", f"{node.jars}/*", "kafka.tools.StorageTool",
+                     "format", "-t", cluster_id, "-c", str(node.dir / "server.properties"),
+                     "--ignore-formatted"],
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                )
+            )  # fmt: skip
+        for proc in formats:  # in parallel: each is a JVM start
+            out, _ = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                lines = [ln for ln in out.splitlines() if ln.strip()]
+                raise KafkaLaunchError(f"formatting the KRaft log dir failed: {lines[-1:]}")
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until every live node is unfenced and answers metadata with all brokers listed."""
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout
+        expected = {n.node_id for n in self.nodes if n.alive()}
+        for node in self.nodes:
+            while node.alive() and not _accepts(node.port):
+                if time.monotonic() > deadline:
+                    raise KafkaLaunchError(f"Kafka node {node.node_id} did not open its port")
+                time.sleep(0.1)
+            if node.proc is not None and not node.alive():
+                raise KafkaLaunchError(
+                    f"Kafka node {node.node_id} exited at start: {node.why_dead()}"
+                )
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        while True:
+            with contextlib.suppress(Exception):  # not up yet
+                if set(admin.list_topics(timeout=5).brokers) >= expected:
+                    return
+            if time.monotonic() > deadline:
+                raise KafkaLaunchError(
+                    f"Kafka at {self.bootstrap} did not answer in {timeout:.0f} s"
+                )
+            time.sleep(0.2)
+
+    def node(self, node_id: int) -> KafkaNode:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    def restart(self, node: KafkaNode | None = None, timeout: float = 90) -> None:
+        """Start a killed node again on its existing log dir (topics, offsets, groups kept)."""
+        for n in [node] if node is not None else self.nodes:
+            if not n.alive():
+                n.launch(self.java)
+        self.wait_ready(timeout)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for node in self.nodes:
+            node.kill()
+        if self.owns_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> KafkaCluster:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def kafka(nodes: int = 1, **kwargs: object) -> Iterator[KafkaCluster]:
+    cluster = KafkaCluster.start(nodes, **kwargs)  # type: ignore[arg-type]
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m streamq.testing.kafka",
+        description="Start Apache Kafka on loopback until Ctrl-C, e.g. for "
+        "STREAMQ_KAFKA_BOOTSTRAP=... make test-integration",
+    )
+    parser.add_argument("--nodes", type=int, default=1, choices=[1, 3])
+    parser.add_argument("--version", default=DEFAULT_VERSION)
+    parser.add_argument("--resolve-only", action="store_true", help="only fetch the jars")
+    args = parser.parse_args(argv)
+    try:
+        if args.resolve_only:
+            print(resolve_jars(args.version))
+            return 0
+        cluster = KafkaCluster.start(args.nodes, version=args.version)
+    except KafkaLaunchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(cluster.bootstrap, flush=True)
+    print(f"started in {cluster.started_in:.1f}s; logs in {cluster.root}", file=sys.stderr)
+    try:
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    finally:
+        cluster.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

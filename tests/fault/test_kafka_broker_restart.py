@@ -1,0 +1,119 @@
+"""Invariant: the broker dying or stalling under a worker loses nothing (C1, C2, log kept).
+
+Apache Kafka only, on a private node of the test's own. A worker handles a backlog while the
+broker is (1) SIGKILLed and restarted on the same log dir, then (2) SIGSTOPped past the
+session timeout and SIGCONTed. Each fault is asserted first (the JVM is gone or stopped).
+During each outage the worker logs a handful of lines, not one per retry, uses little CPU
+(no spin), and ``/readyz`` turns 503; afterwards it is ready again, the offsets the group
+committed before the kill are still there, and the ledger shows every record handled in
+per-key order, duplicates only from the uncommitted window.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.conftest import Broker, free_port
+from tests.integration.helpers import (
+    app_env,
+    read_ledger,
+    start_worker,
+    unique,
+    wait_until,
+    write_app,
+)
+from tests.integration.test_observability import get
+
+from .invariants import check_run
+
+pytestmark = [pytest.mark.fault, pytest.mark.kafka, pytest.mark.timeout(300)]
+
+TOTAL = 4000
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
+
+
+def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(2)], 30)
+        return {tp.partition: tp.offset for tp in found}
+    finally:
+        consumer.close()
+
+
+def test_broker_killed_and_restarted_then_frozen_loses_nothing(
+    private_kafka, tmp_path: Path
+) -> None:
+    node = private_kafka.nodes[0]
+    kafka = Broker("kafka", private_kafka.url, "")
+    topic = kafka.topic(2)
+    records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(TOTAL)]
+    kafka.produce(topic, records)
+    group, ledger, port = unique("outage"), tmp_path / "ledger", free_port()
+    spec = write_app(tmp_path)
+    env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.004")
+    worker = start_worker(tmp_path, spec, env, "--metrics-port", str(port))
+    try:
+        wait_until(lambda: get(port, "/readyz")[0] == 200, 60, "the worker to be ready")
+        wait_until(lambda: len(read_ledger(ledger)) > 400, 60, "records to be handled")
+        time.sleep(0.5)  # a commit interval or two
+        before = committed(node.bootstrap, group, topic)
+        assert sum(before.values()) > 0, "nothing committed before the kill"
+
+        lines = len(worker.output().splitlines())
+        cpu = cpu_seconds(worker.pid)
+        node.kill()
+        assert not node.alive(), "the broker survived SIGKILL"
+        wait_until(lambda: get(port, "/readyz")[0] == 503, 30, "/readyz to fail")
+        time.sleep(8)
+        outage_cpu = cpu_seconds(worker.pid) - cpu
+        outage_lines = worker.output().splitlines()[lines:]
+        private_kafka.restart(node)
+        after = committed(node.bootstrap, group, topic)
+        assert all(after[p] >= before[p] for p in before), (before, after)  # kept
+        wait_until(lambda: get(port, "/readyz")[0] == 200, 90, "/readyz after the restart")
+        handled_at_restart = len(read_ledger(ledger))
+        wait_until(
+            lambda: len(read_ledger(ledger)) > handled_at_restart + 200, 60, "handling to resume"
+        )
+
+        node.freeze()
+        assert Path(f"/proc/{node.pid}/status").read_text().count("T (stopped)") == 1
+        time.sleep(9)  # past session.timeout.ms=6000
+        node.thaw()
+        wait_until(lambda: get(port, "/readyz")[0] == 200, 90, "/readyz after the stall")
+        wait_until(lambda: len({e.id for e in read_ledger(ledger)}) == TOTAL, 180, "the backlog")
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code, out = worker.finish(90)
+    assert code == 0, out[-3000:]
+    assert "Traceback" not in out
+    print(f"\noutage: {len(outage_lines)} lines, {outage_cpu:.2f}s CPU in ~8 s")
+    assert 1 <= len(outage_lines) <= 30, "\n".join(outage_lines)
+    assert outage_cpu < 4.0, f"{outage_cpu:.1f}s of CPU in an 8 s outage: a spin"
+    check_run(read_ledger(ledger), produced={i for i, _ in records})
+    assert committed(node.bootstrap, group, topic) == ends(node.bootstrap, topic)
+
+
+def ends(bootstrap: str, topic: str) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1]
+            for p in range(2)
+        }
+    finally:
+        consumer.close()

@@ -1,0 +1,107 @@
+"""Invariant: a member frozen past its session is fenced when it wakes (RELIABILITY B4).
+
+Apache Kafka only. A member is SIGSTOPped while it has records in flight (asserted: started,
+not finished) and stays frozen past ``session.timeout.ms``; a new member takes its
+partitions and commits past them (asserted). On SIGCONT the zombie must learn it lost the
+partitions (``on_lost``, logged), its late commits must not move the group's offsets back
+or forward, and it must start no new handler after waking (until the group gives it
+partitions again). The ledger shows nothing lost, and every duplicate is one of the records
+the zombie had in flight when it froze: running, or handled but not yet committed.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.integration.helpers import (
+    app_env,
+    read_ledger,
+    start_worker,
+    unique,
+    wait_until,
+    write_app,
+)
+
+from .invariants import check_run
+
+pytestmark = [pytest.mark.fault, pytest.mark.kafka, pytest.mark.timeout(240)]
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 20)
+        return {tp.partition: tp.offset for tp in found}
+    finally:
+        consumer.close()
+
+
+def test_a_member_frozen_past_its_session_is_fenced_when_it_wakes(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from tests.conftest import Broker
+
+    kafka = Broker("kafka", f"kafka://{kafka_bootstrap}", "")
+    topic = kafka.topic(2)
+    records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(3000)]
+    kafka.produce(topic, records)
+    group, ledger = unique("zombie"), tmp_path / "ledger"
+    spec = write_app(tmp_path)  # session.timeout.ms=6000
+    env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.02")
+    zombie = start_worker(tmp_path, spec, env)
+    wait_until(lambda: len(read_ledger(ledger)) > 100, 60, "the first member to handle")
+    zombie.send_signal(signal.SIGSTOP)
+    frozen_at = time.monotonic_ns()
+    time.sleep(0.2)  # a ledger line in the middle of os.write shows up in full
+    started = {e.id for e in read_ledger(ledger, "S") if e.pid == zombie.pid}
+    finished = {e.id for e in read_ledger(ledger) if e.pid == zombie.pid}
+    in_flight = started - finished
+    assert in_flight, "the member froze with nothing in flight"
+    before = committed(kafka_bootstrap, group, topic, 2)
+
+    heir = start_worker(tmp_path, spec, env)
+    wait_until(lambda: f"group {group}: assigned" in heir.output(), 60, "the heir's assignment")
+    wait_until(
+        lambda: all(c > before[p] for p, c in committed(kafka_bootstrap, group, topic, 2).items()),
+        60,
+        "the heir to commit past the zombie on every partition",
+    )
+    assert time.monotonic_ns() - frozen_at > 6e9, "the freeze did not outlast the session"
+
+    zombie.send_signal(signal.SIGCONT)
+    thawed_at = time.monotonic_ns()
+    wait_until(lambda: "lost" in zombie.output(), 30, "the zombie to learn it lost its partitions")
+    zombie.send_signal(signal.SIGTERM)
+    code, out = zombie.finish(60)
+    assert "Traceback" not in out, out
+    assert "stood still" in out, out  # the liveness watchdog saw the freeze
+
+    wait_until(lambda: len({e.id for e in read_ledger(ledger)}) == 3000, 120, "the backlog")
+    heir.send_signal(signal.SIGTERM)
+    code, err = heir.finish(60)
+    assert code == 0, err
+
+    assert code == 0, out
+    late_starts = [
+        e for e in read_ledger(ledger, "S") if e.pid == zombie.pid and e.mono_ns > thawed_at
+    ]
+    rejoined = out.count(f"group {group}: assigned") > 1  # then it may handle again, rightly
+    if not rejoined:
+        assert late_starts == [], f"the zombie started {len(late_starts)} handlers after waking"
+    entries = read_ledger(ledger)
+    dupes = check_run(entries, produced={i for i, _ in records})
+    uncommitted = in_flight | {
+        e.id for e in entries if e.pid == zombie.pid and e.offset >= before[e.partition]
+    }
+    assert set(dupes) <= uncommitted, f"duplicates beyond the zombie's uncommitted work: {dupes}"
+    print(
+        f"\nzombie had {len(in_flight)} running and {len(uncommitted)} uncommitted at the "
+        f"freeze; {len(dupes)} handled twice"
+    )
