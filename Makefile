@@ -40,10 +40,13 @@ test-unit: $(VENV)/.dev
 	$(BIN)/pytest tests/unit
 	STREAMQ_NO_EXTENSIONS=1 $(BIN)/pytest tests/unit
 
-# The Kafka tests run a second time on the KIP-848 group protocol (broker-side assignment).
+# Two test processes (pytest-xdist): the tests mostly wait on brokers and handlers, each
+# process has its own shared Kafka node. The Kafka tests run a second time on the KIP-848
+# group protocol (broker-side assignment).
+PYTEST_BROKERS := $(BIN)/pytest -n 2 --dist worksteal --durations=15
 test-integration: $(VENV)/.dev
-	$(BIN)/pytest tests/integration tests/fault
-	STREAMQ_GROUP_PROTOCOL=consumer $(BIN)/pytest -m kafka tests/integration tests/fault
+	$(PYTEST_BROKERS) tests/integration tests/fault
+	STREAMQ_GROUP_PROTOCOL=consumer $(PYTEST_BROKERS) -m kafka tests/integration tests/fault
 
 test: lint test-unit test-integration
 

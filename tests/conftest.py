@@ -59,6 +59,27 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.kafka)
 
 
+@pytest.fixture(autouse=True)
+def no_leftover_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A failed test must not leave ``streamq run`` processes behind for the next one (their
+    group members, or a ``Popen`` collected while running that fails an unrelated test)."""
+    from tests.integration import helpers
+
+    started: list[helpers.Worker] = []
+    original = helpers.Worker.__init__
+
+    def tracking(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        started.append(self)
+
+    monkeypatch.setattr(helpers.Worker, "__init__", tracking)
+    yield
+    for worker in started:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+        worker.proc.wait(10)
+
+
 @pytest.fixture(scope="session", params=_impls())
 def dispatch_impl(request: pytest.FixtureRequest) -> type:
     """Every dispatch test runs once per implementation; ids say which one ran."""

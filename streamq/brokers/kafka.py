@@ -425,9 +425,11 @@ class KafkaConsumer:
     def _fenced(self, err: KafkaError) -> MemberFenced:
         """The one line a fenced member exits with: who fenced it, and what happens now."""
         text = err.str()
-        if "fenced" in text.lower() or err.code() == KafkaError.FENCED_INSTANCE_ID:
+        # classic protocol: the old member is fenced by a newcomer with its instance id;
+        # KIP-848: the newcomer is refused while the old one lives ("still used")
+        if any(s in text.lower() for s in ("fenced", "instance id")):
             return MemberFenced(
-                f"fenced: another process joined group {self._group} with this member's "
+                f"fenced: another process in group {self._group} uses this member's "
                 f"instance_id {self._settings.instance_id!r}; stopping without committing "
                 f"(give each process its own instance_id) [{text}]"
             )

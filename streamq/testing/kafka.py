@@ -29,7 +29,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -425,15 +424,6 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-@contextlib.contextmanager
-def kafka(nodes: int = 1, **kwargs: object) -> Iterator[KafkaCluster]:
-    cluster = KafkaCluster.start(nodes, **kwargs)  # type: ignore[arg-type]
-    try:
-        yield cluster
-    finally:
-        cluster.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -93,7 +93,13 @@ def test_broker_killed_and_restarted_then_frozen_loses_nothing(
         time.sleep(9)  # past session.timeout.ms=6000
         node.thaw()
         wait_until(lambda: get(port, "/readyz")[0] == 200, 90, "/readyz after the stall")
-        wait_until(lambda: len({e.id for e in read_ledger(ledger)}) == TOTAL, 180, "the backlog")
+        # The stall may cost the member its session (the broker wakes up first and expires
+        # it): then its in-flight commits are refused and the records after the last commit
+        # are handled again. Either way the group must converge on everything committed.
+        last = ends(node.bootstrap, topic)
+        wait_until(
+            lambda: committed(node.bootstrap, group, topic) == last, 180, "everything committed"
+        )
     finally:
         worker.send_signal(signal.SIGTERM)
         code, out = worker.finish(90)
@@ -102,8 +108,9 @@ def test_broker_killed_and_restarted_then_frozen_loses_nothing(
     print(f"\noutage: {len(outage_lines)} lines, {outage_cpu:.2f}s CPU in ~8 s")
     assert 1 <= len(outage_lines) <= 30, "\n".join(outage_lines)
     assert outage_cpu < 4.0, f"{outage_cpu:.1f}s of CPU in an 8 s outage: a spin"
-    check_run(read_ledger(ledger), produced={i for i, _ in records})
+    dupes = check_run(read_ledger(ledger), produced={i for i, _ in records})
     assert committed(node.bootstrap, group, topic) == ends(node.bootstrap, topic)
+    print(f"{len(dupes)} records handled twice (the uncommitted windows of the faults)")
 
 
 def ends(bootstrap: str, topic: str) -> dict[int, int]:

@@ -39,26 +39,6 @@ def kafka_url(kafka_bootstrap: str) -> str:
     return f"kafka://{kafka_bootstrap}"
 
 
-@pytest.fixture(autouse=True)
-def no_leftover_workers(monkeypatch: pytest.MonkeyPatch):
-    """A failed test must not leave members in the group for the next one."""
-    from . import helpers
-
-    started: list[helpers.Worker] = []
-    original = helpers.Worker.__init__
-
-    def tracking(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        started.append(self)
-
-    monkeypatch.setattr(helpers.Worker, "__init__", tracking)
-    yield
-    for worker in started:
-        if worker.proc.poll() is None:
-            worker.proc.kill()
-            worker.proc.wait(10)
-
-
 def create_topic(url: str, partitions: int = 4) -> str:
     topic = unique("orders")
     connect(url).admin().create_topic(topic, partitions)
