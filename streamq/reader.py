@@ -1,9 +1,9 @@
 """Read a whole topic from its beginning, on any broker: for DLQ tools and inspection.
 
 Kafka: explicit assignment from the earliest offset, no consumer group, so nothing is
-committed anywhere. It stops once every partition reached its high watermark *and* a poll
-came back empty, so a broker whose watermark lags (Tansu, for multi-record batches) does not
-cut the read short. Redis: XRANGE in pages. Memory: the in-process log.
+committed anywhere. It stops once the consumer's position in every partition reached the
+high watermark it had when the read began. Redis: XRANGE in pages. Memory: the in-process
+log.
 """
 
 from __future__ import annotations
@@ -80,24 +80,24 @@ def _read_kafka(url: str, topic: str, settings: Settings) -> Iterator[Message]:
         if meta is None or meta.error is not None or not meta.partitions:
             raise UnknownTopicOrPartition(f"unknown topic {topic!r}")
         parts = sorted(meta.partitions)
-        ends = {p: consumer.get_watermark_offsets(ck.TopicPartition(topic, p), timeout=10)[1]
-                for p in parts}  # fmt: skip
+        marks = {p: consumer.get_watermark_offsets(ck.TopicPartition(topic, p), timeout=10)
+                 for p in parts}  # fmt: skip
+        ends = {p: high for p, (_, high) in marks.items()}
+        todo = {p for p, (low, high) in marks.items() if high > low}
         consumer.assign([ck.TopicPartition(topic, p, ck.OFFSET_BEGINNING) for p in parts])
-        position = dict.fromkeys(parts, 0)
         deadline = time.monotonic() + settings.broker_timeout
-        while True:
+        while todo:
             batch: list[Any] = consumer.consume(500, 1.0)
             for m in batch:
-                if m.error() is not None:
-                    continue
-                msg = to_message(m)
-                position[msg.partition] = msg.offset + 1
-                yield msg
+                if m.error() is None:
+                    yield to_message(m)
             if batch:
                 deadline = time.monotonic() + settings.broker_timeout
-            elif all(position[p] >= ends[p] for p in parts):
-                return
-            elif time.monotonic() > deadline:
+            # the consumer's position, not the last record: it also steps over the control
+            # records that end a transaction, which no consume() returns
+            reached = consumer.position([ck.TopicPartition(topic, p) for p in todo])
+            todo -= {tp.partition for tp in reached if tp.offset >= ends[tp.partition]}
+            if todo and not batch and time.monotonic() > deadline:
                 raise BrokerUnavailable(
                     f"reading {topic}: no records for {settings.broker_timeout:.0f}s before its end"
                 )

@@ -601,9 +601,9 @@ class KafkaConsumer:
         """Leave the group, waiting at most ``shutdown_timeout`` for the broker.
 
         librdkafka's close runs the revoke callback (the worker commits there) and then waits
-        for the group leave; a coordinator caught mid-rebalance can keep it waiting for
-        good (seen with Tansu). A stop must not hang: past the deadline the member is left
-        to expire after ``session.timeout.ms``, like a crashed one, with its commits made.
+        for the group leave; a coordinator caught mid-rebalance, or a broker that stopped
+        answering, can keep it waiting for good. A stop must not hang: past the deadline the
+        member is left to expire after its session, like a crashed one, with its commits made.
         """
         if self._closed:
             return
