@@ -25,6 +25,7 @@ Any other librdkafka setting passes through from ``Settings.kafka`` or the URL q
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import threading
 import time
@@ -613,13 +614,27 @@ class KafkaConsumer:
 
         def leave() -> None:
             try:
+                # Revoke on this thread before close(): a rebalance callback served inside
+                # close() can hang in rd_kafka_rebalance_protocol() while holding the GIL
+                # (librdkafka #4041; seen here when a peer left during this member's close),
+                # which freezes every thread of the process.
+                self._consumer.unsubscribe()
+                until = time.monotonic() + min(2.0, timeout / 2)
+                while self._assignment and time.monotonic() < until:
+                    self._consumer.consume(1, 0.05)  # a record here is redelivered later
                 self._consumer.close()
             except (KafkaException, RuntimeError) as exc:
                 failed.append(exc)
 
+        timeout = self._settings.shutdown_timeout
+        # The last resort for that hang: a C thread, which needs no GIL, dumps every
+        # thread's stack and exits (code 1) if the close has not returned by then.
+        faulthandler.dump_traceback_later(timeout + 10, exit=True)
         closer = threading.Thread(target=leave, name=f"streamq-close[{self._group}]", daemon=True)
         closer.start()
-        closer.join(self._settings.shutdown_timeout)
+        closer.join(timeout)
+        if not closer.is_alive():
+            faulthandler.cancel_dump_traceback_later()
         if closer.is_alive():
             log.warning(
                 "group %s: leaving the group did not finish within %.0fs; the broker will "
