@@ -618,10 +618,13 @@ class KafkaConsumer:
                 # close() can hang in rd_kafka_rebalance_protocol() while holding the GIL
                 # (librdkafka #4041; seen here when a peer left during this member's close),
                 # which freezes every thread of the process.
-                self._consumer.unsubscribe()
-                until = time.monotonic() + min(2.0, timeout / 2)
-                while self._assignment and time.monotonic() < until:
-                    self._consumer.consume(1, 0.05)  # a record here is redelivered later
+                # Not for a static member: unsubscribing leaves the group, and its partitions
+                # would move instead of waiting for its restart.
+                if not self._settings.instance_id:
+                    self._consumer.unsubscribe()
+                    until = time.monotonic() + min(2.0, timeout / 2)
+                    while self._assignment and time.monotonic() < until:
+                        self._consumer.consume(1, 0.05)  # a record here is redelivered later
                 self._consumer.close()
             except (KafkaException, RuntimeError) as exc:
                 failed.append(exc)

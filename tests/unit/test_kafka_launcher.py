@@ -1,0 +1,62 @@
+"""The Kafka launcher says in one line why it cannot start (no broker is started here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from streamq.testing import kafka
+
+
+def test_no_java_is_one_clear_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    with pytest.raises(kafka.KafkaLaunchError, match=r"^no java on PATH: .*Java 17\+") as info:
+        kafka.KafkaCluster.start(1)
+    assert "\n" not in str(info.value)
+
+
+def test_an_old_java_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "java"
+    fake.write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n")
+    fake.chmod(0o755)
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(kafka.KafkaLaunchError, match=r"is Java 11: Apache Kafka 4.x needs"):
+        kafka.KafkaCluster.start(1)
+
+
+def test_no_maven_and_no_cached_jars(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("STREAMQ_KAFKA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(kafka.KafkaLaunchError, match=r"^no mvn on PATH and no cached jars"):
+        kafka.resolve_jars("4.2.2")
+
+
+def test_jars_that_do_not_resolve_say_why(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    fake = tmp_path / "mvn"
+    fake.write_text("#!/bin/sh\necho '[ERROR] Failed to execute goal: could not resolve'\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("STREAMQ_KAFKA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    why = r"cannot resolve Apache Kafka 9.9.9 jars: \[ERROR\] Failed to execute goal"
+    with pytest.raises(kafka.KafkaLaunchError, match=why):
+        kafka.resolve_jars("9.9.9")
+    assert not (tmp_path / "cache" / "kafka-9.9.9" / ".complete").exists()
+
+
+def test_a_cached_resolution_needs_no_maven(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    root = tmp_path / "cache" / "kafka-4.2.2"
+    (root / "jars").mkdir(parents=True)
+    (root / ".complete").touch()
+    monkeypatch.setenv("STREAMQ_KAFKA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert kafka.resolve_jars("4.2.2") == root / "jars"
+
+
+def test_kafka_uuids_have_kafkas_form() -> None:
+    value = kafka._random_uuid()
+    assert len(value) == 22 and "=" not in value
