@@ -282,6 +282,9 @@ class KafkaConsumer:
         self._callbacks: tuple[Rebalance, Rebalance, Rebalance] | None = None
         self._closed = False
         self._fatal: KafkaError | None = None  # from error_cb: raised by the next poll
+        # From the settings, never from the client inside a callback (see _apply).
+        strategy = str(config.get("partition.assignment.strategy", ""))
+        self._cooperative = config.get("group.protocol") == "consumer" or "cooperative" in strategy
         # Liveness (B4): lanes start no handler past the lease's deadline, which a watchdog
         # thread moves on while this process runs. See _watch.
         session_ms, heartbeat_ms = self._group_timeouts(config)
@@ -384,6 +387,7 @@ class KafkaConsumer:
         self._assignment.update(tps)
         self._checked_at = 0.0
         self._call(0, tps)
+        self._apply(consumer.incremental_assign if self._cooperative else consumer.assign, parts)
 
     def _revoked(self, consumer: Any, parts: list[Any]) -> None:
         self._confirm()
@@ -391,6 +395,7 @@ class KafkaConsumer:
         self._call(1, tps)
         self._assignment.difference_update(tps)
         self._checked_at = 0.0
+        self._unassign(consumer, parts)
 
     def _lost(self, consumer: Any, parts: list[Any]) -> None:
         self._confirm()
@@ -398,6 +403,25 @@ class KafkaConsumer:
         self._call(2, tps)
         self._assignment.difference_update(tps)
         self._checked_at = 0.0
+        self._unassign(consumer, parts)
+
+    def _unassign(self, consumer: Any, parts: list[Any]) -> None:
+        if self._cooperative:
+            self._apply(consumer.incremental_unassign, parts)
+        else:
+            self._apply(lambda _: consumer.unassign(), parts)
+
+    def _apply(self, op: Callable[[list[Any]], None], parts: list[Any]) -> None:
+        """Assign or unassign here, in our callback, never leaving it to the client.
+
+        When a callback does neither, confluent-kafka asks librdkafka for the rebalance
+        protocol while holding the GIL, and that call can hang for good during a close
+        (librdkafka #4041): every thread of the worker froze, the shutdown deadline too.
+        """
+        try:
+            op(parts)
+        except KafkaException as exc:
+            log.warning("group %s: applying the rebalance failed: %s", self._group, exc)
 
     def _call(self, which: int, tps: list[TopicPartition]) -> None:
         if self._callbacks is None:

@@ -80,3 +80,39 @@ def test_kip848_refuses_settings_the_broker_owns() -> None:
     text = str(info.value)
     assert "kafka.session.timeout.ms: not allowed with group_protocol='consumer'" in text
     assert "group.consumer.heartbeat.interval.ms" in text
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str):
+        return lambda *args: self.calls.append(name)
+
+
+@pytest.mark.parametrize(
+    ("settings", "expected"),
+    [
+        ({}, ["incremental_assign", "incremental_unassign", "incremental_unassign"]),
+        (
+            {"group_protocol": "consumer", "kafka": {}},
+            ["incremental_assign"] + 2 * ["incremental_unassign"],
+        ),
+        ({"kafka": {"partition.assignment.strategy": "range"}}, ["assign", "unassign", "unassign"]),
+    ],
+    ids=["cooperative-sticky", "kip848", "eager"],
+)
+def test_rebalance_callbacks_assign_themselves(settings: dict, expected: list[str]) -> None:
+    """Never the client's fallback: it can hang holding the GIL during a close (#4041)."""
+    import confluent_kafka as ck
+
+    b = broker("kafka://127.0.0.1:9", **settings)
+    consumer = b.consumer("g", b.settings)
+    try:
+        fake, parts = _Recorder(), [ck.TopicPartition("t", 0)]
+        consumer._assigned(fake, parts)
+        consumer._revoked(fake, parts)
+        consumer._lost(fake, parts)
+        assert fake.calls == expected
+    finally:
+        consumer.close()
