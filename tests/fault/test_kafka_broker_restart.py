@@ -88,8 +88,9 @@ def test_broker_killed_and_restarted_then_frozen_loses_nothing(
             lambda: len(read_ledger(ledger)) > handled_at_restart + 200, 60, "handling to resume"
         )
 
-        node.freeze()
-        assert Path(f"/proc/{node.pid}/status").read_text().count("T (stopped)") == 1
+        node.freeze()  # SIGSTOP is delivered asynchronously: wait until the JVM is stopped
+        status = Path(f"/proc/{node.pid}/status")
+        wait_until(lambda: "T (stopped)" in status.read_text(), 10, "the broker to stop")
         time.sleep(9)  # past session.timeout.ms=6000
         node.thaw()
         wait_until(lambda: get(port, "/readyz")[0] == 200, 90, "/readyz after the stall")
