@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import Broker, free_port
 from tests.integration.helpers import (
     app_env,
+    kafka_committed,
     read_ledger,
     start_worker,
     unique,
@@ -42,14 +43,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        found = consumer.committed([TopicPartition(topic, p) for p in range(2)], 30)
-        return {tp.partition: tp.offset for tp in found}
-    finally:
-        consumer.close()
+    return kafka_committed(bootstrap, group, topic, 2)
 
 
 def test_broker_killed_and_restarted_then_frozen_loses_nothing(

@@ -26,21 +26,13 @@ from tests.integration.helpers import (
     wait_until,
     write_app,
 )
+from tests.integration.helpers import (
+    kafka_committed as committed,
+)
 
 from .invariants import check_run
 
 pytestmark = [pytest.mark.fault, pytest.mark.kafka, pytest.mark.timeout(240)]
-
-
-def committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 20)
-        return {tp.partition: tp.offset for tp in found}
-    finally:
-        consumer.close()
 
 
 def test_a_member_frozen_past_its_session_is_fenced_when_it_wakes(

@@ -205,3 +205,15 @@ class Scrape:
             if n == name:
                 out[ls[label]] += v
         return dict(out)
+
+
+def kafka_committed(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset per partition, as the broker has it (negative: none)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+    try:
+        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 30)
+        return {tp.partition: tp.offset for tp in found}
+    finally:
+        consumer.close()

@@ -23,6 +23,7 @@ from .helpers import (
     app_env,
     check_per_key_order,
     duplicates,
+    kafka_committed,
     read_ledger,
     start_worker,
     streamq_cmd,
@@ -61,14 +62,8 @@ def produce(url: str, topic: str, n: int, keys: int = 50) -> dict[int, int]:
 
 
 def committed(url: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
-    from confluent_kafka import Consumer, TopicPartition
-
-    consumer = Consumer({"bootstrap.servers": url.removeprefix("kafka://"), "group.id": group})
-    try:
-        found = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], 20)
-        return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in found}
-    finally:
-        consumer.close()
+    found = kafka_committed(url.removeprefix("kafka://"), group, topic, partitions)
+    return {p: (offset if offset >= 0 else None) for p, offset in found.items()}
 
 
 def finish(worker, timeout: float = 120) -> tuple[int, str]:
