@@ -109,13 +109,28 @@ def test_broker_killed_and_restarted_then_frozen_loses_nothing(
 
 
 def ends(bootstrap: str, topic: str) -> dict[int, int]:
-    from confluent_kafka import Consumer, TopicPartition
+    """Each partition's end offset. A broker just thawed is fenced by the controller until its
+    next heartbeat, so its partitions are leaderless for a moment: retry until they have one."""
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "probe"})
+    deadline = time.monotonic() + 60
     try:
-        return {
-            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1]
-            for p in range(2)
-        }
+        while True:
+            try:
+                return {
+                    p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1]
+                    for p in range(2)
+                }
+            except KafkaException as exc:
+                code = exc.args[0].code()
+                transient = code in (
+                    KafkaError._UNKNOWN_PARTITION,
+                    KafkaError.LEADER_NOT_AVAILABLE,
+                    KafkaError.NOT_LEADER_FOR_PARTITION,
+                )
+                if not transient or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         consumer.close()
