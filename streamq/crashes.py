@@ -9,51 +9,115 @@ survives the dead process and follows the partition to its next owner. It costs 
 pipelined write per polled batch in normal operation:
 
 1. Before the records of a poll reach a handler, the poll thread writes, per partition, the
-   range it has polled but not committed (``polled = "low high"``).
-2. A new owner that finds such a range knows the previous owner may have died inside it.
-   Those redelivered records are *suspects*: each is handled alone, one at a time in the
-   whole worker, after writing ``o<offset> = n`` (the number of times it was started
-   alone), and that field is deleted once it finished.
-3. A suspect whose count already reached ``crash_limit`` is not handled again: it goes to
+   range it has polled but not finished (``polled = "low high"``).
+2. A new owner that finds such a range knows the previous owner may have died inside it,
+   but after an ordinary SIGKILL (a deploy, a node drain, an OOM kill of a neighbour) it
+   holds nothing but innocent records, up to ``max_in_flight`` of them. So the range is
+   handled at the usual speed, in *chunks* of ``CHUNK`` records, each noted before its
+   first handler starts (``c<first> = last``) and un-noted when it finished: a death now
+   leaves behind the one chunk per lane that was running.
+3. A record inside such a chunk, or inside a range of at most ``SOLO_MAX`` records (too
+   small to be worth chunking), is a *suspect*: handled alone, one at a time in the whole
+   worker, after writing ``o<offset> = n`` (the number of times it was started alone), and
+   that field is deleted once it finished.
+4. A suspect whose count already reached ``crash_limit`` is not handled again: it goes to
    the DLQ as ``WorkerLost``.
 
-So a killer record costs ``crash_limit + 1`` worker deaths: the first narrows the range down
-to single records, each of the next ``crash_limit`` is charged to the record itself. A death
-for an unrelated reason (SIGKILL, a deploy) charges nothing but the normal-path range, and an
+So a killer record costs ``crash_limit + 2`` worker deaths (``crash_limit + 1`` when the
+range it died in held at most ``SOLO_MAX`` records): the first gives the range, the second
+the chunk, each of the next ``crash_limit`` is charged to the record itself. A death for an
+unrelated reason charges nothing but the range or the chunk, which only costs speed: an
 innocent suspect finishes and clears its field the next time. If the counter's Redis is
 unreachable, records are handled as usual and crash counting pauses: it never costs a
-record.
+record. Markers of records that were finished but never cleared (a dedup store skipped
+them) are harmless, since a group never reads below its committed position again, and
+expire with the key (``dedup_ttl``).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from .logs import get_logger
-from .message import TopicPartition
+from .message import Message, TopicPartition
 
-__all__ = ["CrashCounter", "Suspects"]
+__all__ = ["CHUNK", "SOLO_MAX", "CrashCounter", "Suspects"]
 
 log = get_logger("streamq.crashes")
 
 _POLLED = b"polled"
 
 
+SOLO_MAX = 64  # a dead owner's range this small goes one record at a time straight away
+CHUNK = 256  # a bigger one is handled in chunks of this many records, each noted in Redis
+
+Kind = Literal["normal", "chunk", "solo"]
+
+
 @dataclass
 class Suspects:
-    """Offsets a previous owner polled and may have died on, with their solo-start counts."""
+    """What the previous owners of a partition left behind when they died."""
 
-    low: int
+    low: int  # the range a dead owner had polled but not finished (empty when low > high)
     high: int
-    counts: dict[int, int] = field(default_factory=dict)
+    solo: list[tuple[int, int]] = field(default_factory=list)  # chunks running at a death
+    counts: dict[int, int] = field(default_factory=dict)  # solo starts of single records
+    in_chunks: int = 0  # records planned so far, for the line that says recovery is over
+    alone: int = 0
 
-    def count(self, offset: int) -> int | None:
-        """None when ``offset`` is not a suspect."""
-        if self.low <= offset <= self.high or offset in self.counts:
-            return self.counts.get(offset, 0)
+    @property
+    def chunked(self) -> bool:
+        return self.high - self.low + 1 > SOLO_MAX
+
+    @property
+    def last(self) -> int:
+        """The highest offset that is still suspect: past it, the partition is back to normal."""
+        ends = [b for _, b in self.solo]
+        ends.extend(self.counts)
+        if self.high >= self.low:
+            ends.append(self.high)
+        return max(ends, default=-1)
+
+    def starts(self, offset: int) -> int | None:
+        """How often ``offset`` was started alone by a worker that died; None: not a suspect."""
+        n = self.counts.get(offset)
+        if n is not None:
+            return n
+        if self.low <= offset <= self.high and not self.chunked:
+            return 0
+        for a, b in self.solo:
+            if a <= offset <= b:
+                return 0
         return None
+
+    def plan(self, msgs: list[Message], chunk: int = CHUNK) -> list[tuple[Kind, list[Message]]]:
+        """Cut one polled partition batch, in order, into normal runs, chunks and suspects."""
+        out: list[tuple[Kind, list[Message]]] = []
+        run: list[Message] = []
+        kind: Kind = "normal"
+        low, high, chunked = self.low, self.high, self.chunked
+        for msg in msgs:
+            offset = msg.offset
+            n = self.starts(offset)
+            if n is not None:
+                if run:
+                    out.append((kind, run))
+                    run = []
+                out.append(("solo", [msg]))
+                self.alone += 1
+                continue
+            this: Kind = "chunk" if chunked and low <= offset <= high else "normal"
+            if run and (this != kind or (this == "chunk" and len(run) >= chunk)):
+                out.append((kind, run))
+                run = []
+            kind = this
+            run.append(msg)
+            self.in_chunks += this == "chunk"
+        if run:
+            out.append((kind, run))
+        return out
 
 
 class CrashCounter:
@@ -68,6 +132,7 @@ class CrashCounter:
         self._prefix = f"streamq:crash:{group}:"
         self._ttl_ms = int(ttl * 1000)
         self._quiet_until = 0.0
+        self._mine: dict[TopicPartition, set[int]] = {}  # chunks noted by this worker
 
     def _key(self, tp: TopicPartition) -> str:
         return f"{self._prefix}{tp.topic}:{tp.partition}"
@@ -89,13 +154,16 @@ class CrashCounter:
             if not fields:
                 continue
             low, high = 0, -1
+            solo: list[tuple[int, int]] = []
             counts: dict[int, int] = {}
             for name, value in fields.items():
                 if name == _POLLED:
                     low, high = (int(v) for v in value.split())
                 elif name.startswith(b"o"):
                     counts[int(name[1:])] = int(value)
-            out[tp] = Suspects(low, high, counts)
+                elif name.startswith(b"c"):
+                    solo.append((int(name[1:]), int(value)))
+            out[tp] = Suspects(low, high, sorted(solo), counts)
         return out
 
     def note_polled(self, ranges: dict[TopicPartition, tuple[int, int]]) -> None:
@@ -123,10 +191,31 @@ class CrashCounter:
         try:
             pipe = self._r.pipeline(transaction=False)
             for tp in tps:
-                pipe.hdel(self._key(tp), _POLLED)
+                # and the chunks this worker noted: a revoke may have stopped one mid-way
+                pipe.hdel(self._key(tp), _POLLED, *(f"c{c}" for c in self._mine.pop(tp, ())))
             pipe.execute()
         except Exception as exc:
             self._failed("clearing polled ranges", exc)
+
+    def mark(self, tp: TopicPartition, first: int, last: int) -> None:
+        """Note a chunk before its first handler starts: if the worker dies now, it shows."""
+        if not self._usable():
+            return
+        try:
+            self._r.hset(self._key(tp), f"c{first}", last)
+            self._mine.setdefault(tp, set()).add(first)
+        except Exception as exc:
+            self._failed("noting a chunk", exc)
+
+    def unmark(self, tp: TopicPartition, first: int) -> None:
+        """The chunk finished: nobody died in it."""
+        if not self._usable():
+            return
+        try:
+            self._r.hdel(self._key(tp), f"c{first}")
+            self._mine.get(tp, set()).discard(first)
+        except Exception as exc:
+            self._failed("clearing a chunk", exc)
 
     def begin(self, tp: TopicPartition, offset: int, count: int) -> None:
         """Charge a suspect before its handler starts: if the worker dies now, it counts."""

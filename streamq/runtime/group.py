@@ -32,7 +32,7 @@ from typing import Any
 
 from .. import failpoints
 from ..brokers.base import Backend, Broker, Lease, ProducerBackend
-from ..crashes import CrashCounter, Suspects
+from ..crashes import CHUNK, CrashCounter, Suspects
 from ..dedup import coordinates
 from ..dispatch import Dispatcher, call_each, call_each_until, coordinate_keys
 from ..dlq import dead_letter_record
@@ -151,6 +151,30 @@ class Probe(list[Message]):
         self.starts = count
 
 
+def _plan_of(suspects: Suspects) -> str:
+    """How a new owner goes through what a dead one left: said once, when it is assigned."""
+    parts = []
+    if suspects.chunked:
+        parts.append(f"those in chunks of up to {CHUNK} records")
+    elif suspects.high >= suspects.low:
+        parts.append("those one at a time")
+    if suspects.solo:
+        ranges = ", ".join(f"{a}..{b}" for a, b in suspects.solo)
+        parts.append(f"offsets {ranges} (running when a worker died) one at a time")
+    if suspects.counts:
+        parts.append(f"{len(suspects.counts)} record(s) that were running alone one at a time")
+    return "; ".join(parts) or "nothing"
+
+
+class Chunk(list[Message]):
+    """Part of a dead owner's range (``streamq.crashes``), never merged with other units.
+
+    Noted in Redis while it runs, so a death inside it narrows the suspects down to it.
+    """
+
+    __slots__ = ()
+
+
 class Lane:
     """Ordered work of one partition (or key lane); lives on the event loop thread."""
 
@@ -204,13 +228,13 @@ class Lane:
         one unit, and no list is copied.
         """
         first = self.pending.popleft()
-        if not self.spec.batch or type(first) is Probe:
+        if not self.spec.batch or type(first) is not list:  # a Probe or a Chunk stays whole
             return first
         if len(first) > limit:
             self.pending.appendleft(first[limit:])
             return first[:limit]
         pending = self.pending
-        while pending and type(pending[0]) is not Probe and len(first) + len(pending[0]) <= limit:
+        while pending and type(pending[0]) is list and len(first) + len(pending[0]) <= limit:
             first = first + pending.popleft()
         return first
 
@@ -428,32 +452,30 @@ class GroupRunner:
         msgs: list[Message],
         suspects: Suspects,
     ) -> None:
-        """Suspects become single-record probes; the rest keeps its usual units, in order."""
+        """Suspects become single-record probes, the dead owner's range chunks, in order."""
         key_lanes = self._settings.key_lanes if spec.ordering is Ordering.KEY else 0
         split_keys = self._dispatcher.split_keys
-        run: list[Message] = []
-
-        def flush() -> None:
-            if not run:
-                return
+        chunk = min(CHUNK, spec.max_batch) if spec.batch else CHUNK
+        for kind, run in suspects.plan(msgs, chunk):
+            if kind == "solo":
+                msg = run[0]
+                lane = next(iter(split_keys(run, key_lanes))) if key_lanes else 0
+                count = suspects.starts(msg.offset)
+                units.append(((tp, lane), epoch, spec, lease, Probe(msg, count or 0)))
+                continue
+            wrap = Chunk if kind == "chunk" else list
             if key_lanes:
                 for lane, sub in split_keys(run, key_lanes).items():
-                    units.append(((tp, lane), epoch, spec, lease, sub))
+                    units.append(((tp, lane), epoch, spec, lease, wrap(sub)))
             else:
-                units.append(((tp, 0), epoch, spec, lease, list(run)))
-            run.clear()
-
-        for msg in msgs:
-            count = suspects.count(msg.offset)
-            if count is None:
-                run.append(msg)
-                continue
-            flush()
-            lane = next(iter(split_keys([msg], key_lanes))) if key_lanes else 0
-            units.append(((tp, lane), epoch, spec, lease, Probe(msg, count)))
-        flush()
-        if msgs[-1].offset >= suspects.high and all(o <= msgs[-1].offset for o in suspects.counts):
+                units.append(((tp, 0), epoch, spec, lease, wrap(run)))
+        if msgs[-1].offset >= suspects.last:
             del self._suspects[tp]  # past every suspect: back to normal units
+            log.info(
+                "group %s: %s[%d] is past what its previous owner left: %d records in chunks, "
+                "%d alone",
+                self.group, tp.topic, tp.partition, suspects.in_chunks, suspects.alone,
+            )  # fmt: skip
 
     def _commit_before(self, tp: TopicPartition, msgs: list[Message]) -> bool:
         """At-most-once: the position moves past the records before any handler sees them."""
@@ -650,9 +672,9 @@ class GroupRunner:
             for tp, suspects in found.items():
                 log.warning(
                     "group %s: the previous owner of %s[%d] may have died handling offsets "
-                    "%d..%d; handling those one at a time, counting crashes (crash_limit=%d)",
+                    "%d..%d; handling %s, counting crashes (crash_limit=%d)",
                     self.group, tp.topic, tp.partition, suspects.low, suspects.high,
-                    self._crashes.limit,
+                    _plan_of(suspects), self._crashes.limit,
                 )  # fmt: skip
             self._suspects.update(found)
         self.idle_since = None
@@ -806,18 +828,26 @@ class GroupRunner:
     async def _run_lane(self, lane: Lane) -> None:
         spec = lane.spec
         limit = spec.max_batch
+        crashes, tp = self._crashes, lane.key[0]
         try:
             while lane.pending and not lane.stopped:
                 unit = lane.take(limit)
+                kind = type(unit)
+                marked = -1
+                if kind is Chunk and crashes is not None:  # before any of its handlers starts
+                    marked = unit[0].offset
+                    crashes.mark(tp, marked, unit[-1].offset)
                 if spec.dedup is not None:
                     unit = self._skip_seen(lane, unit)
                     if not unit:
+                        if marked >= 0 and crashes is not None:
+                            crashes.unmark(tp, marked)
                         continue
                 lane.dead_lettered = lane.progress = lane.reported = 0
                 lane.timed_at = time.monotonic()
                 try:
-                    if type(unit) is Probe:
-                        done = await self._run_probe(lane, unit)
+                    if kind is Probe:
+                        done = await self._run_probe(lane, unit)  # type: ignore[arg-type]
                     else:
                         done = await self._run_unit(lane, unit)
                 except asyncio.CancelledError:
@@ -828,6 +858,8 @@ class GroupRunner:
                 # Commit-before units report too: the tracker counts in-flight work for both.
                 halted = done < len(unit) and not lane.stopped
                 self._report(lane, unit, done, halted)
+                if marked >= 0 and crashes is not None and done == len(unit):
+                    crashes.unmark(tp, marked)
                 lane.seq_base += len(unit)
                 if done < len(unit):
                     lane.halted = halted
@@ -857,9 +889,8 @@ class GroupRunner:
             if unit.starts >= crashes.limit:
                 self._stats.failed_by[lane.labels] += 1
                 lost = WorkerLost(
-                    f"the worker died {unit.starts + 1} times while handling this record, "
-                    f"{unit.starts} of them while it was handled alone (crash_limit="
-                    f"{crashes.limit})",
+                    f"the worker died {unit.starts} times while handling this record alone "
+                    f"(crash_limit={crashes.limit}), after dying in the range it was part of",
                     topic=msg.topic,
                     partition=msg.partition,
                     offset=msg.offset,

@@ -1,9 +1,11 @@
 """A record that kills the worker process is dead-lettered as WorkerLost, not looped on (C4).
 
 The handler SIGKILLs its own process on one record: nothing the retry policy can catch.
-Each restart must make progress: the first narrows the suspects down to single records, the
-next ``crash_limit`` are charged to the killer itself, and the run after that dead-letters it
-with its provenance and handles everything else once, in per-key order.
+Each restart must make progress: the first death gives the range the worker had in flight;
+a small range goes one record at a time at once, a full read-ahead goes in chunks and the
+second death gives the chunk; the next ``crash_limit`` are charged to the killer itself, and
+the run after that dead-letters it with its provenance and handles everything else once, in
+per-key order.
 """
 
 from __future__ import annotations
@@ -17,32 +19,46 @@ from tests.integration.helpers import app_env, read_ledger, start_worker, unique
 
 from .invariants import check_run
 
-pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(600)]
 
 SIGKILLED = -9
 
 
-def test_a_record_that_kills_the_worker_goes_to_the_dlq(broker, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("read_ahead", "extra", "sleep", "plan", "deaths"),
+    [
+        # at most 16 + 8 records in flight per partition: within SOLO_MAX
+        ("small", {"max_poll_records": 8, "max_in_flight": 16}, "0", "those one at a time", 3),
+        # everything polled long before the killer is reached: chunks first
+        ("full", {"max_poll_records": 50}, "0.003", "those in chunks of up to", 4),
+    ],
+)
+def test_a_record_that_kills_the_worker_goes_to_the_dlq(
+    broker, tmp_path: Path, read_ahead: str, extra: dict, sleep: str, plan: str, deaths: int
+) -> None:
     topic = broker.topic(2)
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(400)]
     coords = broker.produce(topic, records)
     killer = 137
     group, ledger = unique("crash"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"lease_ttl": 3, "max_poll_records": 50})
-    env = app_env(broker.url, topic, group, ledger, KILL_ID=str(killer),
+    spec = write_app(tmp_path, extra={"lease_ttl": 3, **extra})
+    env = app_env(broker.url, topic, group, ledger, KILL_ID=str(killer), HANDLER_SLEEP=sleep,
                   STREAMQ_CRASH_STORE=broker.dedup_url, STREAMQ_CRASH_LIMIT="2")  # fmt: skip
 
-    codes = []
-    for _ in range(6):  # bounded: a crash loop fails the test instead of hanging it
+    codes, outputs = [], []
+    for _ in range(7):  # bounded: a crash loop fails the test instead of hanging it
         code, out = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(120)
         codes.append(code)
+        outputs.append(out)
         if code != SIGKILLED:
             break
-    assert codes == [SIGKILLED] * 3 + [0], f"exit codes {codes}; last run:\n{out}"
+    # the fault this case is about: the first restart found the range it meant to
+    assert plan in outputs[1], outputs[1][-3000:]
+    assert codes == [SIGKILLED] * deaths + [0], f"exit codes {codes}; last run:\n{out}"
     assert "WorkerLost" in out and f"@{coords[killer][1]}" in out
 
     starts = [e for e in read_ledger(ledger, "S") if e.id == killer]
-    assert len(starts) == 3, "the killer ran more often than crash_limit + 1 times"
+    assert len(starts) == deaths, "the killer ran more often than it took to isolate it"
     check_run(read_ledger(ledger), produced={i for i, _ in records}, poison={killer})
 
     headers = broker._dlq_headers(f"{topic}.dlq")
@@ -50,4 +66,4 @@ def test_a_record_that_kills_the_worker_goes_to_the_dlq(broker, tmp_path: Path) 
     assert (int(headers[0]["streamq-original-partition"]),
             int(headers[0]["streamq-original-offset"])) == coords[killer]  # fmt: skip
     assert headers[0]["streamq-error-type"] == b"streamq.errors.WorkerLost"
-    assert b"died 3 times" in headers[0]["streamq-error-message"]
+    assert b"died 2 times while handling this record alone" in headers[0]["streamq-error-message"]
