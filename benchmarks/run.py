@@ -129,6 +129,18 @@ def run_micro() -> dict[str, Any]:
     return dict(json.loads(out.read_text()))
 
 
+def run_recovery(kafka_url: str, redis_url: str, quick: bool) -> dict[str, Any]:
+    out = RESULTS / "recovery.json"
+    n = "60000" if quick else "200000"
+    print("\n== recovery: a group SIGKILLed at 30% and restarted, against a clean drain")
+    subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "recovery.py"), "--kafka", kafka_url,
+         "--redis", redis_url, "--messages", n, "--json", str(out)],
+        check=True,
+    )  # fmt: skip
+    return dict(json.loads(out.read_text()))
+
+
 def run_peers(bootstrap: str, python: str | None, quick: bool) -> dict[str, Any] | None:
     if not python:
         print("\n== peers: skipped (no --peers-python)")
@@ -205,6 +217,14 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                 f"{ratio_on / ratio_off:.2f} ({ratio_on}x vs {ratio_off}x raw; CPU {cpu_on} vs "
                 f"{cpu_off} s per million records)",
                 f"{off_name}-metrics / {off_name}", None,
+            ))  # fmt: skip
+    recovery = results.get("recovery")
+    if recovery:
+        for label, c in recovery["cases"].items():
+            rows.append((
+                f"recovery ({label}): restart rate >= 0.8x a clean drain",
+                f"{c['ratio']}x ({c['restart_msg_s']:,} msg/s over the {c['left']:,} left vs "
+                f"{c['reference_msg_s']:,})", "recovery", c["ratio"] >= 0.8,
             ))  # fmt: skip
     peers = results.get("peers-kafka")
     if peers:
@@ -290,7 +310,9 @@ def write_chart(results: dict[str, Any]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Smaller runs (about 3 minutes).")
-    parser.add_argument("--only", help="Comma-separated scenario names (micro-dispatch, peers).")
+    parser.add_argument(
+        "--only", help="Comma-separated scenario names (micro-dispatch, recovery, peers)."
+    )
     parser.add_argument("--peers-python", help="A Python with the peer frameworks installed.")
     args = parser.parse_args()
     only = set(args.only.split(",")) if args.only else None
@@ -308,6 +330,8 @@ def main() -> None:
                     results[s.name] = run_scenario(s, urls[s.broker], args.quick)
             if only is None or "micro-dispatch" in only:
                 results["micro-dispatch"] = run_micro()
+            if only is None or "recovery" in only:
+                results["recovery"] = run_recovery(kafka.url, redis.url, args.quick)
             if only is None or "peers" in only:
                 peers = run_peers(kafka.bootstrap, args.peers_python, args.quick)
                 if peers:

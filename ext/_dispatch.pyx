@@ -786,3 +786,25 @@ cdef class PartitionOffsets:
     @property
     def bytes(self):
         return self._bytes
+
+
+from posix.unistd cimport _exit, getppid, usleep
+
+
+def watch_parent(int parent, double grace_s, int code):
+    """Exit with ``code`` once ``parent`` has been gone for ``grace_s`` seconds.
+
+    Runs in a thread of its own and never takes the GIL back: a worker whose Python threads
+    are all frozen (a C call that holds the GIL forever) cannot act on the SIGTERM that
+    PR_SET_PDEATHSIG delivers when its supervisor dies, and would outlive it holding its
+    partitions. This loop ends it anyway, ``grace_s`` after the supervisor died.
+    """
+    cdef double gone_at = -1.0
+    with nogil:
+        while True:
+            if getppid() != parent:
+                if gone_at < 0:
+                    gone_at = _monotonic()
+                elif _monotonic() - gone_at >= grace_s:
+                    _exit(code)
+            usleep(200000)

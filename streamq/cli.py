@@ -55,6 +55,7 @@ from .runtime.worker import (
     EXIT_RUNTIME,
     EXIT_SHUTDOWN_TIMEOUT,
     EXIT_USAGE,
+    STOP_DEADLINE_GRACE,
     Worker,
     run_worker,
 )
@@ -197,7 +198,9 @@ def run(
             target = ("streamq.runtime.worker", "run_app_child")
             args = (module, attr, overrides, until_idle, level, log_format, server is not None)
             on_exit = server.mark_dead if server is not None else None
-            code = supervise(target, args, workers, on_exit=on_exit)
+            # past the worker's own deadlines (STOP_DEADLINE_GRACE) by a margin
+            stop_timeout = app.settings.shutdown_timeout + STOP_DEADLINE_GRACE + 10
+            code = supervise(target, args, workers, on_exit=on_exit, stop_timeout=stop_timeout)
             sys.exit(code)
         app._check_run_args(1, until_idle)
         try:

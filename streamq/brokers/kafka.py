@@ -25,7 +25,6 @@ Any other librdkafka setting passes through from ``Settings.kafka`` or the URL q
 
 from __future__ import annotations
 
-import faulthandler
 import logging
 import threading
 import time
@@ -34,6 +33,7 @@ from concurrent.futures import Future
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from .. import deadline
 from ..dispatch import Lease, bind_confluent, kafka_messages
 from ..errors import (
     BrokerError,
@@ -656,12 +656,12 @@ class KafkaConsumer:
         timeout = self._settings.shutdown_timeout
         # The last resort for that hang: a C thread, which needs no GIL, dumps every
         # thread's stack and exits (code 1) if the close has not returned by then.
-        faulthandler.dump_traceback_later(timeout + 10, exit=True)
+        token = deadline.arm(timeout + 10)
         closer = threading.Thread(target=leave, name=f"streamq-close[{self._group}]", daemon=True)
         closer.start()
         closer.join(timeout)
         if not closer.is_alive():
-            faulthandler.cancel_dump_traceback_later()
+            deadline.disarm(token)
         if closer.is_alive():
             log.warning(
                 "group %s: leaving the group did not finish within %.0fs; the broker will "

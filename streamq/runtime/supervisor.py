@@ -7,6 +7,12 @@ child that crashed with exponential backoff, and returns the exit code for the C
 die with the supervisor (PR_SET_PDEATHSIG), so a killed supervisor leaves no orphan holding
 partitions, and they run in their own process group so a terminal's Ctrl-C reaches them
 once, through the supervisor.
+
+Every stop is bounded, even for a child whose Python is frozen (a C call holding the GIL
+forever cannot run a signal handler): the supervisor SIGKILLs a child still alive
+``stop_timeout`` seconds after it forwarded the stop, and a child whose supervisor died
+exits by itself ``stop_timeout`` seconds later, from a thread that never takes the GIL
+(``streamq._dispatch.watch_parent``; the pure-Python fallback needs the GIL).
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from .._native import native
 from ..logs import get_logger
 
 __all__ = ["EXIT_FINAL", "supervise"]
@@ -36,6 +44,23 @@ EXIT_FINAL = (0, 2, 4, 5)  # done, bad usage, halted, fenced: a restart cannot h
 # A child that ran this long before failing starts its backoff over.
 _HEALTHY_AFTER = 60.0
 
+# The supervisor died and this worker was still running stop_timeout seconds later (its
+# Python frozen, or it ignored the SIGTERM): nobody reads this code, the kernel reaps it.
+EXIT_ORPHANED = 6
+
+
+def _watch_parent_py(parent: int, grace_s: float, code: int) -> None:
+    """The fallback of ``_dispatch.watch_parent``: the same, but it needs the GIL."""
+    gone_at = -1.0
+    while True:
+        if os.getppid() != parent:
+            now = time.monotonic()
+            if gone_at < 0:
+                gone_at = now
+            elif now - gone_at >= grace_s:
+                os._exit(code)
+        time.sleep(0.2)
+
 
 def _die_with_parent(parent: int) -> None:
     try:
@@ -47,9 +72,16 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(target: tuple[str, str], args: tuple[Any, ...], slot: int, parent: int) -> None:
+def _child(
+    target: tuple[str, str], args: tuple[Any, ...], slot: int, parent: int, stop_timeout: float
+) -> None:
     os.setpgrp()
     _die_with_parent(parent)
+    watch = getattr(native, "watch_parent", None) or _watch_parent_py
+    threading.Thread(
+        target=watch, args=(parent, stop_timeout, EXIT_ORPHANED), name="streamq-orphan-watch",
+        daemon=True,
+    ).start()  # fmt: skip
     os.environ["STREAMQ_WORKER_INDEX"] = str(slot)
     module, name = target
     fn = getattr(importlib.import_module(module), name)
@@ -64,17 +96,20 @@ def supervise(
     restart: bool = True,
     max_backoff: float = 30.0,
     on_exit: Callable[[int], None] | None = None,
+    stop_timeout: float = 60.0,
 ) -> int:
     """Run ``module.function(slot, *args)`` in ``workers`` spawned processes; return a code.
 
     A child that exits with a final code (0 done, 2 configuration, 4 halted) is not
     restarted; one that crashed is, after a growing delay, so a crash loop cannot spin. The
     result is 0 if every child ended with 0, else the first other code. ``on_exit(pid)``
-    runs for every child that ended (the metrics server drops its gauges).
+    runs for every child that ended (the metrics server drops its gauges). A child still
+    alive ``stop_timeout`` seconds after the stop was forwarded is SIGKILLed.
     """
     ctx = multiprocessing.get_context("spawn")
     parent = os.getpid()
     stopping = False
+    kill_at = float("inf")
     children: dict[int, tuple[BaseProcess, float]] = {}
     failures = [0] * workers
     restart_at: dict[int, float] = {}
@@ -82,14 +117,18 @@ def supervise(
 
     def spawn(slot: int) -> None:
         proc = ctx.Process(
-            target=_child, args=(target, args, slot, parent), name=f"streamq-worker-{slot}"
+            target=_child,
+            args=(target, args, slot, parent, stop_timeout),
+            name=f"streamq-worker-{slot}",
         )
         proc.start()
         children[slot] = (proc, time.monotonic())
         log.info("worker %d started (pid %s)", slot, proc.pid)
 
     def on_signal(signum: int, frame: object) -> None:
-        nonlocal stopping
+        nonlocal stopping, kill_at
+        if not stopping:
+            kill_at = time.monotonic() + stop_timeout
         stopping = True
         restart_at.clear()
         for proc, _ in children.values():
@@ -102,6 +141,16 @@ def supervise(
             spawn(slot)
         while children or restart_at:
             now = time.monotonic()
+            if now >= kill_at:
+                kill_at = float("inf")
+                for slot, (proc, _) in children.items():
+                    if proc.is_alive() and proc.pid is not None:
+                        log.error(
+                            "worker %d (pid %s) still running %.0fs after the stop: killing it; "
+                            "its uncommitted records will be redelivered",
+                            slot, proc.pid, stop_timeout,
+                        )  # fmt: skip
+                        os.kill(proc.pid, signal.SIGKILL)
             for slot, at in list(restart_at.items()):
                 if at <= now:
                     del restart_at[slot]

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from .. import logs
+from .. import deadline, logs
 from ..brokers import connect
 from ..brokers.base import Backend, Broker
 from ..crashes import CrashCounter, counter_url
@@ -31,7 +31,14 @@ from .group import GroupRunner
 if TYPE_CHECKING:
     from ..app import App
 
-__all__ = ["EXIT_SHUTDOWN_TIMEOUT", "Worker", "exit_code_for", "run_app_child", "run_worker"]
+__all__ = [
+    "EXIT_SHUTDOWN_TIMEOUT",
+    "STOP_DEADLINE_GRACE",
+    "Worker",
+    "exit_code_for",
+    "run_app_child",
+    "run_worker",
+]
 
 log = logs.get_logger("streamq.worker")
 
@@ -41,6 +48,11 @@ EXIT_USAGE = 2  # bad usage or configuration
 EXIT_SHUTDOWN_TIMEOUT = 3  # handlers outlived shutdown_timeout: their records are not committed
 EXIT_HALTED = 4  # the run ended with a partition halted at a record
 EXIT_FENCED = 5  # the group replaced this member (a second process with its instance_id)
+
+# A stop that has not ended this long after shutdown_timeout is stuck where Python cannot
+# help: the GIL-free deadline (streamq.deadline) prints every thread's stack and exits 1.
+# The Python watchdog of a signalled stop (exit 3, a log line) fires 10 s before it.
+STOP_DEADLINE_GRACE = 15.0
 
 
 def exit_code_for(exc: BaseException) -> int:
@@ -125,16 +137,22 @@ class Worker:
                 runner.start()
             await self._wait_for_stop()
         finally:
-            for runner in self.runners:
-                runner.stop()
-            # Keep the loop turning while the poll threads drain: running lanes finish on it.
-            while not all(r.closed.is_set() for r in self.runners):  # noqa: ASYNC110
-                await asyncio.sleep(0.01)
-            producer.flush(settings.shutdown_timeout)
-            producer.close()
-            pools.shutdown()
-            if exporter is not None:
-                exporter.stop()
+            # A stop begins, whatever caused it (a signal, idleness, a failed poll loop): from
+            # here on it has a deadline that holds even if every Python thread freezes.
+            token = deadline.arm(settings.shutdown_timeout + STOP_DEADLINE_GRACE)
+            try:
+                for runner in self.runners:
+                    runner.stop()
+                # Keep the loop turning while the poll threads drain: running lanes finish on it.
+                while not all(r.closed.is_set() for r in self.runners):  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+                producer.flush(settings.shutdown_timeout)
+                producer.close()
+                pools.shutdown()
+                if exporter is not None:
+                    exporter.stop()
+            finally:
+                deadline.disarm(token)
         self._raise_outcome()
 
     async def _wait_for_stop(self) -> None:
@@ -206,8 +224,8 @@ def _watchdog(done: threading.Event, deadline: float) -> None:
     def watch() -> None:
         if not done.wait(deadline):
             log.critical(
-                "shutdown did not finish within %.0fs (a handler is hung); exiting with code %d; "
-                "uncommitted records will be redelivered",
+                "shutdown did not finish within %.0fs (a handler is hung, or the broker does "
+                "not answer); exiting with code %d; uncommitted records will be redelivered",
                 deadline,
                 EXIT_SHUTDOWN_TIMEOUT,
             )

@@ -32,6 +32,7 @@ SIGKILLED = -9
         # everything polled long before the killer is reached: chunks first
         ("full", {"max_poll_records": 50}, "0.003", "those in chunks of up to", 4),
     ],
+    ids=["small-read-ahead", "full-read-ahead"],
 )
 def test_a_record_that_kills_the_worker_goes_to_the_dlq(
     broker, tmp_path: Path, read_ahead: str, extra: dict, sleep: str, plan: str, deaths: int

@@ -39,3 +39,19 @@ def record_environment(slot: int, where: str) -> int:
     index = os.environ.get("STREAMQ_WORKER_INDEX")
     (Path(where) / f"env-{slot}-{index}-pgrp-{os.getpgrp() == os.getpid()}").touch()
     return 0
+
+
+def freeze(slot: int, where: str) -> int:
+    """A worker whose Python can never run again, like one stuck in librdkafka #4041.
+
+    It would exit at once on SIGTERM if Python could run its handler; but its main thread
+    sits in a C call that holds the GIL, with SIGTERM blocked there, so the signal lands on
+    another thread and the handler never runs.
+    """
+    import ctypes
+
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    (Path(where) / f"up-{slot}-{os.getpid()}").touch()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    ctypes.PyDLL(None).pause()  # PyDLL: the GIL stays held for the whole call
+    return 0

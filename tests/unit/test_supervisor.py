@@ -8,6 +8,9 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from streamq._native import NO_EXTENSIONS
 from streamq.runtime.supervisor import supervise
 
 T = "tests.unit.supervised"
@@ -72,3 +75,81 @@ def test_children_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     while len(list(tmp_path.glob("down-*"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert sorted(p.name for p in tmp_path.glob("down-*")) == ["down-0", "down-1"]
+
+
+def _alive(pid: int) -> bool:
+    """Running, as opposed to gone or a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] not in "ZX"
+    except (OSError, IndexError):
+        return False
+
+
+def test_a_frozen_child_is_killed_when_it_outlives_the_stop(tmp_path: Path) -> None:
+    """The forwarded SIGTERM cannot run in a child whose Python is frozen: SIGKILL ends it."""
+
+    def kill_when_up() -> None:
+        deadline = time.monotonic() + 30
+        while len(list(tmp_path.glob("up-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=kill_when_up, daemon=True).start()
+    code = supervise((T, "freeze"), (str(tmp_path),), 2, stop_timeout=1.0)
+    pids = [int(p.name.split("-")[2]) for p in tmp_path.glob("up-*")]
+    assert len(pids) == 2, "the children never started"
+    assert code == 128 + signal.SIGKILL, f"exit code {code}: the children were not killed"
+    assert not any(_alive(pid) for pid in pids)
+
+
+@pytest.mark.skipif(NO_EXTENSIONS, reason="only the compiled watcher runs without the GIL")
+def test_a_frozen_child_exits_after_its_supervisor_was_killed(tmp_path: Path) -> None:
+    """PR_SET_PDEATHSIG's SIGTERM cannot run in a frozen child; its GIL-free watcher can."""
+    import subprocess
+    import sys
+
+    code = (
+        "from streamq.runtime.supervisor import supervise; "
+        f"supervise(({T!r}, 'freeze'), ({str(tmp_path)!r},), 1, stop_timeout=2.0)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob("up-*")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    (up,) = tmp_path.glob("up-*")
+    pid = int(up.name.split("-")[2])
+    time.sleep(0.3)  # into pause()
+    proc.kill()
+    proc.wait(10)
+    time.sleep(0.5)
+    assert _alive(pid), "the child stopped on SIGTERM: it was not frozen, nothing was tested"
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid), "the frozen child outlived its supervisor"
+
+
+@pytest.mark.parametrize(
+    ("script", "code"),
+    [
+        ("d.arm(0.5)", 1),
+        ("d.arm(60); d.arm(0.5)", 1),  # the earliest deadline wins
+        ("t = d.arm(60); d.arm(0.5); d.disarm(t)", 1),
+        ("t = d.arm(0.5); d.disarm(t); import time; time.sleep(1.5); raise SystemExit(0)", 0),
+    ],
+)
+def test_a_hard_deadline_ends_a_process_whose_python_is_frozen(script: str, code: int) -> None:
+    import subprocess
+    import sys
+
+    program = (
+        "import ctypes, streamq.deadline as d\n"
+        f"{script}\n"
+        "ctypes.PyDLL(None).pause()\n"  # holds the GIL: only a C thread can end this
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60,
+        cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert done.returncode == code, done.stderr
+    if code:
+        assert "Timeout" in done.stderr and "File " in done.stderr  # every thread's stack
