@@ -16,8 +16,9 @@ How the numbers get out without touching the hot path:
 
 Health is computed by the server from the same files. Liveness (``/healthz``) fails when a
 worker's poll loop has not turned within ``poll_ttl``, or when a partition with work has not
-advanced within ``consuming_ttl`` (a hung handler). Readiness (``/readyz``) wants every live
-worker connected to its broker and every group holding partitions.
+advanced within ``consuming_ttl`` (a hung handler, or records it owns that are not fetched).
+Readiness (``/readyz``) wants every live worker connected to its broker and every group
+holding partitions.
 """
 
 from __future__ import annotations
@@ -427,7 +428,7 @@ def evaluate_health(
     live.extend(
         f"worker pid {s.labels.get('pid')}: {s.labels['topic']}[{s.labels['partition']}] of "
         f"group {s.labels['group']} has had work without progress for {now - s.value:.0f}s "
-        f"(consuming_ttl {consuming_ttl:g}s): a handler hangs"
+        f"(consuming_ttl {consuming_ttl:g}s): a handler hangs, or its records are not fetched"
         for s in samples.get("streamq_partition_waiting_since_timestamp_seconds", [])
         if s.value and now - s.value > consuming_ttl
     )

@@ -17,6 +17,7 @@ Not thread-safe: the worker's poll thread owns it and feeds it completions.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from ._native import native
@@ -183,6 +184,13 @@ class OffsetTracker:
             if pos is not None:
                 out[tp] = pos
         return out
+
+    def mark_uncommitted(self, tps: Iterable[TopicPartition]) -> None:
+        """Their last commit failed after all: the next commit carries their positions again."""
+        for tp in tps:
+            part = self.parts.get(tp)
+            if part is not None:
+                part.committed = None
 
     def mark_committed(self, positions: dict[TopicPartition, int]) -> None:
         for tp, pos in positions.items():

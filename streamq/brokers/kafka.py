@@ -276,6 +276,7 @@ class KafkaConsumer:
         self._probed_at = 0.0
         self._topics: tuple[str, ...] = ()
         self._assignment: set[TopicPartition] = set()
+        self._failed_commits: dict[TopicPartition, int] = {}
         self._assigned_once = False
         self._caught_up = False
         self._checked_at = 0.0
@@ -388,6 +389,10 @@ class KafkaConsumer:
         self._checked_at = 0.0
         self._call(0, tps)
         self._apply(consumer.incremental_assign if self._cooperative else consumer.assign, parts)
+        # librdkafka keeps an application pause through unassign and reassign; the runner
+        # forgets its pauses with the assignment (C7). A partition paused for back-pressure,
+        # revoked and given back to this member would otherwise never be fetched again.
+        self._apply(consumer.resume, parts)
 
     def _revoked(self, consumer: Any, parts: list[Any]) -> None:
         self._confirm()
@@ -432,13 +437,23 @@ class KafkaConsumer:
             log.exception("group %s: rebalance callback failed", self._group)
 
     def _on_commit(self, err: KafkaError | None, parts: list[Any]) -> None:
-        if err is not None:
-            _error_log.warning(
-                "group %s: asynchronous commit failed (%s); the next commit carries these "
-                "positions again",
-                self._group,
-                err.str(),
-            )
+        """Served inside consume(), on the poll thread; failures go back to the runner."""
+        failed = [p for p in parts or () if err is not None or p.error is not None]
+        if not failed:
+            return
+        for p in failed:
+            self._failed_commits[TopicPartition(p.topic, p.partition)] = p.offset
+        _error_log.warning(
+            "group %s: asynchronous commit failed (%s); the next commit carries these "
+            "positions again",
+            self._group,
+            (err or failed[0].error).str(),
+        )
+
+    def take_failed_commits(self) -> dict[TopicPartition, int]:
+        """Positions whose asynchronous commit failed since the last call."""
+        failed, self._failed_commits = self._failed_commits, {}
+        return failed
 
     def _on_client_error(self, err: KafkaError) -> None:
         if err.code() in _DISCONNECTED:
@@ -493,6 +508,56 @@ class KafkaConsumer:
                 continue
             if high is not None and high >= 0:
                 out[tp] = max(0, high - position)
+        return out
+
+    def unfetched(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        """Per partition with records past the consumer's position: (position, how many).
+
+        The runner asks about partitions it does not pause and has nothing in flight for:
+        one that stays behind at the same position is not being fetched at all. The end
+        offsets come from the broker in one request (ListOffsets, LATEST: the last stable
+        offset under read_committed); the position is librdkafka's own, which steps over
+        transaction markers, or, until a record was consumed since the assignment, the
+        group's committed offset (one more request).
+        """
+        if not tps:
+            return {}
+        timeout = min(1.0, self._settings.broker_timeout)  # on the poll thread
+        out: dict[TopicPartition, tuple[int, int]] = {}
+        try:
+            ends = {
+                TopicPartition(e.topic, e.partition): e.offset
+                for e in self._consumer.offsets_for_times(
+                    [ck.TopicPartition(tp.topic, tp.partition, -1) for tp in tps], timeout=timeout
+                )
+                if e.error is None and e.offset > 0
+            }
+            if not ends:
+                return {}
+            unknown = []
+            for p in self._consumer.position([_ck(tp) for tp in ends]):
+                tp = TopicPartition(p.topic, p.partition)
+                if p.offset >= 0:
+                    if ends[tp] > p.offset:
+                        out[tp] = (p.offset, ends[tp] - p.offset)
+                else:
+                    unknown.append(tp)
+            if unknown:
+                earliest = self._settings.auto_offset_reset == "earliest"
+                for c in self._consumer.committed([_ck(tp) for tp in unknown], timeout=timeout):
+                    tp = TopicPartition(c.topic, c.partition)
+                    if c.offset >= 0:
+                        start = c.offset
+                    elif earliest:
+                        start = self._consumer.get_watermark_offsets(c, cached=True)[0]
+                        if start is None or start < 0:
+                            continue
+                    else:
+                        continue  # latest: nothing before the end is this group's
+                    if ends[tp] > start:
+                        out[tp] = (start, ends[tp] - start)
+        except KafkaException:
+            return {}
         return out
 
     def lease_of(self, tp: TopicPartition) -> Lease:

@@ -71,6 +71,10 @@ Unit = tuple[LaneKey, int, HandlerSpec, "Lease | None", list[Message]]
 # (lag may ask the broker: Redis XINFO).
 _SAMPLE_INTERVAL = 0.5
 _LAG_INTERVAL = 2.0
+# A partition not paused by us, with nothing in flight, whose fetch position stays behind its
+# high watermark this long is not being fetched: said in the log, resumed, shown to health.
+UNFETCHED_AFTER = 10.0
+_UNFETCHED_INTERVAL = 2.0
 
 # Seconds cancelled lanes get to unwind and report what they finished.
 _CANCEL_GRACE = 2.0
@@ -313,6 +317,18 @@ class GroupRunner:
         self.backend_events: Counter[tuple[str, str, str]] = (
             events if isinstance(events, Counter) else Counter()
         )
+        # asynchronous commits that failed (Kafka): the tracker had marked them committed
+        self._take_failed_commits: Callable[[], dict[TopicPartition, int]] | None = getattr(
+            self._backend, "take_failed_commits", None
+        )
+        # records that sit past the fetch position of a partition nobody fetches (Kafka)
+        self._unfetched_of: (
+            Callable[[list[TopicPartition]], dict[TopicPartition, tuple[int, int]]] | None
+        ) = getattr(self._backend, "unfetched", None)
+        # partition -> (the position it is stuck at, since when; monotonic)
+        self._unfetched_since: dict[TopicPartition, tuple[int, float]] = {}
+        self._unfetched_told: set[TopicPartition] = set()
+        self._next_unfetched = 0.0
         # loop-thread state
         self._lanes: dict[LaneKey, Lane] = {}
         # shared
@@ -359,6 +375,8 @@ class GroupRunner:
                     self._take_sample(now)
                 self._apply_completions()
                 self._maybe_commit()
+                if self._unfetched_of is not None and time.monotonic() >= self._next_unfetched:
+                    self._check_unfetched()
                 try:
                     batch = self._backend.poll_batch(
                         settings.max_poll_records, settings.poll_timeout
@@ -377,6 +395,10 @@ class GroupRunner:
                     continue
                 failures = 0
                 self._connected = True
+                if self._take_failed_commits is not None:
+                    failed = self._take_failed_commits()  # served inside that poll
+                    if failed:
+                        self._tracker.mark_uncommitted(failed)
                 if batch:
                     self.idle_since = None
                     if failpoints.ACTIVE:
@@ -619,6 +641,8 @@ class GroupRunner:
             if in_flight and not halted:
                 seen = self._position_at.get(tp)
                 waiting = seen[1] if seen is not None else now
+            elif tp in self._unfetched_since:  # records it owns, none fetched
+                waiting = now - (time.monotonic() - self._unfetched_since[tp][1])
             parts[tp] = PartitionSample(
                 in_flight, part.bytes, tp in self._paused, halted, waiting, self._lags.get(tp)
             )
@@ -645,10 +669,49 @@ class GroupRunner:
         )
         return self._tracker.in_flight_records - halted
 
+    def _check_unfetched(self) -> None:
+        """Find partitions this member owns but does not fetch, say so once, and resume them.
+
+        librdkafka keeps a pause through a revoke and a reassignment (the backend resumes on
+        assignment for that); whatever else leaves a partition paused or stuck, a member
+        must not sit idle, and healthy, next to records it owns.
+        """
+        now = time.monotonic()
+        self._next_unfetched = now + _UNFETCHED_INTERVAL
+        assert self._unfetched_of is not None
+        parts = self._tracker.parts
+        candidates = [
+            tp
+            for tp in self._assigned
+            if tp not in self._paused
+            and tp not in self._halted
+            and (tp not in parts or parts[tp].in_flight == 0)
+        ]
+        found = self._unfetched_of(candidates) if self._connected and candidates else {}
+        for tp in list(self._unfetched_since):
+            if tp not in found or found[tp][0] != self._unfetched_since[tp][0]:
+                del self._unfetched_since[tp]  # fetched meanwhile: the position moved
+                self._unfetched_told.discard(tp)
+        stuck = []
+        for tp, (position, count) in found.items():
+            since = self._unfetched_since.setdefault(tp, (position, now))[1]
+            if now - since >= UNFETCHED_AFTER and tp not in self._unfetched_told:
+                self._unfetched_told.add(tp)
+                stuck.append(tp)
+                log.warning(
+                    "group %s: %s[%d] has %d record(s) past its position %d that were not "
+                    "fetched for %.0fs although it is not paused for back-pressure; resuming it",
+                    self.group, tp.topic, tp.partition, count, position, now - since,
+                )  # fmt: skip
+        if stuck:
+            self._backend.resume(stuck)
+        if found:
+            self.idle_since = None  # records it owns are waiting: not caught up
+
     def _check_idle(self) -> None:
         """Idle means caught up: assignment settled, nothing in flight, everything committed."""
         self._apply_completions()
-        if not self._backend.settled or self._in_flight_unhalted() > 0:
+        if not self._backend.settled or self._in_flight_unhalted() > 0 or self._unfetched_since:
             self.idle_since = None
             return
         if self._tracker.dirty_positions() and not self._commit(sync=True):
@@ -738,6 +801,8 @@ class GroupRunner:
             self._suspects.pop(tp, None)
             self._position_at.pop(tp, None)
             self._lags.pop(tp, None)
+            self._unfetched_since.pop(tp, None)
+            self._unfetched_told.discard(tp)
 
     def _quiesce(self, tps: list[TopicPartition] | None, timeout: float) -> bool:
         """Stop the lanes of ``tps`` (all if None) and wait for their running unit.

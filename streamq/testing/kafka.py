@@ -149,8 +149,15 @@ def free_port() -> int:
 
 
 def _random_uuid() -> str:
-    """A Kafka ``Uuid`` string (url-safe base64, no padding), without starting a JVM."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka ``Uuid`` string (url-safe base64, no padding), without starting a JVM.
+
+    Never one that starts with "-": ``kafka-storage format -t -xyz`` reads it as an option
+    and fails (one start in 64 did).
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 @dataclass

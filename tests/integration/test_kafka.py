@@ -297,3 +297,94 @@ def test_partitions_added_while_consuming_are_picked_up(kafka_url: str, tmp_path
     for f in futures:
         ends[f.result().partition] = max(ends.get(f.result().partition, 0), f.result().offset + 1)
     assert committed(kafka_url, group, topic, 4) == ends
+
+
+def test_a_paused_partition_given_back_after_a_revoke_is_fetched_again(kafka_url: str) -> None:
+    """C7 on librdkafka, which keeps a pause through unassign and reassign (issue 15).
+
+    The runner forgets its back-pressure pauses with the assignment; a partition paused,
+    revoked and given back to the same member was never fetched again, and the member sat
+    idle next to records it owned.
+    """
+    from confluent_kafka import Producer as CkProducer
+
+    from tests.contract import Member
+
+    topic, group = create_topic(kafka_url, 2), unique("c7")
+    a = Member(kafka_url, group, topic, kafka=FAST_GROUP)
+    a.wait_owned(2)
+    a.backend.pause(sorted(a.owned))  # back-pressure on both
+    b = Member(kafka_url, group, topic, kafka=FAST_GROUP)
+    deadline = time.monotonic() + 60
+    while not (a.revoked and b.owned) and time.monotonic() < deadline:
+        a.poll_for(0.1)
+        b.poll_for(0.1)
+    assert a.revoked and b.owned, "the second member never took a partition"
+    moved = a.revoked[0]  # the fault: a paused partition was revoked ...
+    b.close()
+    deadline = time.monotonic() + 60
+    while moved not in a.owned and time.monotonic() < deadline:
+        a.poll_for(0.1)
+    assert moved in a.owned, "the partition never came back"  # ... and given back
+    producer = CkProducer({"bootstrap.servers": kafka_url.removeprefix("kafka://")})
+    for i in range(20):
+        producer.produce(topic, f'{{"i": {i}}}'.encode(), partition=moved.partition)
+    assert producer.flush(30) == 0
+    got = a.poll_until(20, timeout=30)
+    assert len(got) == 20 and {m.partition for m in got} == {moved.partition}
+    a.close()
+
+
+def test_a_partition_nobody_fetches_is_found_resumed_and_reported(
+    kafka_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Whatever leaves a partition unfetched, its owner must not sit idle next to its records.
+
+    The pause here is made behind the runner's back, straight on the client: the runner
+    must notice the records past the fetch position, say so, resume the partition, and not
+    count itself idle meanwhile.
+    """
+    import asyncio
+    import threading
+
+    from streamq.brokers.kafka import _ck
+    from streamq.runtime import group as group_mod
+    from streamq.runtime.worker import Worker
+
+    monkeypatch.setattr(group_mod, "UNFETCHED_AFTER", 1.0)
+    topic = create_topic(kafka_url, 1)
+    app = streamq.App(unique("starved"), broker=kafka_url, kafka=FAST_GROUP, poll_timeout=0.05)
+    seen: list[int] = []
+
+    @app.handler(topic)
+    def handle(value: dict) -> None:
+        seen.append(value["i"])
+
+    produce(kafka_url, topic, 10)
+    worker = Worker(app, None)
+    thread = threading.Thread(target=lambda: asyncio.run(worker.serve()), daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(seen) == 10, 60, "the first records")
+        runner = worker.runners[0]
+        (tp,) = runner._assigned
+        backend, armed, done = runner._backend, threading.Event(), threading.Event()
+        real_poll = backend.poll_batch
+
+        def poll_batch(max_records: int, timeout: float) -> list:
+            if armed.is_set():  # on the poll thread, like every pause streamq makes
+                armed.clear()
+                backend._consumer.pause([_ck(tp)])  # the fault, behind the runner's back
+                done.set()
+            return real_poll(max_records, timeout)
+
+        backend.poll_batch = poll_batch
+        armed.set()
+        assert done.wait(10), "the partition was never paused"
+        produce(kafka_url, topic, 10)
+        wait_until(lambda: len(seen) == 20, 60, "the records past the stuck position")
+        assert "not fetched for" in caplog.text and "resuming it" in caplog.text
+    finally:
+        worker.request_stop()
+        thread.join(60)
+    assert not thread.is_alive()

@@ -93,12 +93,16 @@ class _Recorder:
 @pytest.mark.parametrize(
     ("settings", "expected"),
     [
-        ({}, ["incremental_assign", "incremental_unassign", "incremental_unassign"]),
+        # every assignment also resumes: librdkafka keeps a pause through a reassignment
+        ({}, ["incremental_assign", "resume", "incremental_unassign", "incremental_unassign"]),
         (
             {"group_protocol": "consumer", "kafka": {}},
-            ["incremental_assign"] + 2 * ["incremental_unassign"],
+            ["incremental_assign", "resume"] + 2 * ["incremental_unassign"],
         ),
-        ({"kafka": {"partition.assignment.strategy": "range"}}, ["assign", "unassign", "unassign"]),
+        (
+            {"kafka": {"partition.assignment.strategy": "range"}},
+            ["assign", "resume", "unassign", "unassign"],
+        ),
     ],
     ids=["cooperative-sticky", "kip848", "eager"],
 )
@@ -116,3 +120,33 @@ def test_rebalance_callbacks_assign_themselves(settings: dict, expected: list[st
         assert fake.calls == expected
     finally:
         consumer.close()
+
+
+def test_a_failed_asynchronous_commit_goes_back_to_the_tracker() -> None:
+    """An async commit that failed used to stay marked committed: idle never re-sent it."""
+    from confluent_kafka import KafkaError
+    from confluent_kafka import TopicPartition as CkTopicPartition
+
+    from streamq.brokers import connect
+    from streamq.message import Message, TopicPartition
+    from streamq.offsets import OffsetTracker
+    from streamq.settings import load_settings
+
+    url = "kafka://127.0.0.1:9"
+    settings = load_settings(broker=url)
+    backend = connect(url, settings).consumer("g", settings)
+    backend._on_commit(KafkaError(KafkaError.ILLEGAL_GENERATION), [CkTopicPartition("t", 0, 3)])
+    failed = backend.take_failed_commits()
+    assert failed == {TopicPartition("t", 0): 3}
+    assert backend.take_failed_commits() == {}
+
+    tracker = OffsetTracker()
+    tp = TopicPartition("t", 0)
+    epoch = tracker.assign(tp)
+    msgs = [Message("t", 0, o, None, b"{}") for o in range(3)]
+    tracker.track(tp, msgs)
+    tracker.complete(tp, epoch, msgs)
+    tracker.mark_committed(tracker.dirty_positions())
+    assert tracker.dirty_positions() == {}
+    tracker.mark_uncommitted(failed)
+    assert tracker.dirty_positions() == {tp: 3}

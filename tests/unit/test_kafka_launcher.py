@@ -60,3 +60,12 @@ def test_a_cached_resolution_needs_no_maven(
 def test_kafka_uuids_have_kafkas_form() -> None:
     value = kafka._random_uuid()
     assert len(value) == 22 and "=" not in value
+
+
+def test_cluster_ids_never_look_like_an_option() -> None:
+    """``kafka-storage format -t -xyz`` fails: a random id starting with "-" broke a start."""
+    from streamq.testing.kafka import _random_uuid
+
+    ids = [_random_uuid() for _ in range(5000)]  # about 78 would start with "-" otherwise
+    assert not any(i.startswith("-") for i in ids)
+    assert all(len(i) == 22 for i in ids)
