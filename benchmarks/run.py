@@ -135,7 +135,8 @@ def run_recovery(kafka_url: str, redis_url: str, quick: bool) -> dict[str, Any]:
     print("\n== recovery: a group SIGKILLed at 30% and restarted, against a clean drain")
     subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "recovery.py"), "--kafka", kafka_url,
-         "--redis", redis_url, "--messages", n, "--json", str(out)],
+         "--redis", redis_url, "--messages", n, "--rounds", "1" if quick else "3",
+         "--json", str(out)],
         check=True,
     )  # fmt: skip
     return dict(json.loads(out.read_text()))

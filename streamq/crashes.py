@@ -128,7 +128,9 @@ class CrashCounter:
 
         self.url = url
         self.limit = limit
-        self._r: Any = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        # Generous: a slow answer (an fsync-always Redis on a busy disk) that timed out would
+        # pause counting, and a death in that pause costs the killer an extra restart.
+        self._r: Any = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
         self._prefix = f"streamq:crash:{group}:"
         self._ttl_ms = int(ttl * 1000)
         self._quiet_until = 0.0

@@ -27,6 +27,7 @@ import functools
 import http.server
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import time
@@ -451,6 +452,20 @@ def evaluate_health(
 class MetricsServer:
     """``/metrics``, ``/healthz`` and ``/readyz`` over every worker's multiprocess files."""
 
+    def respond_settled(self, route: str) -> tuple[int, str, bytes]:
+        """``respond``, read again when a worker was creating a file right then.
+
+        prometheus-client's reader fails on a metrics file a worker has just created and not
+        yet sized ("unpack_from requires a buffer of at least 4 bytes"): a moment later it
+        reads fine, so a health check must not turn that into a 500.
+        """
+        for _ in range(4):
+            try:
+                return self.respond(route)
+            except struct.error:
+                time.sleep(0.02)
+        return self.respond(route)
+
     def __init__(self, host: str, port: int, path: str) -> None:
         pc = _prometheus()
         from prometheus_client import multiprocess
@@ -466,7 +481,7 @@ class MetricsServer:
             def do_GET(self) -> None:
                 route = self.path.split("?", 1)[0]
                 try:
-                    status, ctype, body = server.respond(route)
+                    status, ctype, body = server.respond_settled(route)
                 except Exception as exc:  # a scrape must never take the worker down
                     status, ctype, body = 500, "text/plain", f"error: {exc}\n".encode()
                 self.send_response(status)

@@ -55,7 +55,10 @@ def test_a_record_that_kills_the_worker_goes_to_the_dlq(
             break
     # the fault this case is about: the first restart found the range it meant to
     assert plan in outputs[1], outputs[1][-3000:]
-    assert codes == [SIGKILLED] * deaths + [0], f"exit codes {codes}; last run:\n{out}"
+    paused = [line for o in outputs for line in o.splitlines() if "crash counter at" in line]
+    assert codes == [SIGKILLED] * deaths + [0], (
+        f"exit codes {codes}; crash counting paused: {paused}; last run:\n{out}"
+    )
     assert "WorkerLost" in out and f"@{coords[killer][1]}" in out
 
     starts = [e for e in read_ledger(ledger, "S") if e.id == killer]
