@@ -9,7 +9,8 @@ survives the dead process and follows the partition to its next owner. It costs 
 pipelined write per polled batch in normal operation:
 
 1. Before the records of a poll reach a handler, the poll thread writes, per partition, the
-   range it has polled but not finished (``polled = "low high"``).
+   range it has polled but not finished, and how many records it holds
+   (``polled = "low high count"``: offsets are not dense on Redis Streams).
 2. A new owner that finds such a range knows the previous owner may have died inside it,
    but after an ordinary SIGKILL (a deploy, a node drain, an OOM kill of a neighbour) it
    holds nothing but innocent records, up to ``max_in_flight`` of them. So the range is
@@ -64,12 +65,14 @@ class Suspects:
     high: int
     solo: list[tuple[int, int]] = field(default_factory=list)  # chunks running at a death
     counts: dict[int, int] = field(default_factory=dict)  # solo starts of single records
+    records: int = -1  # in low..high; -1: count the offsets (they are dense on Kafka)
     in_chunks: int = 0  # records planned so far, for the line that says recovery is over
     alone: int = 0
 
     @property
     def chunked(self) -> bool:
-        return self.high - self.low + 1 > SOLO_MAX
+        records = self.records if self.records >= 0 else self.high - self.low + 1
+        return records > SOLO_MAX
 
     @property
     def last(self) -> int:
@@ -155,28 +158,32 @@ class CrashCounter:
         for tp, fields in zip(tps, found, strict=True):
             if not fields:
                 continue
-            low, high = 0, -1
+            low, high, records = 0, -1, 0
             solo: list[tuple[int, int]] = []
             counts: dict[int, int] = {}
             for name, value in fields.items():
                 if name == _POLLED:
-                    low, high = (int(v) for v in value.split())
+                    low, high, *n = (int(v) for v in value.split())
+                    records = n[0] if n else high - low + 1  # written before it was counted
                 elif name.startswith(b"o"):
                     counts[int(name[1:])] = int(value)
                 elif name.startswith(b"c"):
                     solo.append((int(name[1:]), int(value)))
-            out[tp] = Suspects(low, high, sorted(solo), counts)
+            out[tp] = Suspects(low, high, sorted(solo), counts, records=records)
         return out
 
-    def note_polled(self, ranges: dict[TopicPartition, tuple[int, int]]) -> None:
-        """Record what is about to reach handlers; called by the poll thread before it does."""
+    def note_polled(self, ranges: dict[TopicPartition, tuple[int, int, int]]) -> None:
+        """Record what is about to reach handlers: first and last offset, how many records.
+
+        Called by the poll thread before any of them can start.
+        """
         if not ranges or not self._usable():
             return
         try:
             pipe = self._r.pipeline(transaction=False)
-            for tp, (low, high) in ranges.items():
+            for tp, (low, high, records) in ranges.items():
                 key = self._key(tp)
-                pipe.hset(key, _POLLED, f"{low} {high}")
+                pipe.hset(key, _POLLED, f"{low} {high} {records}")
                 pipe.pexpire(key, self._ttl_ms)
             pipe.execute()
         except Exception as exc:

@@ -423,7 +423,7 @@ class GroupRunner:
         lanes = self._settings.key_lanes
         tracker = self._tracker
         crashes = self._crashes
-        polled: dict[TopicPartition, tuple[int, int]] = {}
+        polled: dict[TopicPartition, tuple[int, int, int]] = {}
         consumed = self._stats.consumed_by
         metrics = self._metrics
         now = 0.0
@@ -442,7 +442,8 @@ class GroupRunner:
                     continue
             elif crashes is not None:
                 low = part.position  # the first unfinished offset; may be 0
-                polled[tp] = (msgs[0].offset if low is None else low, msgs[-1].offset)
+                # records, not offsets: Redis offsets jump by 2**20 at each millisecond
+                polled[tp] = (msgs[0].offset if low is None else low, msgs[-1].offset, part.held)
             lease = self._leases.get(tp)
             suspects = self._suspects.get(tp) if self._suspects else None
             if suspects is not None:
