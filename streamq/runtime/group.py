@@ -642,7 +642,7 @@ class GroupRunner:
             if in_flight and not halted:
                 seen = self._position_at.get(tp)
                 waiting = seen[1] if seen is not None else now
-            elif tp in self._unfetched_since:  # records it owns, none fetched
+            elif tp in self._unfetched_told:  # records it owns, none fetched for a while
                 waiting = now - (time.monotonic() - self._unfetched_since[tp][1])
             parts[tp] = PartitionSample(
                 in_flight, part.bytes, tp in self._paused, halted, waiting, self._lags.get(tp)
