@@ -44,14 +44,20 @@ def test_without_restart_the_failure_code_is_returned() -> None:
     assert supervise((T, "exit_with"), (7,), 2, restart=False) == 7
 
 
-def test_sigterm_is_forwarded_to_children(tmp_path: Path) -> None:
+def _sigterm_self_when_up(where: Path, children: int) -> None:
+    """SIGTERM this (supervising) process once ``children`` wrote their up-* files."""
+
     def kill_when_up() -> None:
         deadline = time.monotonic() + 30
-        while len(list(tmp_path.glob("up-*"))) < 2 and time.monotonic() < deadline:
+        while len(list(where.glob("up-*"))) < children and time.monotonic() < deadline:
             time.sleep(0.02)
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=kill_when_up, daemon=True).start()
+
+
+def test_sigterm_is_forwarded_to_children(tmp_path: Path) -> None:
+    _sigterm_self_when_up(tmp_path, 2)
     assert supervise((T, "wait_for_sigterm"), (str(tmp_path),), 2) == 0
     assert sorted(p.name for p in tmp_path.glob("down-*")) == ["down-0", "down-1"]
 
@@ -88,13 +94,7 @@ def _alive(pid: int) -> bool:
 def test_a_frozen_child_is_killed_when_it_outlives_the_stop(tmp_path: Path) -> None:
     """The forwarded SIGTERM cannot run in a child whose Python is frozen: SIGKILL ends it."""
 
-    def kill_when_up() -> None:
-        deadline = time.monotonic() + 30
-        while len(list(tmp_path.glob("up-*"))) < 2 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=kill_when_up, daemon=True).start()
+    _sigterm_self_when_up(tmp_path, 2)
     code = supervise((T, "freeze"), (str(tmp_path),), 2, stop_timeout=1.0)
     pids = [int(p.name.split("-")[2]) for p in tmp_path.glob("up-*")]
     assert len(pids) == 2, "the children never started"
