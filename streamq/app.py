@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
+from .credentials import redact_url
 from .errors import ConfigError
 from .handlers import HandlerSpec, build_spec
 from .message import Message
@@ -148,6 +149,7 @@ class App:
                 dedup_key=dedup_key,
                 dedup_max_keys=self.settings.dedup_max_keys,
                 dedup_ttl=self.settings.dedup_ttl,
+                redis_password=self.settings.redis_secret,
                 executor=executor,
             )
             key = (spec.group, spec.topic)
@@ -252,4 +254,5 @@ class App:
             raise ConfigError(problems)
 
     def __repr__(self) -> str:
-        return f"App({self.name!r}, broker={self.settings.broker!r}, handlers={len(self.handlers)})"
+        broker = redact_url(self.settings.broker)
+        return f"App({self.name!r}, broker={broker!r}, handlers={len(self.handlers)})"

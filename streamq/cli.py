@@ -33,6 +33,7 @@ from rich.table import Table
 from . import __version__, logs
 from .app import App
 from .brokers import connect
+from .credentials import scrub
 from .dispatch import IMPLEMENTATION
 from .errors import (
     ConfigError,
@@ -68,7 +69,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"streamq: error: {message}", err=True)
+    click.echo(f"streamq: error: {scrub(message)}", err=True)
     sys.exit(code)
 
 

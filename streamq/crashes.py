@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .credentials import redact_url, redis_client
 from .logs import get_logger
 from .message import Message, TopicPartition
 
@@ -126,14 +127,15 @@ class Suspects:
 class CrashCounter:
     """Crash bookkeeping for one consumer group, in Redis hashes (one per partition)."""
 
-    def __init__(self, url: str, group: str, limit: int, ttl: float = 7 * 86400.0) -> None:
-        import redis
-
-        self.url = url
+    def __init__(
+        self, url: str, group: str, limit: int, ttl: float = 7 * 86400.0,
+        password: str | None = None,
+    ) -> None:  # fmt: skip
+        self.url = redact_url(url)  # for log lines
         self.limit = limit
         # Generous: a slow answer (an fsync-always Redis on a busy disk) that timed out would
         # pause counting, and a death in that pause costs the killer an extra restart.
-        self._r: Any = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=2.0)
+        self._r: Any = redis_client(url, password, socket_timeout=5.0, socket_connect_timeout=2.0)
         self._prefix = f"streamq:crash:{group}:"
         self._ttl_ms = int(ttl * 1000)
         self._quiet_until = 0.0

@@ -19,6 +19,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+from .credentials import redact_url, redis_client, scrub
 from .errors import ConfigError
 from .logs import get_logger
 from .message import Message
@@ -77,11 +78,11 @@ class MemoryDedup:
 class RedisDedup:
     """Keys in Redis, shared by every member of the group, expiring after ``ttl`` seconds."""
 
-    def __init__(self, url: str, namespace: str, ttl: float = 7 * 86400) -> None:
-        import redis
-
+    def __init__(
+        self, url: str, namespace: str, ttl: float = 7 * 86400, password: str | None = None
+    ) -> None:
         self.url = url
-        self._r = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+        self._r = redis_client(url, password, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._prefix = f"streamq:dedup:{namespace}:"
         self._ttl_ms = int(ttl * 1000)
 
@@ -140,17 +141,20 @@ class GuardedStore:
         )  # fmt: skip
 
 
-def make_store(spec: Any, *, namespace: str, max_keys: int, ttl: float) -> GuardedStore | None:
+def make_store(
+    spec: Any, *, namespace: str, max_keys: int, ttl: float, redis_password: str | None = None
+) -> GuardedStore | None:
     """Build the store a handler's ``dedup=`` names."""
     if spec is None:
         return None
     if spec == "memory":
         return GuardedStore(MemoryDedup(max_keys), "memory")
     if isinstance(spec, str) and spec.startswith(("redis://", "rediss://")):
-        return GuardedStore(RedisDedup(spec, namespace, ttl), spec)
+        store = RedisDedup(spec, namespace, ttl, redis_password)
+        return GuardedStore(store, redact_url(spec))
     if isinstance(spec, DedupStore):
         return GuardedStore(spec, type(spec).__name__)
     raise ConfigError(
-        f"dedup: {spec!r} is not 'memory', a redis:// URL, or an object with seen(keys) "
+        f"dedup: {scrub(repr(spec))} is not 'memory', a redis:// URL, or an object with seen(keys) "
         "and mark(keys)"
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import traceback
 
+from .credentials import scrub
 from .message import Headers, Message
 
 __all__ = ["DLQ_HEADERS", "dead_letter_record"]
@@ -53,7 +54,8 @@ def dead_letter_record(
 ) -> tuple[bytes | None, bytes | None, Headers]:
     """(key, value, headers) of the DLQ copy of ``msg``, which failed with ``exc``."""
     error_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    tb = "".join(traceback.format_exception(exc)).encode(errors="replace")
+    # An exception's text can carry a connection URL or a secret a handler held: scrubbed.
+    tb = scrub("".join(traceback.format_exception(exc))).encode(errors="replace")
     headers: Headers = list(msg.raw_headers or ())
     headers += [
         (H_TOPIC, msg.topic.encode()),
@@ -64,7 +66,7 @@ def dead_letter_record(
         (H_HANDLER, handler.encode()),
         (H_ATTEMPTS, str(msg.attempt).encode()),
         (H_ERROR_TYPE, error_type.encode()),
-        (H_ERROR_MESSAGE, _cut_head(str(exc).encode(errors="replace"), _MESSAGE_LIMIT)),
+        (H_ERROR_MESSAGE, _cut_head(scrub(str(exc)).encode(errors="replace"), _MESSAGE_LIMIT)),
         (H_TRACEBACK, _cut_tail(tb, traceback_limit)),
         (H_FAILED_AT, str(time.time_ns() // 1_000_000).encode()),
     ]

@@ -123,6 +123,7 @@ def build_spec(
     dedup_key: KeyFn | None = None,
     dedup_max_keys: int = 100_000,
     dedup_ttl: float = 7 * 86400.0,
+    redis_password: str | None = None,
     executor: str | None = None,
 ) -> HandlerSpec:
     name = getattr(fn, "__qualname__", repr(fn))
@@ -141,7 +142,10 @@ def build_spec(
         problems.append("dlq: must differ from the topic it protects")
     store: GuardedStore | None = None
     try:
-        store = make_store(dedup, namespace=group, max_keys=dedup_max_keys, ttl=dedup_ttl)
+        store = make_store(
+            dedup, namespace=group, max_keys=dedup_max_keys, ttl=dedup_ttl,
+            redis_password=redis_password,
+        )  # fmt: skip
     except ConfigError as exc:
         problems.extend(exc.problems)
     if dedup_key is not None and not callable(dedup_key):

@@ -25,6 +25,8 @@ from typing import Any
 
 import orjson
 
+from .credentials import Scrub
+
 __all__ = ["JsonFormatter", "RateLimit", "about", "configure", "get_logger"]
 
 # The extra fields that make a line about a record (and the group it belongs to).
@@ -65,17 +67,19 @@ class RateLimit(logging.Filter):
 
 
 _RATE_LIMIT = RateLimit()
+_SCRUB = Scrub()
 
 
 def get_logger(name: str) -> logging.Logger:
-    """A streamq logger with the shared rate limit, which also works when embedded.
+    """A streamq logger with the shared rate limit and secret masking, also when embedded.
 
-    The limit sits on the logger, not on a handler, so it applies whichever handlers the
-    application configured.
+    Both sit on the logger, not on a handler, so they apply whichever handlers the
+    application configured; the mask runs after the limit, on the lines that pass.
     """
     logger = logging.getLogger(name)
     if _RATE_LIMIT not in logger.filters:
         logger.addFilter(_RATE_LIMIT)
+        logger.addFilter(_SCRUB)
     return logger
 
 
@@ -117,7 +121,8 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[1] is not None:
             exc = record.exc_info[1]
             out["error_type"] = type(exc).__name__
-            out["traceback"] = "".join(traceback.format_exception(exc))
+            # exc_text is the traceback Scrub already masked
+            out["traceback"] = record.exc_text or "".join(traceback.format_exception(exc))
         return orjson.dumps(out, default=str).decode()
 
 
@@ -126,6 +131,7 @@ def configure(level: str | int = "INFO", fmt: str = "text", worker: int | None =
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be text or json, not {fmt!r}")
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_SCRUB)  # client libraries' lines too
     if fmt == "json":
         handler.setFormatter(JsonFormatter(worker))
     else:

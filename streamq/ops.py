@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .credentials import redact_url
 from .errors import BrokerUnavailable, ConfigError, UnknownTopicOrPartition
 from .message import Message, TopicPartition
 from .settings import Settings
@@ -105,7 +106,7 @@ def open_view(url: str, settings: Settings) -> LogView:
             "memory:// lives inside one process, so another process cannot replay, reset, "
             "tail or measure it; use a kafka:// or redis:// broker"
         )
-    raise ConfigError(f"broker: unknown URL scheme in {url!r}")
+    raise ConfigError(f"broker: unknown URL scheme in {redact_url(url)!r}")
 
 
 class KafkaView:

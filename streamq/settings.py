@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from . import credentials
 from .errors import ConfigError
 
 __all__ = ["Settings", "load_settings"]
@@ -130,6 +131,12 @@ class Settings(BaseSettings):
     """Redis URL of the crash counter. Default: the broker when it is Redis, else the first
     ``dedup="redis://..."`` store of the group; with neither, crashes are not counted."""
 
+    redis_password: SecretStr | None = None
+    """Password for every Redis connection whose URL carries none (broker, dedup store, crash
+    counter), so the secret need not sit in a URL: ``STREAMQ_REDIS_PASSWORD``, or the file
+    ``streamq_redis_password`` under ``STREAMQ_SECRETS_DIR``. An ACL user goes in the URL
+    (``redis://alice@host:6379``)."""
+
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
         if self.worker_max_in_flight < self.max_in_flight:
@@ -138,11 +145,30 @@ class Settings(BaseSettings):
             ("redis://", "rediss://")
         ):
             raise ValueError("crash_store must be a redis:// or rediss:// URL")
+        credentials.remember_all([self.broker, self.crash_store], self.kafka)
+        if self.redis_password is not None:
+            credentials.remember(self.redis_password.get_secret_value())
         return self
+
+    @property
+    def redis_secret(self) -> str | None:
+        """The ``redis_password`` in clear, for the one call that opens a connection."""
+        return None if self.redis_password is None else self.redis_password.get_secret_value()
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name in ("broker", "crash_store") and isinstance(value, str):
+                value = credentials.redact_url(value)
+            elif name == "kafka":
+                value = credentials.redact_mapping(value)
+            yield name, value
 
 
 def load_settings(**overrides: Any) -> Settings:
     """Build settings, turning pydantic's errors into one ConfigError naming every key."""
+    where = credentials.secrets_dir()
+    if where is not None:
+        overrides.setdefault("_secrets_dir", where)
     try:
         return Settings(**overrides)
     except ValidationError as exc:

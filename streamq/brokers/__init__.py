@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ..credentials import redact_url
 from ..errors import ConfigError
 from .base import Admin, Backend, Broker, ProducerBackend, RecordMetadata
 
@@ -26,9 +27,10 @@ def connect(url: str, settings: Settings | None = None) -> Broker:
     ``settings`` carries client options (librdkafka passthrough, timeouts); default: the
     environment's.
     """
+    shown = redact_url(url) if isinstance(url, str) else url
     if not isinstance(url, str) or "://" not in url:
         raise ConfigError(
-            f"broker: {url!r} is not a broker URL; expected memory://NAME, "
+            f"broker: {shown!r} is not a broker URL; expected memory://NAME, "
             "kafka://host:port or redis://host:port/db"
         )
     scheme = urlsplit(url).scheme.lower()
@@ -49,6 +51,6 @@ def connect(url: str, settings: Settings | None = None) -> Broker:
 
         return RedisBroker(url, settings)
     raise ConfigError(
-        f"broker: unknown URL scheme {scheme!r} in {url!r}; use one of "
+        f"broker: unknown URL scheme {scheme!r} in {shown!r}; use one of "
         + ", ".join(f"{s}://" for s in SCHEMES)
     )

@@ -22,7 +22,6 @@ producer may be used from any thread.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from ..dispatch import Lease
 from ..errors import BrokerUnavailable
+from ..logs import get_logger
 from ..message import Headers, Message, TopicPartition
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ def wait_until_reachable(
     trying for a while, not print a traceback; after ``deadline_s`` it gives up with
     ``BrokerUnavailable``. Each probe gets a third of the time left, so retries fit inside.
     """
-    log = logging.getLogger(f"streamq.{broker.lower()}")
+    log = get_logger(f"streamq.{broker.lower()}")
     deadline = time.monotonic() + deadline_s
     delay = 0.5
     while True:

@@ -31,9 +31,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from .. import deadline
+from ..credentials import redact_url, remember_mapping
 from ..dispatch import Lease, bind_confluent, kafka_messages
 from ..errors import (
     BrokerError,
@@ -155,10 +156,32 @@ class KafkaBroker:
         self.url = url
         self.settings = settings
         parts = urlsplit(url)
-        if not parts.netloc:
-            raise ConfigError(f"broker: {url!r} names no host; expected kafka://host:port")
-        self.bootstrap = parts.netloc
-        self.passthrough = self._passthrough(dict(parse_qsl(parts.query)) | settings.kafka)
+        userinfo, _, self.bootstrap = parts.netloc.rpartition("@")
+        if not self.bootstrap:
+            raise ConfigError(
+                f"broker: {redact_url(url)!r} names no host; expected kafka://host:port"
+            )
+        options = dict(parse_qsl(parts.query)) | settings.kafka
+        if userinfo:
+            options |= self._sasl_login(userinfo, options)
+        remember_mapping(options)
+        self.passthrough = self._passthrough(options)
+
+    @staticmethod
+    def _sasl_login(userinfo: str, options: Mapping[str, Any]) -> dict[str, Any]:
+        """``kafka://user:password@host`` as SASL settings.
+
+        The user must choose the protocol: a default of SASL_PLAINTEXT would send the
+        password in clear without anyone having decided so.
+        """
+        if "security.protocol" not in options or "sasl.mechanism" not in options:
+            raise ConfigError(
+                "broker: a kafka:// URL with user:password@ needs security.protocol "
+                "(SASL_SSL, or SASL_PLAINTEXT on a trusted network) and sasl.mechanism "
+                "(PLAIN, SCRAM-SHA-256, SCRAM-SHA-512) in the URL's query or the kafka setting"
+            )
+        user, _, password = userinfo.partition(":")
+        return {"sasl.username": unquote(user), "sasl.password": unquote(password)}
 
     @staticmethod
     def _passthrough(options: Mapping[str, Any]) -> dict[str, Any]:

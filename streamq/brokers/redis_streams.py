@@ -38,6 +38,7 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
+from ..credentials import redact_url, redis_client, scrub
 from ..dispatch import Lease, redis_messages
 from ..errors import (
     BrokerError,
@@ -54,8 +55,8 @@ from .base import Rebalance, RecordMetadata, wait_until_reachable
 
 try:
     import redis
+    from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     if "redis" not in str(exc):
@@ -139,7 +140,9 @@ class RedisBroker:
         if "partitions" in query:
             raw = query.pop("partitions")[-1]
             if not raw.isdigit() or int(raw) < 1:
-                raise ConfigError(f"{url}: partitions must be a positive integer, got {raw!r}")
+                raise ConfigError(
+                    f"{redact_url(url)}: partitions must be a positive integer, got {raw!r}"
+                )
             self.default_partitions = int(raw)
         self.client_url = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         self._partitions: dict[str, int] = {}
@@ -147,14 +150,16 @@ class RedisBroker:
 
     def client(self) -> redis.Redis:
         try:
-            return redis.Redis.from_url(
+            client: redis.Redis = redis_client(
                 self.client_url,
+                self.settings.redis_secret,
                 socket_timeout=10,
                 socket_connect_timeout=5,
                 health_check_interval=30,
             )
         except ValueError as exc:
-            raise ConfigError(f"broker: {exc}") from None
+            raise ConfigError(f"broker: {scrub(str(exc))}") from None
+        return client
 
     def partitions(self, client: redis.Redis, topic: str, *, create: bool) -> int:
         """Partition count of ``topic``, creating its metadata with the default if asked."""
@@ -168,7 +173,7 @@ class RedisBroker:
                 client.hsetnx(key, "partitions", self.default_partitions)
             raw = client.hget(key, "partitions")
         except _UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis at {self.client_url}: {exc}") from None
+            raise BrokerUnavailable(f"redis at {redact_url(self.client_url)}: {exc}") from None
         if raw is None:
             raise UnknownTopicOrPartition(f"unknown topic {topic!r}")
         with self._lock:
@@ -186,10 +191,18 @@ class RedisBroker:
 
 
 def wait_for_redis(client: redis.Redis, where: str, deadline_s: float) -> None:
+    """Until Redis answers; refused credentials end the wait at once (retrying cannot help)."""
+    shown = redact_url(where)
+
+    def probe(timeout: float) -> None:
+        try:
+            client.ping()
+        except (AuthenticationError, NoPermissionError) as exc:
+            raise ConfigError(f"redis at {shown} refused the credentials: {exc}") from None
+
     wait_until_reachable(
-        lambda timeout: client.ping(), broker="Redis", where=where, deadline_s=deadline_s,
-        errors=_UNAVAILABLE,
-    )  # fmt: skip
+        probe, broker="Redis", where=shown, deadline_s=deadline_s, errors=_UNAVAILABLE
+    )
 
 
 class _Owned:

@@ -292,4 +292,4 @@ def crash_counter(
             group,
         )
         return None
-    return CrashCounter(url, group, settings.crash_limit, settings.dedup_ttl)
+    return CrashCounter(url, group, settings.crash_limit, settings.dedup_ttl, settings.redis_secret)

@@ -33,7 +33,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["DEFAULT_VERSION", "KafkaCluster", "KafkaLaunchError", "KafkaNode", "resolve_jars"]
+__all__ = [
+    "DEFAULT_VERSION",
+    "KafkaCluster",
+    "KafkaLaunchError",
+    "KafkaNode",
+    "SaslSsl",
+    "resolve_jars",
+]
 
 DEFAULT_VERSION = "4.2.2"
 # Kafka 4.x logs through slf4j 1.7; log4j-core arrives transitively, its binding does not.
@@ -160,6 +167,31 @@ def _random_uuid() -> str:
             return text
 
 
+@dataclass(frozen=True)
+class SaslSsl:
+    """A SASL_SSL listener (mechanism PLAIN) beside the plaintext one, on every node.
+
+    For testing clients with TLS and a password; the plaintext listener keeps serving the
+    nodes themselves and the test's own admin. ``keystore`` is a PKCS#12 file with the node's
+    key and certificate (for 127.0.0.1), opened with ``keystore_password``.
+    """
+
+    users: dict[str, str]
+    keystore: Path
+    keystore_password: str
+
+    def settings(self) -> dict[str, str]:
+        users = " ".join(f'user_{name}="{password}"' for name, password in self.users.items())
+        return {
+            "sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.sasl_ssl.plain.sasl.jaas.config":
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};",
+            "listener.name.sasl_ssl.ssl.keystore.type": "PKCS12",
+            "listener.name.sasl_ssl.ssl.keystore.location": str(self.keystore),
+            "listener.name.sasl_ssl.ssl.keystore.password": self.keystore_password,
+        }  # fmt: skip
+
+
 @dataclass
 class KafkaNode:
     """One combined broker+controller JVM the caller may kill, freeze and restart."""
@@ -170,10 +202,17 @@ class KafkaNode:
     dir: Path
     jars: Path
     proc: subprocess.Popen[bytes] | None = None
+    secure_port: int | None = None  # the SASL_SSL listener, when the cluster has one
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def listeners(self) -> str:
+        out = f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+        if self.secure_port is not None:
+            out += f",SASL_SSL://127.0.0.1:{self.secure_port}"
+        return out
 
     @property
     def log_dir(self) -> Path:
@@ -301,6 +340,11 @@ class KafkaCluster:
     def url(self) -> str:
         return f"kafka://{self.bootstrap}"
 
+    @property
+    def secure_bootstrap(self) -> str:
+        """The SASL_SSL listeners (``start(secure=...)``)."""
+        return ",".join(f"127.0.0.1:{n.secure_port}" for n in self.nodes if n.secure_port)
+
     @classmethod
     def start(
         cls,
@@ -309,6 +353,7 @@ class KafkaCluster:
         version: str = DEFAULT_VERSION,
         root: Path | None = None,
         settings: dict[str, str] | None = None,
+        secure: SaslSsl | None = None,
         timeout: float = 90,
     ) -> KafkaCluster:
         """Resolve, format and start ``nodes`` nodes; raise :class:`KafkaLaunchError` on failure."""
@@ -318,12 +363,21 @@ class KafkaCluster:
         owns = root is None
         base = Path(tempfile.mkdtemp(prefix="streamq-kafka-")) if root is None else root
         made = [
-            KafkaNode(i + 1, free_port(), free_port(), base / f"node-{i + 1}", jars)
+            KafkaNode(i + 1, free_port(), free_port(), base / f"node-{i + 1}", jars,
+                      secure_port=free_port() if secure is not None else None)
             for i in range(nodes)
-        ]
+        ]  # fmt: skip
         cluster = cls(made, base, java, owns_root=owns)
+        overrides = dict(settings or {})
+        if secure is not None:
+            overrides = {
+                "listener.security.protocol.map": BASE_SETTINGS["listener.security.protocol.map"]
+                + ",SASL_SSL:SASL_SSL",
+                **secure.settings(),
+                **overrides,
+            }
         try:
-            cluster._format(settings or {})
+            cluster._format(overrides)
             for node in made:
                 node.launch(java)
             cluster.wait_ready(timeout)
@@ -344,10 +398,8 @@ class KafkaCluster:
                 **_replication(len(self.nodes)),
                 "node.id": str(node.node_id),
                 "controller.quorum.voters": voters,
-                "listeners": f"PLAINTEXT://127.0.0.1:{node.port},"
-                f"CONTROLLER://127.0.0.1:{node.controller_port}",
-                "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port},"
-                f"CONTROLLER://127.0.0.1:{node.controller_port}",
+                "listeners": node.listeners(),
+                "advertised.listeners": node.listeners(),
                 "log.dirs": str(node.log_dir),
                 **overrides,
             }
