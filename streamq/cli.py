@@ -51,6 +51,7 @@ from .reader import read_topic
 from .replay import RangeBackend, parse_time, plan, positions_from
 from .runtime.supervisor import supervise
 from .runtime.worker import (
+    EXIT_CRITICAL,
     EXIT_FENCED,
     EXIT_HALTED,
     EXIT_RUNTIME,
@@ -58,6 +59,7 @@ from .runtime.worker import (
     EXIT_USAGE,
     STOP_DEADLINE_GRACE,
     Worker,
+    critical_line,
     run_worker,
 )
 from .settings import load_settings
@@ -204,10 +206,18 @@ def run(
             code = supervise(target, args, workers, on_exit=on_exit, stop_timeout=stop_timeout)
             sys.exit(code)
         app._check_run_args(1, until_idle)
+        worker = Worker(app, until_idle, metrics=server is not None)
+        critical: BaseException | None = None
         try:
-            run_worker(app, until_idle, Worker(app, until_idle, metrics=server is not None))
+            run_worker(app, until_idle, worker)
+        except BaseException as exc:
+            if exc is not worker.critical:
+                raise
+            critical = exc  # a handler's SystemExit or MemoryError is not the CLI's own
         finally:
             click.echo(f"streamq: {app.stats.summary()}", err=True)
+        if critical is not None:
+            _fail(critical_line(critical), EXIT_CRITICAL)
 
 
 @cli.group()

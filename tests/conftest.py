@@ -9,6 +9,7 @@ broker that cannot be had skips the test locally, and fails it when STREAMQ_REQU
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -18,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -218,9 +220,12 @@ def _kafka_from_docker() -> tuple[Iterator[str] | None, str]:
     return serve(), ""
 
 
-def start_kafka(nodes: int = 1) -> kafka_testing.KafkaCluster:
-    """A private Apache Kafka (the JVM launcher); KafkaLaunchError says why it cannot start."""
-    return kafka_testing.KafkaCluster.start(nodes)
+def start_kafka(nodes: int = 1, **options: Any) -> kafka_testing.KafkaCluster:
+    """A private Apache Kafka (the JVM launcher); KafkaLaunchError says why it cannot start.
+
+    ``options`` go to ``KafkaCluster.start``: broker ``settings``, a ``secure`` listener.
+    """
+    return kafka_testing.KafkaCluster.start(nodes, **options)
 
 
 @pytest.fixture(scope="session")
@@ -248,17 +253,21 @@ def kafka_bootstrap() -> Iterator[str]:
         cluster.close()
 
 
-def _private_kafka(nodes: int) -> Iterator[kafka_testing.KafkaCluster]:
+def _private_kafka(nodes: int, **options: Any) -> Iterator[kafka_testing.KafkaCluster]:
     if os.environ.get("STREAMQ_KAFKA_BOOTSTRAP"):
         pytest.skip("STREAMQ_KAFKA_BOOTSTRAP is set: tests that kill Kafka need a private one")
     try:
-        cluster = start_kafka(nodes)
+        cluster = start_kafka(nodes, **options)
     except kafka_testing.KafkaLaunchError as exc:
         unavailable(f"no private Apache Kafka: {exc}")
     try:
         yield cluster
     finally:
         cluster.close()
+
+
+# For a test whose node needs broker settings of its own: ``with own_kafka(settings=...)``.
+own_kafka = contextlib.contextmanager(_private_kafka)
 
 
 @pytest.fixture

@@ -698,19 +698,28 @@ class RedisProducer:
                 return
 
     def _write(self, batch: list[Any]) -> None:
+        """One pipeline for the batch; every future gets its own answer, whatever happens.
+
+        The writer thread must outlive any error: a future never resolved would leave its
+        sender (a DLQ write holding a partition, say) waiting forever.
+        """
         maxlen = self._broker.settings.redis_maxlen
         try:
             pipe = self._r.pipeline(transaction=False)
             for key, fields, _, _ in batch:
                 pipe.xadd(key, fields, maxlen=maxlen, approximate=True)
-            ids = pipe.execute()
-        except _UNAVAILABLE as exc:
+            answers = pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            kind = BrokerUnavailable if isinstance(exc, _UNAVAILABLE) else BrokerError
             for *_, fut, _ in batch:
-                fut.set_exception(BrokerUnavailable(f"redis: XADD: {exc}"))
+                fut.set_exception(kind(f"redis: XADD: {exc}"))
             return
-        for (key, _, fut, topic), entry_id in zip(batch, ids, strict=True):
+        for (key, _, fut, topic), answer in zip(batch, answers, strict=True):
+            if isinstance(answer, Exception):  # this stream only: WRONGTYPE, OOM, ...
+                fut.set_exception(BrokerError(f"redis: XADD to {key}: {answer}"))
+                continue
             partition = int(key.rpartition(":")[2])
-            fut.set_result(RecordMetadata(topic, partition, id_to_offset(entry_id)))
+            fut.set_result(RecordMetadata(topic, partition, id_to_offset(answer)))
 
     def flush(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout

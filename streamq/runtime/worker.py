@@ -32,9 +32,11 @@ if TYPE_CHECKING:
     from ..app import App
 
 __all__ = [
+    "EXIT_CRITICAL",
     "EXIT_SHUTDOWN_TIMEOUT",
     "STOP_DEADLINE_GRACE",
     "Worker",
+    "critical_line",
     "exit_code_for",
     "run_app_child",
     "run_worker",
@@ -48,6 +50,9 @@ EXIT_USAGE = 2  # bad usage or configuration
 EXIT_SHUTDOWN_TIMEOUT = 3  # handlers outlived shutdown_timeout: their records are not committed
 EXIT_HALTED = 4  # the run ended with a partition halted at a record
 EXIT_FENCED = 5  # the group replaced this member (a second process with its instance_id)
+# A handler raised a process-critical error (SystemExit, KeyboardInterrupt, CancelledError,
+# MemoryError, ...): never poison, so its record was left uncommitted for the next run.
+EXIT_CRITICAL = 7
 
 # A stop that has not ended this long after shutdown_timeout is stuck where Python cannot
 # help: the GIL-free deadline (streamq.deadline) prints every thread's stack and exits 1.
@@ -55,7 +60,18 @@ EXIT_FENCED = 5  # the group replaced this member (a second process with its ins
 STOP_DEADLINE_GRACE = 15.0
 
 
-def exit_code_for(exc: BaseException) -> int:
+def critical_line(exc: BaseException) -> str:
+    """The one line a worker ends with when a handler raised a process-critical error."""
+    what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return (
+        f"a handler raised {what}, a process-critical error: the worker stopped, and the "
+        "record was not committed, so it is handled again after a restart"
+    )
+
+
+def exit_code_for(exc: BaseException, worker: Worker | None = None) -> int:
+    if worker is not None and exc is worker.critical:
+        return EXIT_CRITICAL
     if isinstance(exc, ConfigError):
         return EXIT_USAGE
     if isinstance(exc, ShutdownTimeout):
@@ -249,6 +265,7 @@ def run_app_child(
     from ..app import App
 
     app: App | None = None
+    worker: Worker | None = None
     try:
         app = getattr(importlib.import_module(module), attr)
         assert isinstance(app, App), f"{module}:{attr} is not a streamq.App"
@@ -256,9 +273,15 @@ def run_app_child(
             app.configure(**overrides)
         if app.settings.instance_id:  # static membership needs one id per member
             app.configure(instance_id=f"{app.settings.instance_id}-{slot}")
-        run_worker(app, until_idle, Worker(app, until_idle, metrics=metrics))
+        worker = Worker(app, until_idle, metrics=metrics)
+        run_worker(app, until_idle, worker)
         return 0
-    except (StreamqError, SystemExit, KeyboardInterrupt) as exc:
+    except BaseException as exc:
+        if worker is not None and exc is worker.critical:
+            log.error("worker %d: %s", slot, critical_line(exc))
+            return EXIT_CRITICAL
+        if not isinstance(exc, StreamqError | SystemExit | KeyboardInterrupt):
+            raise
         if not isinstance(exc, SystemExit | KeyboardInterrupt):
             log.error("worker %d: %s", slot, exc)
         return exit_code_for(exc)

@@ -31,6 +31,7 @@ from tests.integration.helpers import (
 )
 
 from .invariants import check_run
+from .observer import check_commits, observe
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(420)]
 
@@ -121,12 +122,16 @@ def test_mixed_log_single_worker(broker, tmp_path: Path) -> None:
     group, ledger = unique("done"), tmp_path / "ledger"
     env = app_env(broker.url, topic, group, ledger)
 
-    code, out = start_worker(tmp_path, write_app(tmp_path), env, "--until-idle", "2").finish(300)
+    with observe(broker, topic, group, PARTITIONS) as observer:
+        worker = start_worker(tmp_path, write_app(tmp_path), env, "--until-idle", "2")
+        code, out = worker.finish(300)
     assert code == 0, out
 
     ends = broker.ends(coords)
     entries = read_ledger(ledger)
-    dupes = check_run(entries, produced={i for i, _ in records}, poison=set(poison))
+    dupes = check_run(entries, produced={i for i, _ in records}, poison=set(poison),
+                      starts=read_ledger(ledger, "S"))  # fmt: skip
+    check_commits(observer.samples, entries)
     assert dupes == [], "a run without crashes handled records twice"
     starts = Counter(e.id for e in read_ledger(ledger, "S"))
     for i, value in records:
@@ -165,6 +170,7 @@ def test_workers_2_sigkilled_then_restarted_with_redis_dedup(broker, tmp_path: P
     env = app_env(broker.url, topic, group, ledger, DEDUP=broker.dedup_url,
                   HANDLER_SLEEP="0.0003")  # fmt: skip
 
+    observer = observe(broker, topic, group, PARTITIONS).__enter__()
     victim = start_worker(tmp_path, spec, env, "--workers", "2")
     wait_until(lambda: len(_children(victim.pid)) == 2, 60, "two worker processes")
     members = _children(victim.pid)
@@ -179,10 +185,13 @@ def test_workers_2_sigkilled_then_restarted_with_redis_dedup(broker, tmp_path: P
 
     restart = start_worker(tmp_path, spec, env, "--workers", "2", "--until-idle", "3")
     code, out = restart.finish(300)
+    observer.__exit__()
     assert code == 0, out
 
     entries = read_ledger(ledger)
-    dupes = check_run(entries, produced={i for i, _ in records}, poison=set(poison))
+    dupes = check_run(entries, produced={i for i, _ in records}, poison=set(poison),
+                      starts=read_ledger(ledger, "S"))  # fmt: skip
+    check_commits(observer.samples, entries)
     assert set(dupes) <= handled_before, "a record handled only after the restart ran twice"
     bound = 2 * PARTITIONS * INLINE_SLICE  # one unmarked slice per partition lane, per member
     assert len(dupes) <= bound, f"{len(dupes)} duplicates with the dedup store (bound {bound})"

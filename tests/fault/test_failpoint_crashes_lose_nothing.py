@@ -17,6 +17,7 @@ import pytest
 from tests.integration.helpers import app_env, read_ledger, start_worker, unique, write_app
 
 from .invariants import check_run
+from .observer import check_commits, observe
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
 
@@ -42,17 +43,23 @@ def test_a_crash_at_each_failpoint_loses_nothing(
     spec = write_app(tmp_path, extra={"lease_ttl": 3, "max_poll_records": 50})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.001", DEDUP=broker.dedup_url)
 
-    crashed = start_worker(tmp_path, spec, {**env, "STREAMQ_FAILPOINTS": f"{point}:exit@{nth}"},
-                           "--until-idle", "1")  # fmt: skip
-    code, err = crashed.finish(120)
-    assert code == 137 and f"failpoint {point} fired" in err, f"the crash did not happen:\n{err}"
-    before = {e.id for e in read_ledger(ledger)}
+    with observe(broker, topic, group) as observer:
+        crashed = start_worker(tmp_path, spec,
+                               {**env, "STREAMQ_FAILPOINTS": f"{point}:exit@{nth}"},
+                               "--until-idle", "1")  # fmt: skip
+        code, err = crashed.finish(120)
+        assert code == 137 and f"failpoint {point} fired" in err, (
+            f"the crash did not happen:\n{err}"
+        )
+        before = {e.id for e in read_ledger(ledger)}
 
-    code, err = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(180)
-    assert code == 0, err
+        code, err = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(180)
+        assert code == 0, err
 
     entries = read_ledger(ledger)
-    dupes = check_run(entries, produced={i for i, _ in good}, poison={i for i, _ in poison})
+    dupes = check_run(entries, produced={i for i, _ in good}, poison={i for i, _ in poison},
+                      starts=read_ledger(ledger, "S"))  # fmt: skip
+    check_commits(observer.samples, entries)
     assert set(broker.dlq_origins(topic)) == {coords[i] for i, _ in poison}
     if point == "after_mark":
         assert dupes == [], "records marked in the dedup store before the crash ran again"

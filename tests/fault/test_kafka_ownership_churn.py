@@ -32,6 +32,7 @@ from tests.integration.helpers import (
 )
 
 from .invariants import check_run
+from .observer import check_commits, observe
 
 pytestmark = [pytest.mark.fault, pytest.mark.kafka, pytest.mark.timeout(420)]
 
@@ -71,6 +72,7 @@ def test_partitions_moved_while_paused_are_drained(
     group, ledger = unique("churn"), tmp_path / "ledger"
     spec = write_app(tmp_path, extra={"max_in_flight": 64, "max_poll_records": 100})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.001", DEDUP=broker.dedup_url)
+    observer = observe(broker, topic, group, 4).__enter__()
     run = start_worker(tmp_path, spec, env, "--workers", "2", "--until-idle", "5")
     bootstrap = broker.url.removeprefix("kafka://")
     try:
@@ -81,8 +83,11 @@ def test_partitions_moved_while_paused_are_drained(
     finally:
         if run.proc.poll() is None:
             run.proc.kill()
+        observer.__exit__()
     assert code == 0, out[-4000:]
-    check_run(read_ledger(ledger), produced={i for i, _ in records})
+    entries = read_ledger(ledger)
+    check_run(entries, produced={i for i, _ in records}, starts=read_ledger(ledger, "S"))
+    check_commits(observer.samples, entries)
     ends = {p: 0 for p in range(4)}
     for e in read_ledger(ledger):
         ends[e.partition] = max(ends[e.partition], e.offset + 1)

@@ -29,6 +29,7 @@ from tests.integration.helpers import (
 )
 
 from .invariants import check_run
+from .observer import check_commits, observe
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(240)]
 
@@ -42,16 +43,19 @@ def test_sigkill_mid_batch_then_restart(broker, dedup: bool, tmp_path: Path) -> 
     spec = write_app(tmp_path, extra={"lease_ttl": 3, "max_poll_records": 100})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.002",
                   DEDUP=broker.dedup_url if dedup else "")  # fmt: skip
-    victim = start_worker(tmp_path, spec, env)
-    wait_until(lambda: len(read_ledger(ledger)) >= 450, 90, "30% of the records to be handled")
-    victim.send_signal(signal.SIGKILL)
-    victim.finish(30)
-    handled_by_victim = {e.id for e in read_ledger(ledger)}
-    assert len(handled_by_victim) < 1500, "the kill came after everything was handled"
+    with observe(broker, topic, group) as observer:
+        victim = start_worker(tmp_path, spec, env)
+        wait_until(lambda: len(read_ledger(ledger)) >= 450, 90, "30% of the records handled")
+        victim.send_signal(signal.SIGKILL)
+        victim.finish(30)
+        handled_by_victim = {e.id for e in read_ledger(ledger)}
+        assert len(handled_by_victim) < 1500, "the kill came after everything was handled"
 
-    code, err = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(180)
-    assert code == 0, err
-    dupes = check_run(read_ledger(ledger), produced={i for i, _ in records})
+        code, err = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(180)
+        assert code == 0, err
+    entries = read_ledger(ledger)
+    dupes = check_run(entries, produced={i for i, _ in records}, starts=read_ledger(ledger, "S"))
+    check_commits(observer.samples, entries)
     assert set(dupes) <= handled_by_victim
     print(
         f"\n{broker.kind} dedup={dedup}: killed after {len(handled_by_victim)} handled, "

@@ -18,6 +18,7 @@ import pytest
 from tests.integration.helpers import app_env, read_ledger, start_worker, unique, write_app
 
 from .invariants import check_run
+from .observer import check_commits, observe
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(600)]
 
@@ -47,12 +48,13 @@ def test_a_record_that_kills_the_worker_goes_to_the_dlq(
                   STREAMQ_CRASH_STORE=broker.dedup_url, STREAMQ_CRASH_LIMIT="2")  # fmt: skip
 
     codes, outputs = [], []
-    for _ in range(7):  # bounded: a crash loop fails the test instead of hanging it
-        code, out = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(120)
-        codes.append(code)
-        outputs.append(out)
-        if code != SIGKILLED:
-            break
+    with observe(broker, topic, group) as observer:
+        for _ in range(7):  # bounded: a crash loop fails the test instead of hanging it
+            code, out = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(120)
+            codes.append(code)
+            outputs.append(out)
+            if code != SIGKILLED:
+                break
     # the fault this case is about: the first restart found the range it meant to
     assert plan in outputs[1], outputs[1][-3000:]
     paused = [line for o in outputs for line in o.splitlines() if "crash counter at" in line]
@@ -63,7 +65,10 @@ def test_a_record_that_kills_the_worker_goes_to_the_dlq(
 
     starts = [e for e in read_ledger(ledger, "S") if e.id == killer]
     assert len(starts) == deaths, "the killer ran more often than it took to isolate it"
-    check_run(read_ledger(ledger), produced={i for i, _ in records}, poison={killer})
+    entries = read_ledger(ledger)
+    check_run(entries, produced={i for i, _ in records}, poison={killer},
+              starts=read_ledger(ledger, "S"))  # fmt: skip
+    check_commits(observer.samples, entries)
 
     headers = broker._dlq_headers(f"{topic}.dlq")
     assert len(headers) == 1

@@ -32,6 +32,7 @@ from tests.integration.helpers import (
 )
 
 from .invariants import check_run
+from .observer import CommitObserver, check_commits, observe
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(600)]
 
@@ -65,10 +66,16 @@ def _owned(out: str) -> set[int]:
     return held
 
 
-def _drain(tmp_path: Path, spec: str, env: dict[str, str], ledger: Path, ids: set[int]) -> None:
-    code, out = start_worker(tmp_path, spec, env, "--until-idle", "3").finish(240)
+def _drain(
+    tmp_path: Path, spec: str, env: dict[str, str], ledger: Path, ids: set[int],
+    observer: CommitObserver,
+) -> None:  # fmt: skip
+    with observer:
+        code, out = start_worker(tmp_path, spec, env, "--until-idle", "3").finish(240)
     assert code == 0, out[-4000:]
-    check_run(read_ledger(ledger), produced=ids)
+    entries = read_ledger(ledger)
+    check_run(entries, produced=ids, starts=read_ledger(ledger, "S"))
+    check_commits(observer.samples, entries)
 
 
 def test_stops_while_the_group_rebalances_never_hang(broker, tmp_path: Path) -> None:
@@ -76,6 +83,7 @@ def test_stops_while_the_group_rebalances_never_hang(broker, tmp_path: Path) -> 
     group, ledger = unique("stops"), tmp_path / "ledger"
     spec = write_app(tmp_path, extra={"shutdown_timeout": SHUTDOWN, "lease_ttl": 3})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.002")
+    observer = observe(broker, topic, group, 4).__enter__()
     older = start_worker(tmp_path, spec, env)
     try:
         wait_until(lambda: len(read_ledger(ledger)) > 50, 90, "the first worker to handle records")
@@ -96,7 +104,7 @@ def test_stops_while_the_group_rebalances_never_hang(broker, tmp_path: Path) -> 
     finally:
         older.send_signal(signal.SIGTERM)
         _stopped(older, "the last worker")
-    _drain(tmp_path, spec, env, ledger, ids)
+    _drain(tmp_path, spec, env, ledger, ids, observer)
 
 
 def test_stops_during_a_kafka_outage_never_hang(private_kafka, tmp_path: Path) -> None:
@@ -106,6 +114,7 @@ def test_stops_during_a_kafka_outage_never_hang(private_kafka, tmp_path: Path) -
     group, ledger = unique("stops-out"), tmp_path / "ledger"
     spec = write_app(tmp_path, extra={"shutdown_timeout": SHUTDOWN})
     env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.002")
+    observer = observe(kafka, topic, group).__enter__()
     for round_ in range(3):
         worker = start_worker(tmp_path, spec, env)
         handled = len(read_ledger(ledger))
@@ -121,7 +130,7 @@ def test_stops_during_a_kafka_outage_never_hang(private_kafka, tmp_path: Path) -
             if worker.proc.poll() is None:
                 worker.proc.kill()
             private_kafka.restart(node)
-    _drain(tmp_path, spec, env, ledger, ids)
+    _drain(tmp_path, spec, env, ledger, ids, observer)
 
 
 def test_stops_during_a_redis_outage_never_hang(redis_server, tmp_path: Path) -> None:
@@ -130,6 +139,7 @@ def test_stops_during_a_redis_outage_never_hang(redis_server, tmp_path: Path) ->
     group, ledger = unique("stops-out"), tmp_path / "ledger"
     spec = write_app(tmp_path, extra={"shutdown_timeout": SHUTDOWN, "lease_ttl": 3})
     env = app_env(redis.url, topic, group, ledger, HANDLER_SLEEP="0.002", DEDUP=redis.url)
+    observer = observe(redis, topic, group).__enter__()
     for round_ in range(3):
         worker = start_worker(tmp_path, spec, env)
         handled = len(read_ledger(ledger))
@@ -144,4 +154,4 @@ def test_stops_during_a_redis_outage_never_hang(redis_server, tmp_path: Path) ->
             if worker.proc.poll() is None:
                 worker.proc.kill()
             redis_server.start()  # durable: the streams, groups and dedup marks come back
-    _drain(tmp_path, spec, env, ledger, ids)
+    _drain(tmp_path, spec, env, ledger, ids, observer)

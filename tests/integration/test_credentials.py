@@ -25,8 +25,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamq.testing.kafka import KafkaCluster, KafkaLaunchError, SaslSsl
-from tests.conftest import REQUIRE_BROKERS, free_port, unavailable, wait_port
+from streamq.testing.kafka import KafkaCluster, SaslSsl
+from tests.conftest import free_port, own_kafka, unavailable, wait_port
 from tests.tls import P12_PASSWORD, Certs, make_certs
 
 from .helpers import Worker, read_ledger, streamq_cmd, unique, wait_until
@@ -116,32 +116,26 @@ def secured(
             {"STREAMQ_REDIS_PASSWORD": redis_password},
         )
         return
-    if os.environ.get("STREAMQ_KAFKA_BOOTSTRAP"):
-        pytest.skip("STREAMQ_KAFKA_BOOTSTRAP is set: this test needs a private SASL_SSL node")
     password = secret()
     listener = SaslSsl({"alice": password}, certs.server_p12, P12_PASSWORD)
-    try:
-        cluster = KafkaCluster.start(1, secure=listener, root=tmp_path / "kafka")
-    except KafkaLaunchError as exc:
-        if REQUIRE_BROKERS:
-            pytest.fail(f"Kafka could not start: {exc}")
-        pytest.skip(f"Kafka could not start: {exc}")
+    with own_kafka(1, secure=listener) as cluster:
+        yield _kafka_secured(cluster, password, certs, dedup_url)
+
+
+def _kafka_secured(cluster: KafkaCluster, password: str, certs: Certs, dedup_url: str) -> Secured:
     query = urllib.parse.urlencode(
         {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "ssl.ca.location": certs.ca}
     )
     sasl = {"security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
             "ssl.ca.location": str(certs.ca), "sasl.username": "alice",
             "sasl.password": password}  # fmt: skip
-    try:
-        yield Secured(
-            "kafka",
-            f"kafka://alice:{password}@{cluster.secure_bootstrap}?{query}",
-            f"kafka://{cluster.secure_bootstrap}",
-            dedup_url,
-            {"STREAMQ_KAFKA": json.dumps(sasl)},
-        )
-    finally:
-        cluster.close()
+    return Secured(
+        "kafka",
+        f"kafka://alice:{password}@{cluster.secure_bootstrap}?{query}",
+        f"kafka://{cluster.secure_bootstrap}",
+        dedup_url,
+        {"STREAMQ_KAFKA": json.dumps(sasl)},
+    )
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> tuple[int, str]:
