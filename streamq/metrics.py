@@ -230,6 +230,11 @@ class Exporter:
                 "Redis: pending entries trimmed from the stream before they were handled.",
                 ("group", "topic", "partition"),
             ),
+            "trimmed_unread": C(
+                "streamq_records_trimmed_unread",
+                "Redis: entries trimmed from the stream before the group ever read them.",
+                ("group", "topic", "partition"),
+            ),
         }
         self._dedup_errors = C(
             "streamq_dedup_errors",

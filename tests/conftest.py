@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         params = getattr(getattr(item, "callspec", None), "params", {})
         names = set(getattr(item, "fixturenames", ()))
-        if params.get("broker") == "kafka" or names & KAFKA_FIXTURES:
+        if "kafka" in params.values() or names & KAFKA_FIXTURES:
             item.add_marker(pytest.mark.kafka)
 
 

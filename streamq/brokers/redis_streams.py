@@ -70,6 +70,9 @@ log = get_logger("streamq.redis")
 _SEQ_BITS = 20
 _SEQ_MASK = (1 << _SEQ_BITS) - 1
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Seconds between checks for entries trimmed before the group read them (two XINFO per
+# owned partition each time).
+TRIM_CHECK_EVERY = 5.0
 # Lanes stop starting handlers this long before the lease could expire on the server.
 _LEASE_MARGIN = 0.2
 
@@ -237,6 +240,7 @@ class RedisConsumer:
         self._next_beat = 0.0
         self._caught_up = False
         self._checked_at = 0.0
+        self._trims_checked_at = 0.0
         self._callbacks: tuple[Rebalance, Rebalance, Rebalance] | None = None
         self._closed = False
         # (event, topic, partition) -> count, exported as metrics (streamq.metrics)
@@ -269,8 +273,19 @@ class RedisConsumer:
             )
 
     def _ensure_group(self, key: str) -> None:
+        """Create the group at the stream's start, with a valid read counter.
+
+        ENTRIESREAD counts what a trim removed before the group existed as read: it was never
+        this group's to lose. With the counter valid from the start, Redis keeps counting
+        entries a later trim removes unread, which ``_check_trims`` reports.
+        """
         try:
-            self._r.xgroup_create(key, self._group, id="0", mkstream=True)
+            try:
+                info = self._r.xinfo_stream(key)
+                gone = int(info["entries-added"]) - int(info["length"])
+            except ResponseError:  # no stream yet
+                gone = 0
+            self._r.xgroup_create(key, self._group, id="0", mkstream=True, entries_read=gone)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise BrokerError(f"redis: cannot create group on {key}: {exc}") from None
@@ -306,6 +321,75 @@ class RedisConsumer:
         acquired = self._acquire([tp for tp in sorted(target) if tp not in self._owned])
         if acquired:
             on_assign(acquired)
+        if started - self._trims_checked_at >= TRIM_CHECK_EVERY:
+            self._trims_checked_at = started
+            self._check_trims()
+
+    def _check_trims(self) -> None:
+        """Find entries trimmed away before this group ever read them (H2), and say so once.
+
+        Redis counts what a group read (``entries-read``) against what the stream ever got
+        (``entries-added``): their difference, the group's ``lag``, keeps counting entries a
+        trim removed unread, forever. So while the group has not reached the stream's head,
+        lag minus the entries still there is what was lost; once it is caught up, all of the
+        lag is. The total is kept per partition in Redis, so each loss is reported once,
+        whichever member sees it. Costs two XINFO per owned partition every few seconds.
+        """
+        tps = list(self._owned)
+        pipe = self._r.pipeline(transaction=False)
+        for tp in tps:
+            pipe.xinfo_stream(stream_key(tp))
+            pipe.xinfo_groups(stream_key(tp))
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except _UNAVAILABLE:
+            return  # the next beat says so; this check simply waits for the next round
+        for i, tp in enumerate(tps):
+            stream, groups = replies[2 * i], replies[2 * i + 1]
+            if isinstance(stream, Exception) or isinstance(groups, Exception):
+                continue
+            ours = [g for g in groups if g["name"] in (self._group, self._group.encode())]
+            if ours and ours[0].get("lag") is not None:
+                self._note_trimmed(tp, stream, ours[0])
+
+    def _note_trimmed(self, tp: TopicPartition, stream: Any, group: Any) -> None:
+        """Report the growth of this partition's trimmed-unread total.
+
+        Needs the group's read counter valid (groups streamq creates have it; after an
+        XGROUP SETID without ENTRIESREAD Redis estimates it, counting what was trimmed as
+        read, and such a loss goes unreported).
+        """
+
+        def text(entry_id: Any) -> str:
+            return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+        last = group["last-delivered-id"]
+        first = stream["first-entry"][0] if stream.get("first-entry") else None
+        if stream["last-generated-id"] == last or not stream["length"]:
+            lost = int(group["lag"])  # caught up: nothing left to deliver
+            where = f"before {text(last)}"
+        elif first is not None and id_to_offset(first) > id_to_offset(last):
+            lost = int(group["lag"]) - int(stream["length"])  # all that is left is unread
+            where = f"between {text(last)} and {text(first)}"
+        else:
+            return  # between the two: wait until one of them holds
+        if lost <= 0:
+            return
+        key = f"streamq:trimmed:{self._group}:{tp.topic}:{tp.partition}"
+        try:
+            before = self._r.set(key, lost, get=True)
+        except (ResponseError, *_UNAVAILABLE):
+            return
+        new = lost - int(before or 0)
+        if new <= 0:
+            return
+        self.events[("trimmed_unread", tp.topic, str(tp.partition))] += new
+        log.error(
+            "group %s: %d entries of %s[%d] (%s) were trimmed from the stream before the "
+            "group read them: they are lost (XADD MAXLEN or XTRIM outran the consumers; raise "
+            "redis_maxlen or leave it unset)",
+            self._group, new, tp.topic, tp.partition, where,
+        )  # fmt: skip
 
     def _heartbeat(self) -> dict[str, list[str]]:
         now_ms = int(time.time() * 1000)

@@ -158,31 +158,6 @@ def test_scale_up_then_down_while_records_flow(kafka_url: str, tmp_path: Path) -
     check_per_key_order(entries)
 
 
-def test_sigterm_mid_stream_then_the_next_run_rehandles_nothing(
-    kafka_url: str, tmp_path: Path
-) -> None:
-    topic = create_topic(kafka_url, 4)
-    produce(kafka_url, topic, 2000)
-    group, ledger = unique("term"), tmp_path / "ledger"
-    spec = write_app(tmp_path)
-    env = app_env(kafka_url, topic, group, ledger, HANDLER_SLEEP="0.002")
-    proc = start_worker(tmp_path, spec, env)
-    wait_until(lambda: len(read_ledger(ledger)) > 300, 60, "records to be handled")
-    proc.send_signal(signal.SIGTERM)
-    code, err = finish(proc)
-    assert code == 0, err
-    handled_first = len(read_ledger(ledger))
-    assert handled_first < 2000, "the stop came too late to be mid-stream"
-    again = start_worker(
-        tmp_path, spec, app_env(kafka_url, topic, group, ledger), "--until-idle", "2"
-    )
-    code, err = finish(again)
-    assert code == 0, err
-    entries = read_ledger(ledger)
-    assert duplicates(entries) == []  # the graceful stop committed everything it handled
-    assert sorted(e.id for e in entries) == list(range(2000))
-
-
 def test_handler_slower_than_max_poll_interval_is_not_evicted(
     kafka_url: str, tmp_path: Path
 ) -> None:

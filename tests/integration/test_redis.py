@@ -323,3 +323,62 @@ def test_a_rewound_group_with_redis_dedup_handles_nothing_again(
     client.close()
     run_once()
     assert len(calls) == (300 if dedup else 600)
+
+
+def test_an_evicting_maxmemory_policy_is_warned_about_at_start(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """H1: eviction can delete streams with their groups; the worker says so when it starts."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+    topic = new_topic(redis_server.url, 2)
+    produce(redis_server.url, topic, 10)
+    spec = write_app(tmp_path)
+    env = app_env(redis_server.url, topic, unique("h1"), tmp_path / "ledger")
+    code, err = start_worker(tmp_path, spec, env, "--until-idle", "1").finish(60)
+    assert code == 0, err
+    assert "maxmemory-policy is allkeys-lru" in err and "set it to noeviction" in err, err
+    assert len(read_ledger(tmp_path / "ledger")) == 10  # a warning, not a refusal
+    client.config_set("maxmemory-policy", "noeviction")
+    code, err = start_worker(tmp_path, spec, env, "--until-idle", "1").finish(60)
+    assert code == 0 and "maxmemory-policy" not in err, err
+
+
+def test_entries_trimmed_before_the_group_read_them_are_reported_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """H2: a trim that outran the group is a loss; it is reported (log and metric), once."""
+    url = redis_server.url
+    topic = new_topic(url, 1)
+    group, ledger = unique("h2"), tmp_path / "ledger"
+    client = redis.Redis.from_url(url)
+    # as streamq creates its groups: at the start, with a valid read counter
+    client.xgroup_create(f"{topic}:0", group, id="0", mkstream=True, entries_read=0)
+    produce(url, topic, 100)
+    client.xtrim(f"{topic}:0", maxlen=40, approximate=False)  # 60 never delivered, gone
+    assert client.xlen(f"{topic}:0") == 40
+    spec = write_app(tmp_path, extra=LEASES)
+    port = free_port()
+    env = app_env(url, topic, group, ledger)
+    worker = start_worker(tmp_path, spec, env, "--metrics-port", str(port))
+    try:
+        wait_until(lambda: len(read_ledger(ledger)) == 40, 60, "the 40 entries left")
+        wait_until(lambda: Scrape(port).total("streamq_records_trimmed_unread_total") == 60, 30,
+                   "the trimmed-unread metric")  # fmt: skip
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code, err = worker.finish(60)
+    assert code == 0, err
+    assert f"60 entries of {topic}[0] (between " in err, err
+    assert "before the group read them" in err and "Traceback" not in err
+
+    # Another run: only the new loss is reported (the total is kept in Redis).
+    produce(url, topic, 20)
+    client.xtrim(f"{topic}:0", maxlen=10, approximate=False)  # 10 of the 20 new ones unread
+    code, err = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(60)
+    assert code == 0, err
+    lines = [ln for ln in err.splitlines() if "before the group read them" in ln]
+    assert len(lines) == 1 and f"10 entries of {topic}[0]" in lines[0], err
+    assert len(read_ledger(ledger)) == 50
+    client.close()

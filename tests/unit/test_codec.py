@@ -115,3 +115,15 @@ def test_the_words_nan_and_infinity_inside_strings_are_fine() -> None:
     assert decode(b'{"text": "NaN and Infinity", "x": 1.5}') == Note(text="NaN and Infinity", x=1.5)
     with pytest.raises(DecodeError):
         decode(b'{"text": "ok", "x": Infinity}')
+
+
+def test_a_key_given_twice_is_accepted_and_the_last_value_wins() -> None:
+    """E1, decided: the behaviour of Python's json, orjson and pydantic, pinned on both paths
+    (plain types through orjson, models through pydantic-core) so they cannot drift apart."""
+
+    class Priced(BaseModel):
+        id: int
+        amount: float
+
+    assert make_decoder(dict)(b'{"id": 1, "id": 7}') == {"id": 7}
+    assert make_decoder(Priced)(b'{"id": 1, "amount": 2.5, "id": 7}') == Priced(id=7, amount=2.5)
