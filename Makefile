@@ -42,11 +42,16 @@ test-unit: $(VENV)/.dev
 
 # Two test processes (pytest-xdist): the tests mostly wait on brokers and handlers, each
 # process has its own shared Kafka node. The Kafka tests run a second time on the KIP-848
-# group protocol (broker-side assignment).
+# group protocol (broker-side assignment). Then the pure-Python twin of the dispatch core runs
+# the Redis fault cases that lean on it most (a crash at every step, kills mid-batch, the
+# failure policy): a subset, for CI's time budget.
 PYTEST_BROKERS := $(BIN)/pytest -n 2 --dist worksteal --durations=15
+TWIN_FAULTS := tests/fault/test_failpoint_crashes_lose_nothing.py \
+	tests/fault/test_kill_mid_batch_redelivers.py tests/fault/test_done_when_failure_policy.py
 test-integration: $(VENV)/.dev
 	$(PYTEST_BROKERS) tests/integration tests/fault
 	STREAMQ_GROUP_PROTOCOL=consumer $(PYTEST_BROKERS) -m kafka tests/integration tests/fault
+	STREAMQ_NO_EXTENSIONS=1 $(PYTEST_BROKERS) -m "not kafka" $(TWIN_FAULTS)
 
 test: lint test-unit test-integration
 

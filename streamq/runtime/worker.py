@@ -17,9 +17,11 @@ import time
 from typing import TYPE_CHECKING
 
 from .. import deadline, logs
+from .._native import IMPLEMENTATION
 from ..brokers import connect
 from ..brokers.base import Backend, Broker
 from ..crashes import CrashCounter, counter_url
+from ..credentials import redact_url
 from ..dedup import RedisDedup
 from ..errors import ConfigError, MemberFenced, PartitionHalted, ShutdownTimeout, StreamqError
 from ..handlers import CommitMode, HandlerSpec
@@ -122,6 +124,10 @@ class Worker:
             raise ConfigError(f"app {app.name!r} has no handlers: nothing to consume")
         settings = app.settings
         loop = asyncio.get_running_loop()
+        log.info(
+            "worker pid %d: app %s on %s, dispatch core %s",
+            os.getpid(), app.name, redact_url(settings.broker), IMPLEMENTATION,
+        )  # fmt: skip
         broker = connect(settings.broker, settings)
         producer = broker.producer()
         probe_lock = asyncio.Lock()

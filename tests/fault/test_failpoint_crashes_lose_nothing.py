@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streamq import IMPLEMENTATION
 from tests.integration.helpers import (
     APP_TEMPLATE,
     FAST_GROUP,
@@ -69,6 +70,7 @@ def test_a_crash_at_each_failpoint_loses_nothing(
 
         code, err = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(180)
         assert code == 0, err
+        assert f"dispatch core {IMPLEMENTATION}" in err  # the twin pass really ran the twin
 
     entries = read_ledger(ledger)
     dupes = check_run(entries, produced={i for i, _ in good}, poison={i for i, _ in poison},

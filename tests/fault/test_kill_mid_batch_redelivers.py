@@ -18,6 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streamq import IMPLEMENTATION
 from streamq.runtime.group import INLINE_SLICE
 from tests.integration.helpers import (
     app_env,
@@ -53,6 +54,7 @@ def test_sigkill_mid_batch_then_restart(broker, dedup: bool, tmp_path: Path) -> 
 
         code, err = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(180)
         assert code == 0, err
+        assert f"dispatch core {IMPLEMENTATION}" in err  # the twin pass really ran the twin
     entries = read_ledger(ledger)
     dupes = check_run(entries, produced={i for i, _ in records}, starts=read_ledger(ledger, "S"))
     check_commits(observer.samples, entries)
