@@ -10,9 +10,12 @@ it picks, from a seeded RNG, one fault at a time:
 - ``stall``: SIGSTOP the broker itself for seconds, then SIGCONT.
 
 At the end every fault is healed, the workers drain with ``--until-idle``, and the ledger is
-checked against RELIABILITY.md's invariants (I1 no loss, I3 per-key order, I10 consistent
-coordinates, I5 poison only in the DLQ). The seed is printed first: rerun with ``--seed`` to
-replay the same schedule.
+checked against RELIABILITY.md's invariants (I1 no loss, I3 per key and per ownership epoch,
+I6 outside the injected freezes, I10 consistent coordinates, I5 poison only in the DLQ), and
+I2 against the committed positions sampled during the run (``tests/fault/observer.py``).
+Every second the workers' RSS, threads and open fds are sampled from /proc; the report gives,
+per worker process, the first and last values and the RSS slope after a warm-up (F4, I7).
+The seed is printed first: rerun with ``--seed`` to replay the same schedule.
 
     python scripts/chaos.py --broker redis --duration 300 --seed 7
 """
@@ -40,6 +43,7 @@ from streamq.brokers import connect  # noqa: E402
 from streamq.testing.kafka import KafkaCluster, KafkaLaunchError  # noqa: E402
 from tests.conftest import RedisServer, free_port  # noqa: E402
 from tests.fault.invariants import check_run  # noqa: E402
+from tests.fault.observer import CommitObserver, check_commits  # noqa: E402
 from tests.integration.helpers import (  # noqa: E402
     Worker,
     app_env,
@@ -96,6 +100,53 @@ class Producer(threading.Thread):
             self.acked.add(i)
 
 
+class Vitals(threading.Thread):
+    """RSS (kB), threads and open fds of every worker process, once a second."""
+
+    def __init__(self, workers: list[Worker]) -> None:
+        super().__init__(daemon=True)
+        self.workers = workers
+        self.stop = threading.Event()
+        self.samples: dict[int, list[tuple[float, int, int, int]]] = {}
+
+    def run(self) -> None:
+        while not self.stop.wait(1.0):
+            for w in list(self.workers):
+                try:
+                    status = Path(f"/proc/{w.pid}/status").read_text()
+                    fds = len(os.listdir(f"/proc/{w.pid}/fd"))
+                except OSError:
+                    continue  # gone: killed, or between a kill and its restart
+                fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+                if fields.get("State", "").strip().startswith("Z"):
+                    continue
+                rss = int(fields["VmRSS"].split()[0])
+                threads = int(fields["Threads"])
+                self.samples.setdefault(w.pid, []).append((time.monotonic(), rss, threads, fds))
+
+    def report(self, warmup: float = 30.0) -> list[str]:
+        lines = []
+        for pid, seq in self.samples.items():
+            life = seq[-1][0] - seq[0][0]
+            after = [s for s in seq if s[0] - seq[0][0] >= warmup]
+            slope = _slope([(t, rss) for t, rss, _, _ in after]) * 60 if len(after) > 10 else None
+            shown = f"{slope:+.0f} kB/min" if slope is not None else "n/a (short-lived)"
+            lines.append(
+                f"pid {pid}: {life:.0f}s; RSS {seq[0][1] // 1024} -> {seq[-1][1] // 1024} MB "
+                f"(max {max(s[1] for s in seq) // 1024}), slope after {warmup:.0f}s {shown}; "
+                f"threads {seq[0][2]} -> {seq[-1][2]}; fds {seq[0][3]} -> {seq[-1][3]}"
+            )
+        return lines
+
+
+def _slope(points: list[tuple[float, int]]) -> float:
+    n = len(points)
+    mean_t = sum(t for t, _ in points) / n
+    mean_v = sum(v for _, v in points) / n
+    var = sum((t - mean_t) ** 2 for t, _ in points)
+    return sum((t - mean_t) * (v - mean_v) for t, v in points) / var if var else 0.0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--broker", choices=["redis", "kafka"], default="redis")
@@ -117,10 +168,14 @@ def main() -> int:
     env = app_env(url, topic, group, ledger, HANDLER_SLEEP="0.0005",
                   DEDUP="" if args.no_dedup else dedup.url,
                   STREAMQ_CRASH_STORE=dedup.url)  # fmt: skip
+    observer = CommitObserver(args.broker, url, topic, group, 4).__enter__()
     workers = [Worker(work, spec, env) for _ in range(args.workers)]
+    vitals = Vitals(workers)
+    vitals.start()
     producer = Producer(url, topic, args.rate, args.broker)
     producer.start()
     faults: dict[str, int] = {"kill": 0, "freeze": 0, "stall": 0}
+    frozen: set[int] = set()  # workers frozen past their lease: zombies, allowed to overlap
 
     end = time.monotonic() + args.duration
     try:
@@ -139,6 +194,8 @@ def main() -> int:
             else:
                 pid = broker_proc.pid if fault == "stall" else rng.choice(workers).pid
                 pause = rng.uniform(1, 15 if fault == "freeze" else 20)
+                if fault == "freeze":
+                    frozen.add(pid)
                 os.kill(pid, signal.SIGSTOP)
                 time.sleep(pause)
                 os.kill(pid, signal.SIGCONT)
@@ -153,12 +210,21 @@ def main() -> int:
         w.send_signal(signal.SIGTERM)
     for w in workers:
         w.finish(120)
+    vitals.stop.set()
     drain = [Worker(work, spec, env, "--until-idle", "5") for _ in range(args.workers)]
     codes = [w.finish(600)[0] for w in drain]
+    observer.__exit__()
     entries = read_ledger(ledger)
-    dupes = check_run(entries, produced=producer.acked, poison=producer.poison)
+    # A broker stall can end a member's session: it then starts again from its commits.
+    dupes = check_run(entries, produced=producer.acked, poison=producer.poison,
+                      starts=read_ledger(ledger, "S"), rewinds_within_a_member=True,
+                      overlap_ok=frozen)  # fmt: skip
+    checked = check_commits(observer.samples, entries)
+    for line in vitals.report():
+        print(f"chaos: {line}")
     print(f"chaos: drain exit codes {codes}; {len({e.id for e in entries})} handled, "
-          f"{len(dupes)} duplicates; invariants I1 I3 I5 I10 hold; seed {seed}")  # fmt: skip
+          f"{len(dupes)} duplicates; I2 held over {len(observer.samples)} samples "
+          f"({checked} record checks); invariants I1 I3 I5 I6 I10 hold; seed {seed}")  # fmt: skip
     if args.broker == "kafka":
         broker_proc.kill()
     dedup.kill()
