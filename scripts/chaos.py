@@ -168,7 +168,7 @@ def main() -> int:
     env = app_env(url, topic, group, ledger, HANDLER_SLEEP="0.0005",
                   DEDUP="" if args.no_dedup else dedup.url,
                   STREAMQ_CRASH_STORE=dedup.url)  # fmt: skip
-    observer = CommitObserver(args.broker, url, topic, group, 4).__enter__()
+    observer = CommitObserver(args.broker, url, topic, group, 4).start()
     workers = [Worker(work, spec, env) for _ in range(args.workers)]
     vitals = Vitals(workers)
     vitals.start()
@@ -213,7 +213,7 @@ def main() -> int:
     vitals.stop.set()
     drain = [Worker(work, spec, env, "--until-idle", "5") for _ in range(args.workers)]
     codes = [w.finish(600)[0] for w in drain]
-    observer.__exit__()
+    observer.stop()
     entries = read_ledger(ledger)
     # A broker stall can end a member's session: it then starts again from its commits.
     dupes = check_run(entries, produced=producer.acked, poison=producer.poison,

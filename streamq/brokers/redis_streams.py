@@ -121,6 +121,10 @@ def entry_to_message(topic: str, partition: int, entry_id: bytes, fields: Any) -
     )  # fmt: skip
 
 
+def _id_text(entry_id: bytes | str) -> str:
+    return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
 def _script(name: str) -> str:
     return resources.files("streamq.brokers").joinpath("lua", name).read_text()
 
@@ -359,18 +363,14 @@ class RedisConsumer:
         XGROUP SETID without ENTRIESREAD Redis estimates it, counting what was trimmed as
         read, and such a loss goes unreported).
         """
-
-        def text(entry_id: Any) -> str:
-            return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-
         last = group["last-delivered-id"]
         first = stream["first-entry"][0] if stream.get("first-entry") else None
         if stream["last-generated-id"] == last or not stream["length"]:
             lost = int(group["lag"])  # caught up: nothing left to deliver
-            where = f"before {text(last)}"
+            where = f"before {_id_text(last)}"
         elif first is not None and id_to_offset(first) > id_to_offset(last):
             lost = int(group["lag"]) - int(stream["length"])  # all that is left is unread
-            where = f"between {text(last)} and {text(first)}"
+            where = f"between {_id_text(last)} and {_id_text(first)}"
         else:
             return  # between the two: wait until one of them holds
         if lost <= 0:
@@ -488,7 +488,7 @@ class RedisConsumer:
             "group %s: %d pending entries of %s[%d] were trimmed from the stream before they "
             "were handled and cannot be delivered: %s",
             self._group, len(ids), tp.topic, tp.partition,
-            ", ".join(i.decode() if isinstance(i, bytes) else str(i) for i in ids[:20]),
+            ", ".join(_id_text(i) for i in ids[:20]),
         )  # fmt: skip
 
     def _recreate_group(self, key: str) -> None:

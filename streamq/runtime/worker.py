@@ -71,9 +71,7 @@ def critical_line(exc: BaseException) -> str:
     )
 
 
-def exit_code_for(exc: BaseException, worker: Worker | None = None) -> int:
-    if worker is not None and exc is worker.critical:
-        return EXIT_CRITICAL
+def exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, ConfigError):
         return EXIT_USAGE
     if isinstance(exc, ShutdownTimeout):

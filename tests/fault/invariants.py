@@ -46,6 +46,23 @@ def check_run(
     return duplicates(entries)
 
 
+def first_ends(entries: list[Entry]) -> dict[tuple[int, int], int]:
+    """(partition, offset) -> when its first handling ended (mono ns)."""
+    out: dict[tuple[int, int], int] = {}
+    for e in entries:
+        key = (e.partition, e.offset)
+        out[key] = min(out.get(key, e.mono_ns), e.mono_ns)
+    return out
+
+
+def handled_offsets(first_end: dict[tuple[int, int], int]) -> dict[int, list[int]]:
+    """Per partition, the handled offsets in order."""
+    out: dict[int, list[int]] = defaultdict(list)
+    for partition, offset in sorted(first_end):
+        out[partition].append(offset)
+    return out
+
+
 def check_epochs(entries: list[Entry], rewinds_within_a_member: bool = False) -> int:
     """I3 per partition, for every handling, not only the first of each id.
 
@@ -54,20 +71,14 @@ def check_epochs(entries: list[Entry], rewinds_within_a_member: bool = False) ->
     over unless it was already handled before (a dedup skip) or never is (the DLQ). A member
     may only go back at the start of an epoch. Returns the number of epochs seen.
     """
-    first_end: dict[tuple[int, int], int] = {}
-    for e in entries:
-        key = (e.partition, e.offset)
-        first_end[key] = min(first_end.get(key, e.mono_ns), e.mono_ns)
-    handled_offsets: dict[int, list[int]] = defaultdict(list)
-    for partition, offset in sorted(first_end):
-        handled_offsets[partition].append(offset)
-
+    first_end = first_ends(entries)
+    offsets = handled_offsets(first_end)
     epochs = 0
     by_partition: dict[int, list[Entry]] = defaultdict(list)
     for e in sorted(entries, key=lambda e: e.mono_ns):
         by_partition[e.partition].append(e)
     for partition, seq in by_partition.items():
-        offs = handled_offsets[partition]
+        offs = offsets[partition]
         prev: Entry | None = None
         for e in seq:
             if prev is None or prev.pid != e.pid:

@@ -17,11 +17,12 @@ import bisect
 import contextlib
 import threading
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from tests.integration.helpers import Entry
+
+from .invariants import first_ends, handled_offsets
 
 SAMPLE_EVERY = 0.2
 
@@ -51,15 +52,22 @@ class CommitObserver:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
-    def __enter__(self) -> CommitObserver:
+    def start(self) -> CommitObserver:
+        """Sample from now on; for runs that span more than one block, else use ``with``."""
         self._thread = threading.Thread(target=self._run, name="commit-observer", daemon=True)
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(30)
+
+    def __enter__(self) -> CommitObserver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def _run(self) -> None:
         sample = self._kafka_sampler() if self.kind == "kafka" else self._redis_sampler()
@@ -136,15 +144,9 @@ def check_commits(samples: list[Sample], entries: list[Entry]) -> int:
     ``E`` line, and one never handled is I1's to report.
     """
     assert samples, "the commit observer took no sample: I2 was not checked"
-    first_end: dict[tuple[int, int], int] = {}
-    for e in entries:
-        key = (e.partition, e.offset)
-        if key not in first_end or e.mono_ns < first_end[key]:
-            first_end[key] = e.mono_ns
-    # Per partition, the handled offsets in order and the running max of their first E time.
-    offsets: dict[int, list[int]] = defaultdict(list)
-    for partition, offset in sorted(first_end):
-        offsets[partition].append(offset)
+    first_end = first_ends(entries)
+    offsets = handled_offsets(first_end)
+    # Per partition, the running max of the first E times in offset order.
     running: dict[int, list[int]] = {}
     for partition, offs in offsets.items():
         acc, worst = [], 0

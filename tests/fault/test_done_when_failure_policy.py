@@ -170,7 +170,7 @@ def test_workers_2_sigkilled_then_restarted_with_redis_dedup(broker, tmp_path: P
     env = app_env(broker.url, topic, group, ledger, DEDUP=broker.dedup_url,
                   HANDLER_SLEEP="0.0003")  # fmt: skip
 
-    observer = observe(broker, topic, group, PARTITIONS).__enter__()
+    observer = observe(broker, topic, group, PARTITIONS).start()
     victim = start_worker(tmp_path, spec, env, "--workers", "2")
     wait_until(lambda: len(_children(victim.pid)) == 2, 60, "two worker processes")
     members = _children(victim.pid)
@@ -185,7 +185,7 @@ def test_workers_2_sigkilled_then_restarted_with_redis_dedup(broker, tmp_path: P
 
     restart = start_worker(tmp_path, spec, env, "--workers", "2", "--until-idle", "3")
     code, out = restart.finish(300)
-    observer.__exit__()
+    observer.stop()
     assert code == 0, out
 
     entries = read_ledger(ledger)

@@ -58,7 +58,7 @@ def test_broker_killed_and_restarted_then_frozen_loses_nothing(
     group, ledger, port = unique("outage"), tmp_path / "ledger", free_port()
     spec = write_app(tmp_path)
     env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.004")
-    observer = observe(kafka, topic, group).__enter__()
+    observer = observe(kafka, topic, group).start()
     worker = start_worker(tmp_path, spec, env, "--metrics-port", str(port))
     try:
         wait_until(lambda: get(port, "/readyz")[0] == 200, 60, "the worker to be ready")
@@ -100,7 +100,7 @@ def test_broker_killed_and_restarted_then_frozen_loses_nothing(
     finally:
         worker.send_signal(signal.SIGTERM)
         code, out = worker.finish(90)
-        observer.__exit__()
+        observer.stop()
     assert code == 0, out[-3000:]
     assert "Traceback" not in out
     print(f"\noutage: {len(outage_lines)} lines, {outage_cpu:.2f}s CPU in ~8 s")

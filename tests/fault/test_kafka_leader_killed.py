@@ -71,7 +71,7 @@ def test_partition_leader_killed_mid_run_loses_nothing(kafka_cluster3, tmp_path:
     topic = kafka.topic(4)
     group, ledger = unique("leader"), tmp_path / "ledger"
     spec = write_app(tmp_path)
-    observer = observe(kafka, topic, group, 4).__enter__()
+    observer = observe(kafka, topic, group, 4).start()
     worker = start_worker(tmp_path, spec, app_env(kafka.url, topic, group, ledger))
     feeder = Feeder(kafka.url, topic)
     feeder.start()
@@ -100,7 +100,7 @@ def test_partition_leader_killed_mid_run_loses_nothing(kafka_cluster3, tmp_path:
     )
     worker.send_signal(signal.SIGTERM)
     code, out = worker.finish(90)
-    observer.__exit__()
+    observer.stop()
     assert code == 0, out[-3000:]
     entries = read_ledger(ledger)
     # the killed node may be the group coordinator too: the member's session then ends, its

@@ -72,7 +72,7 @@ def test_partitions_moved_while_paused_are_drained(
     group, ledger = unique("churn"), tmp_path / "ledger"
     spec = write_app(tmp_path, extra={"max_in_flight": 64, "max_poll_records": 100})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.001", DEDUP=broker.dedup_url)
-    observer = observe(broker, topic, group, 4).__enter__()
+    observer = observe(broker, topic, group, 4).start()
     run = start_worker(tmp_path, spec, env, "--workers", "2", "--until-idle", "5")
     bootstrap = broker.url.removeprefix("kafka://")
     try:
@@ -83,7 +83,7 @@ def test_partitions_moved_while_paused_are_drained(
     finally:
         if run.proc.poll() is None:
             run.proc.kill()
-        observer.__exit__()
+        observer.stop()
     assert code == 0, out[-4000:]
     entries = read_ledger(ledger)
     check_run(entries, produced={i for i, _ in records}, starts=read_ledger(ledger, "S"))

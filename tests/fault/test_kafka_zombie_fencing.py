@@ -48,7 +48,7 @@ def test_a_member_frozen_past_its_session_is_fenced_when_it_wakes(
     group, ledger = unique("zombie"), tmp_path / "ledger"
     spec = write_app(tmp_path)  # session.timeout.ms=6000
     env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.02")
-    observer = observe(kafka, topic, group).__enter__()
+    observer = observe(kafka, topic, group).start()
     zombie = start_worker(tmp_path, spec, env)
     wait_until(lambda: len(read_ledger(ledger)) > 100, 60, "the first member to handle")
     zombie.send_signal(signal.SIGSTOP)
@@ -80,7 +80,7 @@ def test_a_member_frozen_past_its_session_is_fenced_when_it_wakes(
     wait_until(lambda: len({e.id for e in read_ledger(ledger)}) == 3000, 120, "the backlog")
     heir.send_signal(signal.SIGTERM)
     code, err = heir.finish(60)
-    observer.__exit__()
+    observer.stop()
     assert code == 0, err
 
     assert code == 0, out

@@ -70,8 +70,10 @@ def _drain(
     tmp_path: Path, spec: str, env: dict[str, str], ledger: Path, ids: set[int],
     observer: CommitObserver,
 ) -> None:  # fmt: skip
-    with observer:
+    try:
         code, out = start_worker(tmp_path, spec, env, "--until-idle", "3").finish(240)
+    finally:
+        observer.stop()  # started with the test's first worker
     assert code == 0, out[-4000:]
     entries = read_ledger(ledger)
     check_run(entries, produced=ids, starts=read_ledger(ledger, "S"))
@@ -83,7 +85,7 @@ def test_stops_while_the_group_rebalances_never_hang(broker, tmp_path: Path) -> 
     group, ledger = unique("stops"), tmp_path / "ledger"
     spec = write_app(tmp_path, extra={"shutdown_timeout": SHUTDOWN, "lease_ttl": 3})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.002")
-    observer = observe(broker, topic, group, 4).__enter__()
+    observer = observe(broker, topic, group, 4).start()
     older = start_worker(tmp_path, spec, env)
     try:
         wait_until(lambda: len(read_ledger(ledger)) > 50, 90, "the first worker to handle records")
@@ -114,7 +116,7 @@ def test_stops_during_a_kafka_outage_never_hang(private_kafka, tmp_path: Path) -
     group, ledger = unique("stops-out"), tmp_path / "ledger"
     spec = write_app(tmp_path, extra={"shutdown_timeout": SHUTDOWN})
     env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.002")
-    observer = observe(kafka, topic, group).__enter__()
+    observer = observe(kafka, topic, group).start()
     for round_ in range(3):
         worker = start_worker(tmp_path, spec, env)
         handled = len(read_ledger(ledger))
@@ -139,7 +141,7 @@ def test_stops_during_a_redis_outage_never_hang(redis_server, tmp_path: Path) ->
     group, ledger = unique("stops-out"), tmp_path / "ledger"
     spec = write_app(tmp_path, extra={"shutdown_timeout": SHUTDOWN, "lease_ttl": 3})
     env = app_env(redis.url, topic, group, ledger, HANDLER_SLEEP="0.002", DEDUP=redis.url)
-    observer = observe(redis, topic, group).__enter__()
+    observer = observe(redis, topic, group).start()
     for round_ in range(3):
         worker = start_worker(tmp_path, spec, env)
         handled = len(read_ledger(ledger))
