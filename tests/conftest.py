@@ -318,12 +318,20 @@ class Broker:
         group, or delivered and not acknowledged (XINFO GROUPS lag and pending).
         """
         if self.kind == "kafka":
-            from confluent_kafka import Consumer, TopicPartition
+            from confluent_kafka import Consumer, KafkaException, TopicPartition
 
             bootstrap = self.url.removeprefix("kafka://")
             consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
+            deadline = time.monotonic() + 30
             try:
-                found = consumer.committed([TopicPartition(topic, p) for p in ends], 20)
+                while True:  # a node just started answers "coordinator load in progress"
+                    try:
+                        found = consumer.committed([TopicPartition(topic, p) for p in ends], 20)
+                        break
+                    except KafkaException as exc:
+                        if not exc.args[0].retriable() or time.monotonic() > deadline:
+                            raise
+                        time.sleep(0.2)
             finally:
                 consumer.close()
             return {tp.partition: tp.offset for tp in found if tp.offset != ends[tp.partition]}

@@ -214,6 +214,15 @@ class KafkaNode:
             out += f",SASL_SSL://127.0.0.1:{self.secure_port}"
         return out
 
+    def own_ports(self, value: str) -> str:
+        """Fill ``{port}`` and ``{controller_port}`` in a setting with this node's own.
+
+        For a listener of the test's own beside the standard ones (a fault proxy's).
+        """
+        return value.replace("{port}", str(self.port)).replace(
+            "{controller_port}", str(self.controller_port)
+        )
+
     @property
     def log_dir(self) -> Path:
         return self.dir / "data"
@@ -401,7 +410,7 @@ class KafkaCluster:
                 "listeners": node.listeners(),
                 "advertised.listeners": node.listeners(),
                 "log.dirs": str(node.log_dir),
-                **overrides,
+                **{k: node.own_ports(v) for k, v in overrides.items()},
             }
             text = "".join(f"{k}={v}\n" for k, v in props.items())
             (node.dir / "server.properties").write_text(text)

@@ -105,12 +105,11 @@ def check_epochs(entries: list[Entry], rewinds_within_a_member: bool = False) ->
     return epochs
 
 
-def check_exclusive(starts: list[Entry], ends: list[Entry], overlap_ok: set[int]) -> int:
-    """I6: no two processes handle one partition at the same time.
+def handling_spans(starts: list[Entry], ends: list[Entry]) -> dict[int, list[tuple[int, int, int]]]:
+    """Per partition, every handling as (start ns, end ns, pid), sorted by start.
 
     A handling is the span from its first ``S`` line (retries write more) to its ``E`` line;
-    a start with no end (the process was killed) has no known end and is left out. Returns
-    the number of spans checked.
+    a start with no end (the process was killed) has no known end and is left out.
     """
     pending: dict[tuple[int, int, int], int] = {}  # (pid, partition, offset) -> first S
     spans: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
@@ -122,9 +121,16 @@ def check_exclusive(starts: list[Entry], ends: list[Entry], overlap_ok: set[int]
             pending.setdefault(key, t)
         elif key in pending:
             spans[e.partition].append((pending.pop(key), t, e.pid))
-    checked = 0
-    for partition, found in spans.items():
+    for found in spans.values():
         found.sort()
+    return spans
+
+
+def check_exclusive(starts: list[Entry], ends: list[Entry], overlap_ok: set[int]) -> int:
+    """I6: no two processes handle one partition at the same time. Returns the number of
+    handlings checked."""
+    checked = 0
+    for partition, found in handling_spans(starts, ends).items():
         latest_end, latest_pid = -1, -1
         for start, end, pid in found:
             checked += 1
@@ -136,3 +142,33 @@ def check_exclusive(starts: list[Entry], ends: list[Entry], overlap_ok: set[int]
             if end > latest_end:
                 latest_end, latest_pid = end, pid
     return checked
+
+
+def check_leases(
+    samples: list[tuple[int, int, int, int | None]], starts: list[Entry], ends: list[Entry]
+) -> int:
+    """I6 against the Redis lease keys (B10): while one member held a partition's lease, no
+    other member was handling that partition.
+
+    A sample is (before ns, after ns, partition, holder pid or None): the lease was read
+    somewhere between the two instants, so only a handling spanning both is in conflict.
+    Returns the number of samples that found a holder.
+    """
+    spans = handling_spans(starts, ends)
+    longest = {p: max((e - s for s, e, _ in found), default=0) for p, found in spans.items()}
+    first = {p: [s for s, _, _ in found] for p, found in spans.items()}
+    held = 0
+    for before, after, partition, holder in samples:
+        if holder is None or partition not in spans:
+            continue
+        held += 1
+        found = spans[partition]
+        i = bisect.bisect_right(first[partition], before) - 1
+        while i >= 0 and found[i][0] >= before - longest[partition]:
+            _, end, pid = found[i]
+            assert not (end >= after and pid != holder), (
+                f"I6 lease: pid {pid} handled partition {partition} while pid {holder} held "
+                f"its lease"
+            )
+            i -= 1
+    return held

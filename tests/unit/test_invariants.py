@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.fault.invariants import check_epochs, check_exclusive, check_run
+from tests.fault.invariants import check_epochs, check_exclusive, check_leases, check_run
 from tests.fault.observer import Sample, check_commits
 from tests.integration.helpers import Entry
 
@@ -58,6 +58,15 @@ def test_two_processes_handling_one_partition_at_once_are_caught() -> None:
     assert check_exclusive(starts, ends, {1}) == 2  # an injected zombie window
     apart = [e(1, 0, 0, 10), e(2, 0, 5, 21)]
     assert check_exclusive(apart, ends, set()) == 2
+
+
+def test_a_member_handling_while_another_holds_the_lease_is_caught() -> None:
+    starts, ends = [e(1, 0, 0, 10), e(2, 0, 1, 40)], [e(1, 0, 0, 30), e(2, 0, 1, 50)]
+    fine = [(12, 14, 0, 1), (32, 34, 0, 2), (42, 44, 0, 2), (20, 22, 0, None)]
+    assert check_leases(fine, starts, ends) == 3
+    with pytest.raises(AssertionError, match="pid 1 handled partition 0 while pid 2 held"):
+        check_leases([(20, 22, 0, 2)], starts, ends)
+    assert check_leases([(28, 32, 0, 2)], starts, ends) == 1  # read as pid 1 finished
 
 
 def test_check_run_reports_loss_first() -> None:
