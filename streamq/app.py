@@ -111,8 +111,10 @@ class App:
             commit: ``"after"`` (at-least-once) or ``"before"`` (at-most-once).
             retry_on: Exception types that earn retries; others are dead-lettered at once.
             dont_retry_on: Exception types that are never retried, even if in ``retry_on``.
-            timeout: Seconds an async handler may run before it is cancelled; the
-                TimeoutError is then retried and dead-lettered like any failure.
+            timeout: Seconds an async handler may run before it is cancelled, or an
+                ``executor="processes"`` handler before its pool process is killed (each
+                record then goes to the pool alone); the TimeoutError is then retried and
+                dead-lettered like any failure.
             dlq_limit: Most consecutive records of one partition (or key lane) that may be
                 dead-lettered; the next one halts the partition instead, so a bad deploy
                 does not empty a topic into its DLQ.

@@ -55,7 +55,11 @@ def dead_letter_record(
     """(key, value, headers) of the DLQ copy of ``msg``, which failed with ``exc``."""
     error_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
     # An exception's text can carry a connection URL or a secret a handler held: scrubbed.
-    tb = scrub("".join(traceback.format_exception(exc))).encode(errors="replace")
+    # Each piece is capped before the whole is: a 300 KB exception message would otherwise
+    # fill the kept tail and push out every frame, the raise site included.
+    tb = scrub(
+        "".join(_cut_text(piece, _MESSAGE_LIMIT) for piece in traceback.format_exception(exc))
+    ).encode(errors="replace")
     headers: Headers = list(msg.raw_headers or ())
     headers += [
         (H_TOPIC, msg.topic.encode()),
@@ -71,6 +75,10 @@ def dead_letter_record(
         (H_FAILED_AT, str(time.time_ns() // 1_000_000).encode()),
     ]
     return msg.key, msg.value, headers
+
+
+def _cut_text(text: str, limit: int) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 16]}...[truncated]\n"
 
 
 def _cut_head(data: bytes, limit: int) -> bytes:

@@ -171,16 +171,21 @@ def build_spec(
         invoke, is_async = build_invoker(fn, batch=batch)
     except ConfigError as exc:
         problems.extend(exc.problems)
-    if timeout is not None and invoke is not None and not is_async:
-        problems.append(
-            "timeout: needs an async handler; a sync handler runs inline and cannot be "
-            "interrupted (make it async, or drop timeout)"
-        )
     executor_v = _executor(fn, executor, is_async, invoke is not None, problems)
+    if (
+        timeout is not None
+        and invoke is not None
+        and not is_async
+        and executor_v is not Executor.PROCESSES
+    ):
+        problems.append(
+            "timeout: needs an async handler or executor='processes'; a sync handler in "
+            "this process cannot be interrupted (make it async, or drop timeout)"
+        )
     if problems:
         raise ConfigError([f"handler {name!r} for topic {topic!r}: {p}" for p in problems])
     assert invoke is not None and retry is not None
-    if timeout is not None:
+    if timeout is not None and is_async:  # processes: the pool process is killed instead
         invoke = _with_timeout(invoke, float(timeout))
     assert ordering_v is not None and commit_v is not None
     dlq_topic = None if dlq is False else (topic + dlq_suffix if dlq is True else str(dlq))

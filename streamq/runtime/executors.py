@@ -12,9 +12,11 @@ decoder included) and keeps it.
 
 from __future__ import annotations
 
+import faulthandler
 import multiprocessing
 import os
 import pickle
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -23,7 +25,15 @@ from typing import Any
 from ..dispatch import Lease, call_each, call_each_until
 from ..message import Message
 
-__all__ = ["BrokenProcessPool", "PoolProcessDied", "Pools", "call_each_leased", "process_chunk"]
+__all__ = [
+    "BrokenProcessPool",
+    "PoolProcessDied",
+    "Pools",
+    "call_each_leased",
+    "deadline_marker",
+    "process_chunk",
+    "read_deadline_marker",
+]
 
 
 class PoolProcessDied(RuntimeError):
@@ -90,11 +100,20 @@ _invokers: dict[Any, Callable[[Any], Any]] = {}
 
 
 def process_chunk(
-    fn: Callable[..., Any], batch: bool, records: Any
+    fn: Callable[..., Any],
+    batch: bool,
+    records: Any,
+    timeout: float | None = None,
+    marker: str | None = None,
 ) -> tuple[int, BaseException | None]:
     """Run ``fn`` over a chunk; return how many finished and the exception that stopped it.
 
-    ``batch`` handlers get the whole list in one call (0 or all finished).
+    ``batch`` handlers get the whole list in one call (0 or all finished). With a
+    ``timeout``, a timer that needs no GIL (``faulthandler``, as in ``streamq.deadline``)
+    ends this process once the chunk has run that long, having written its stacks to
+    ``marker``: a handler stuck in C code cannot hold it up, and the clock starts here, not
+    while the chunk waited for a free process. The parent reads ``marker`` to tell a
+    timeout from a crash.
     """
     invoke = _invokers.get((fn, batch))
     if invoke is None:
@@ -102,6 +121,19 @@ def process_chunk(
 
         invoke, _ = build_invoker(fn, batch=batch)
         _invokers[(fn, batch)] = invoke
+    if timeout is None or marker is None:
+        return _run_chunk(invoke, batch, records)
+    with open(marker, "w") as out:  # faulthandler writes to a file descriptor
+        faulthandler.dump_traceback_later(timeout, exit=True, file=out)
+        try:
+            return _run_chunk(invoke, batch, records)
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+
+
+def _run_chunk(
+    invoke: Callable[[Any], Any], batch: bool, records: Any
+) -> tuple[int, BaseException | None]:
     if batch:
         try:
             invoke(records)
@@ -111,6 +143,27 @@ def process_chunk(
     failed: list[BaseException] = []
     done = int(call_each(invoke, records, 0, len(records), failed))
     return done, (_portable(failed[0]) if failed else None)
+
+
+def deadline_marker() -> str:
+    """A fresh empty file for a timed chunk's process to write its stacks to if it times out."""
+    fd, path = tempfile.mkstemp(prefix="streamq-timeout-")
+    os.close(fd)
+    return path
+
+
+def read_deadline_marker(marker: str | None, *, remove: bool = False) -> str:
+    """What a timed-out pool process wrote to ``marker`` (empty: it did not time out)."""
+    if marker is None:
+        return ""
+    try:
+        with open(marker, errors="replace") as f:
+            text = f.read().strip()
+        if remove:
+            os.unlink(marker)
+    except OSError:
+        return ""
+    return text
 
 
 def _portable(exc: BaseException) -> BaseException:

@@ -52,7 +52,15 @@ from ..offsets import OffsetTracker
 from ..retry import NEVER_POISON
 from ..settings import Settings
 from ..tracing import tracer
-from .executors import BrokenProcessPool, PoolProcessDied, Pools, call_each_leased, process_chunk
+from .executors import (
+    BrokenProcessPool,
+    PoolProcessDied,
+    Pools,
+    call_each_leased,
+    deadline_marker,
+    process_chunk,
+    read_deadline_marker,
+)
 
 __all__ = ["GroupRunner", "Stats"]
 
@@ -1140,6 +1148,8 @@ class GroupRunner:
         lease = lane.lease
         threads = spec.executor is Executor.THREADS
         chunk = POOL_CHUNK_THREADS if threads else POOL_CHUNK_PROCESSES
+        if spec.timeout is not None:
+            chunk = 1  # a timeout is per record: the one that ran past it is known
         n = len(unit)
         i = 0
         alone_until = 0  # after a pool process died: one record per call, to find the killer
@@ -1180,13 +1190,28 @@ class GroupRunner:
         self, spec: HandlerSpec, records: list[Message]
     ) -> tuple[int, BaseException | None]:
         pool = self._pools.processes()
+        marker = deadline_marker() if spec.timeout is not None else None
         try:
             done, exc = await self._loop.run_in_executor(
-                pool, process_chunk, spec.fn, spec.batch, records
+                pool, process_chunk, spec.fn, spec.batch, records, spec.timeout, marker
             )
         except BrokenProcessPool as broken:
             self._pools.replace_broken_processes(pool)
+            stack = read_deadline_marker(marker)
+            if stack:  # the process's own deadline ended it: the handler ran past the timeout
+                msg = records[0]
+                log.warning(
+                    "handler %s ran past timeout=%ss on %s[%d]@%d: its pool process was "
+                    "killed; it was at:\n%s",
+                    spec.name, spec.timeout, msg.topic, msg.partition, msg.offset, stack,
+                    extra=about(spec.name, msg, self.group),
+                )  # fmt: skip
+                return 0, TimeoutError(
+                    f"handler ran past timeout={spec.timeout}s; its pool process was killed"
+                )
             return 0, PoolProcessDied(f"a process of the handler pool died: {broken}")
+        finally:
+            read_deadline_marker(marker, remove=True)
         return int(done), exc
 
     async def _recover(self, lane: Lane, msg: Message, exc: BaseException, index: int) -> bool:

@@ -84,6 +84,12 @@ def test_timeout_on_a_sync_handler_is_refused(memory_url: str) -> None:
 
     with pytest.raises(ConfigError, match="timeout: needs an async handler"):
         app.handler("t", timeout=1.0)(sync_handler)
+    with pytest.raises(ConfigError, match="timeout: needs an async handler"):
+        app.handler("t", timeout=1.0, executor="threads")(sync_handler)
+    # a pool process can be ended: its timer kills it (tests/fault/test_handler_faults.py, D4)
+    from tests.unit.test_handlers import module_level_handler
+
+    app.handler("p", timeout=1.0, executor="processes")(module_level_handler)
 
 
 def test_bad_policy_options_are_reported_together(memory_url: str) -> None:

@@ -53,6 +53,21 @@ def test_dead_letter_record_keeps_bytes_and_adds_provenance() -> None:
     assert h["streamq-traceback"].endswith(b"ValueError: boom\n")
 
 
+def test_a_huge_exception_message_does_not_push_the_raise_site_out_of_the_traceback() -> None:
+    def charge_card() -> None:
+        raise ValueError("x" * 300_000)
+
+    msg = Message("orders", 0, 1, None, b"{}", None, 0)
+    try:
+        charge_card()
+    except ValueError as exc:
+        _, _, headers = dead_letter_record(msg, exc, group="g", handler="h", traceback_limit=8192)
+    tb = dict(headers)["streamq-traceback"]
+    assert len(tb) <= 8192
+    assert b"in charge_card" in tb and tb.endswith(b"...[truncated]\n")
+    assert len(dict(headers)["streamq-error-message"]) <= 2048
+
+
 def test_settings_from_env_and_kwargs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STREAMQ_BROKER", "memory://from-env")
     monkeypatch.setenv("STREAMQ_COMMIT_INTERVAL", "2.5")
