@@ -25,11 +25,10 @@ untruncated DLQ copy (payload, error message, traceback) would be ~1.5 MB, past 
 (8 KB), each piece of the traceback capped first so the huge message cannot push the frames
 out: the DLQ produce succeeds, the copy arrives with the truncated headers (the raise site
 kept) and the payload byte for byte, and the observer shows nothing committed past the poison
-until then. The second
-case is C9: a ~995 KB poison fits the source topic, but its DLQ copy (payload plus ~10 KB of
-headers) exceeds the producer's 1,000,000-byte ``message.max.bytes`` (librdkafka's default,
-below the broker's 1,048,588), so the DLQ write fails every time: the partition waits at the
-poison, uncommitted, retrying, for as long as the worker runs.
+until then. The second case is C9: a ~997 KB poison fits the source topic, but its DLQ copy
+(payload plus ~5 KB of headers) exceeds the producer's 1,000,000-byte ``message.max.bytes``
+(librdkafka's default, below the broker's 1,048,588), so the DLQ write fails every time: the
+partition waits at the poison, uncommitted, retrying, for as long as the worker runs.
 """
 
 from __future__ import annotations
@@ -405,7 +404,7 @@ class DlqWatch:
 
 @pytest.mark.parametrize(
     ("case", "pad"),
-    [("fits", 900_000), ("too-big", 995_000)],
+    [("fits", 900_000), ("too-big", 997_500)],
     ids=["truncated-dlq-record-fits", "dlq-record-too-big-waits"],
 )
 def test_a_near_limit_poison_with_a_huge_error_reaches_the_dlq_or_waits(
