@@ -125,11 +125,16 @@ def scrub(text: str) -> str:
     return text
 
 
+LINE_LIMIT = 16384  # characters of one log line's message (tracebacks are apart)
+
+
 class Scrub(logging.Filter):
     """Masks secrets in a log line, its arguments and its traceback before any handler sees it.
 
     Attached to every streamq logger (so it works when streamq is embedded) and to the handler
-    the CLI installs (so client libraries' lines are covered too).
+    the CLI installs (so client libraries' lines are covered too). Since it renders the line
+    anyway, it also cuts one longer than ``LINE_LIMIT``: a handler's exception text is logged
+    on every retry, and a 300 KB one would flood the log at each attempt.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -137,6 +142,9 @@ class Scrub(logging.Filter):
             return True
         message = record.getMessage()
         clean = scrub(message)
+        if len(clean) > LINE_LIMIT:
+            cut = len(clean) - LINE_LIMIT
+            clean = f"{clean[:LINE_LIMIT]}...[{cut} characters cut]"
         if clean != message:
             record.msg, record.args = clean, None
         if record.exc_info and record.exc_info[1] is not None and not record.exc_text:

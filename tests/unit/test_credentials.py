@@ -132,6 +132,23 @@ def test_log_lines_and_their_tracebacks_are_masked_in_text_and_json() -> None:
     assert SECRET not in js.getvalue()
 
 
+def test_a_huge_log_line_is_cut_and_says_so() -> None:
+    from streamq.credentials import LINE_LIMIT
+
+    log = get_logger("streamq.test_credentials_cut")
+    log.propagate = False
+    text = io.StringIO()
+    handler = logging.StreamHandler(text)
+    log.addHandler(handler)
+    try:
+        log.warning("handler failed: %s", "x" * 300_000)
+    finally:
+        log.removeHandler(handler)
+    line = text.getvalue()
+    assert len(line) < LINE_LIMIT + 64
+    assert line.startswith("handler failed: xxx") and "characters cut]" in line
+
+
 def test_dlq_headers_carry_no_secret_from_the_exception() -> None:
     remember(SECRET)
     msg = Message("orders", 0, 7, b"k", b"v", [], 0)
