@@ -15,9 +15,10 @@ I6 outside the injected freezes, I10 consistent coordinates, I5 poison only in t
 I2 against the committed positions sampled during the run (``tests/fault/observer.py``).
 Every second the workers' RSS, threads and open fds are sampled from /proc; the report gives,
 per worker process, the first and last values and the RSS slope after a warm-up (F4, I7).
+The first ``--spare`` workers (default 1) are never killed, so one lives the whole run.
 The seed is printed first: rerun with ``--seed`` to replay the same schedule.
 
-    python scripts/chaos.py --broker redis --duration 300 --seed 7
+    python scripts/chaos.py --broker redis --duration 300 --seed 7 --workers 3
 """
 
 from __future__ import annotations
@@ -155,6 +156,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=500.0, help="records produced per second")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-dedup", action="store_true", help="run without the dedup store")
+    parser.add_argument("--spare", type=int, default=1,
+                        help="workers never killed (still frozen and stalled), so at least one "
+                        "lives the whole run and its RSS slope means something (F4)")  # fmt: skip
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 30)
     rng = random.Random(seed)
@@ -182,9 +186,11 @@ def main() -> int:
         while time.monotonic() < end:
             time.sleep(rng.uniform(2, 10))
             fault = rng.choice(["kill", "kill", "freeze", "stall"])
+            if fault == "kill" and args.spare >= len(workers):
+                fault = "freeze"
             faults[fault] += 1
             if fault == "kill":
-                slot = rng.randrange(len(workers))
+                slot = rng.randrange(args.spare, len(workers))
                 workers[slot].send_signal(signal.SIGKILL)
                 workers[slot].finish(30)
                 time.sleep(rng.uniform(0, 3))
