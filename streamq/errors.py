@@ -20,6 +20,9 @@ StreamqError
 Backends translate their client's errors into this tree at the boundary, so nothing from
 confluent-kafka or redis-py leaks upwards. Errors about a record carry its coordinates as
 attributes and define ``__reduce__`` so they survive a process pool.
+
+The exit codes live here too, with the one map from an error to its code
+(``exit_code_for``): the CLI, a worker process and the supervisor all read them from here.
 """
 
 from __future__ import annotations
@@ -27,6 +30,15 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "EXIT_CRITICAL",
+    "EXIT_FENCED",
+    "EXIT_FINAL",
+    "EXIT_HALTED",
+    "EXIT_INTERRUPTED",
+    "EXIT_ORPHANED",
+    "EXIT_RUNTIME",
+    "EXIT_SHUTDOWN_TIMEOUT",
+    "EXIT_USAGE",
     "BrokerError",
     "BrokerUnavailable",
     "CommitFailed",
@@ -41,7 +53,24 @@ __all__ = [
     "ShutdownTimeout",
     "StreamqError",
     "UnknownTopicOrPartition",
+    "exit_code_for",
 ]
+
+# Exit codes of `streamq` commands, worker processes and the supervisor.
+EXIT_RUNTIME = 1  # broker or runtime error (also faulthandler's: stuck past a hard deadline)
+EXIT_USAGE = 2  # bad usage or configuration, an unknown topic
+EXIT_SHUTDOWN_TIMEOUT = 3  # handlers outlived shutdown_timeout: their records are not committed
+EXIT_HALTED = 4  # the run ended with a partition halted at a record
+EXIT_FENCED = 5  # the group replaced this member (a second process with its instance_id)
+# The supervisor died and this worker was still running stop_timeout seconds later (its
+# Python frozen, or it ignored the SIGTERM): nobody reads this code, the kernel reaps it.
+EXIT_ORPHANED = 6
+# A handler raised a process-critical error (SystemExit, KeyboardInterrupt, CancelledError,
+# MemoryError, ...): never poison, so its record was left uncommitted for the next run.
+EXIT_CRITICAL = 7
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report it
+# Codes after which the supervisor does not restart a worker: a restart cannot help.
+EXIT_FINAL = (0, EXIT_USAGE, EXIT_HALTED, EXIT_FENCED)
 
 
 class StreamqError(Exception):
@@ -168,3 +197,20 @@ class ShutdownTimeout(StreamqError):
 
     The unfinished records were not committed and will be redelivered on the next start.
     """
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The documented exit code for an error that ends a command or a worker."""
+    if isinstance(exc, ConfigError | UnknownTopicOrPartition):
+        return EXIT_USAGE
+    if isinstance(exc, ShutdownTimeout):
+        return EXIT_SHUTDOWN_TIMEOUT
+    if isinstance(exc, PartitionHalted):
+        return EXIT_HALTED
+    if isinstance(exc, MemberFenced):
+        return EXIT_FENCED
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, SystemExit):
+        return exc.code if isinstance(exc.code, int) else EXIT_RUNTIME
+    return EXIT_RUNTIME

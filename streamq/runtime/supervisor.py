@@ -30,23 +30,18 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from .._native import native
+from ..errors import EXIT_FINAL, EXIT_ORPHANED
 from ..logs import get_logger
 
-__all__ = ["EXIT_FINAL", "supervise"]
+__all__ = ["supervise"]
 
 log = get_logger("streamq.supervisor")
 
 _PR_SET_PDEATHSIG = 1
 
-# Exit codes after which restarting cannot help: done, bad configuration, halted partitions.
-EXIT_FINAL = (0, 2, 4, 5)  # done, bad usage, halted, fenced: a restart cannot help
 
 # A child that ran this long before failing starts its backoff over.
 _HEALTHY_AFTER = 60.0
-
-# The supervisor died and this worker was still running stop_timeout seconds later (its
-# Python frozen, or it ignored the SIGTERM): nobody reads this code, the kernel reaps it.
-EXIT_ORPHANED = 6
 
 
 def _watch_parent_py(parent: int, grace_s: float, code: int) -> None:

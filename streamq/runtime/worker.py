@@ -23,7 +23,15 @@ from ..brokers.base import Backend, Broker
 from ..crashes import CrashCounter, counter_url
 from ..credentials import redact_url
 from ..dedup import RedisDedup
-from ..errors import ConfigError, MemberFenced, PartitionHalted, ShutdownTimeout, StreamqError
+from ..errors import (
+    EXIT_CRITICAL,
+    EXIT_SHUTDOWN_TIMEOUT,
+    ConfigError,
+    PartitionHalted,
+    ShutdownTimeout,
+    StreamqError,
+    exit_code_for,
+)
 from ..handlers import CommitMode, HandlerSpec
 from ..metrics import Exporter
 from ..settings import Settings
@@ -34,27 +42,14 @@ if TYPE_CHECKING:
     from ..app import App
 
 __all__ = [
-    "EXIT_CRITICAL",
-    "EXIT_SHUTDOWN_TIMEOUT",
     "STOP_DEADLINE_GRACE",
     "Worker",
     "critical_line",
-    "exit_code_for",
     "run_app_child",
     "run_worker",
 ]
 
 log = logs.get_logger("streamq.worker")
-
-# Exit codes, shared by the CLI and spawned workers.
-EXIT_RUNTIME = 1  # broker or runtime error
-EXIT_USAGE = 2  # bad usage or configuration
-EXIT_SHUTDOWN_TIMEOUT = 3  # handlers outlived shutdown_timeout: their records are not committed
-EXIT_HALTED = 4  # the run ended with a partition halted at a record
-EXIT_FENCED = 5  # the group replaced this member (a second process with its instance_id)
-# A handler raised a process-critical error (SystemExit, KeyboardInterrupt, CancelledError,
-# MemoryError, ...): never poison, so its record was left uncommitted for the next run.
-EXIT_CRITICAL = 7
 
 # A stop that has not ended this long after shutdown_timeout is stuck where Python cannot
 # help: the GIL-free deadline (streamq.deadline) prints every thread's stack and exits 1.
@@ -69,22 +64,6 @@ def critical_line(exc: BaseException) -> str:
         f"a handler raised {what}, a process-critical error: the worker stopped, and the "
         "record was not committed, so it is handled again after a restart"
     )
-
-
-def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, ConfigError):
-        return EXIT_USAGE
-    if isinstance(exc, ShutdownTimeout):
-        return EXIT_SHUTDOWN_TIMEOUT
-    if isinstance(exc, PartitionHalted):
-        return EXIT_HALTED
-    if isinstance(exc, MemberFenced):
-        return EXIT_FENCED
-    if isinstance(exc, KeyboardInterrupt):
-        return 130
-    if isinstance(exc, SystemExit):
-        return exc.code if isinstance(exc.code, int) else EXIT_RUNTIME
-    return EXIT_RUNTIME
 
 
 class Worker:

@@ -13,8 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamq.errors import UnknownTopicOrPartition
-from streamq.runtime.worker import EXIT_CRITICAL
+from streamq.errors import EXIT_CRITICAL, UnknownTopicOrPartition
 from tests.integration.helpers import app_env, read_ledger, start_worker, unique
 
 from .invariants import check_run

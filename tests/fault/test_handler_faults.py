@@ -32,7 +32,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamq.runtime.worker import EXIT_HALTED
+from streamq.errors import EXIT_HALTED
 from tests.conftest import Broker
 from tests.integration.helpers import (
     FAST_GROUP,

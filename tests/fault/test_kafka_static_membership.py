@@ -24,6 +24,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streamq.errors import EXIT_FENCED
 from tests.conftest import Broker
 from tests.integration.helpers import (
     KIP848,
@@ -40,8 +41,6 @@ from tests.integration.helpers import (
 from .invariants import check_run
 
 pytestmark = [pytest.mark.fault, pytest.mark.kafka, pytest.mark.timeout(240)]
-
-EXIT_FENCED = 5
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamq.runtime.worker import EXIT_SHUTDOWN_TIMEOUT
+from streamq.errors import EXIT_SHUTDOWN_TIMEOUT
 from tests.integration.helpers import (
     app_env,
     duplicates,

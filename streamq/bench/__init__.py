@@ -1,0 +1,35 @@
+"""``streamq bench``: drain one pre-filled topic with the raw client loop and with streamq.
+
+Both consumers do the same work per record (the ``--handler``) on the same records, in the
+same run, alternating raw then streamq for ``--rounds`` rounds, each in a fresh consumer
+group. The report is the ratio, so a noisy shared machine moves both sides together.
+
+How one drain is measured, the same way for both sides:
+
+- Every record ticks a counter in shared memory (one slot per worker process). A monitor
+  samples the slots every few milliseconds: the drain starts when the first record is
+  handled and ends when all ``--messages`` are. That costs the handler one store per
+  record, identical for both sides, and keeps clocks and ``/proc`` reads off the hot path.
+- CPU seconds per million records: user plus system time of every worker process (from
+  ``/proc``), across the drain window; this includes librdkafka's and redis-py's threads.
+- RSS: each worker's resident size when its first record arrives, and its peak (VmHWM).
+- End-to-end latency: after the backlog is drained, ``--latency-messages`` records are
+  produced at ``--latency-rate`` per second while the consumer runs, and each is timed from
+  its broker timestamp to its handler (millisecond resolution, the timestamps' own).
+
+Kafka and Redis drains run in a fresh subprocess each (``python -m streamq.bench``), so a
+drain's memory and CPU are its own. ``memory://`` lives in one process, so its drains run
+in this one, one after the other.
+
+The package, one concern per module: ``spec`` (the ``BenchSpec``), ``workloads`` (payloads,
+the backlog, the per-record work), ``tally`` (the shared counters), ``raw`` (the client
+libraries' own loops), ``streamq_side`` (the streamq app), ``monitor`` (one drain, measured),
+``drain`` (one side's drain), ``run`` (the rounds), ``report`` (medians and the ratio), and
+``__main__`` (the drain subprocesses' entry points).
+"""
+
+from .run import run_bench
+from .spec import BenchSpec, parse_handler
+from .workloads import BenchRecord
+
+__all__ = ["BenchRecord", "BenchSpec", "parse_handler", "run_bench"]

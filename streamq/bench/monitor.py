@@ -1,0 +1,165 @@
+"""One drain, measured: when it starts and ends, its CPU, memory and end-to-end latency.
+
+The ``Monitor`` samples the shared counters every few milliseconds from outside the hot path;
+CPU and memory come from ``/proc`` for every worker process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .spec import BenchSpec
+from .tally import (
+    _COUNT,
+    _CPU0,
+    _FIRST,
+    _HEADER,
+    _LAT0,
+    _LAT_N,
+    _PHASE,
+    _PID,
+    _SLOT,
+    _attach,
+    _view,
+)
+
+
+def _proc_cpu(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _proc_mem(pid: int, key: str) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError):
+        pass
+    return 0.0
+
+
+class Monitor:
+    """Reads the shared slots: when the drain starts and ends, and what it cost."""
+
+    def __init__(self, spec: BenchSpec) -> None:
+        self.spec = spec
+        self._shm = _attach(spec.shm)
+        self.view = _view(self._shm)
+
+    def slots(self) -> range:
+        return range(self.spec.slots)
+
+    def count(self) -> int:
+        v = self.view
+        return sum(v[_HEADER + s * _SLOT + _COUNT] for s in self.slots())
+
+    def pids(self) -> list[int]:
+        v = self.view
+        return [p for s in self.slots() if (p := v[_HEADER + s * _SLOT + _PID])]
+
+    def all_workers_started(self) -> bool:
+        v = self.view
+        return all(v[_HEADER + s * _SLOT + _COUNT] for s in range(self.spec.workers))
+
+    def cpu_at_first(self) -> float:
+        v = self.view
+        return sum(v[_HEADER + s * _SLOT + _CPU0] for s in self.slots()) / 1e9
+
+    def cpu_now(self, pids: list[int]) -> float:
+        if pids == [os.getpid()]:
+            return time.process_time()  # this process: exact, not in clock ticks
+        return sum(_proc_cpu(p) for p in pids)
+
+    def first_ns(self) -> int:
+        v = self.view
+        stamps = [v[_HEADER + s * _SLOT + _FIRST] for s in self.slots()]
+        return min(t for t in stamps if t) if any(stamps) else time.monotonic_ns()
+
+    def latencies(self) -> list[int]:
+        v = self.view
+        out: list[int] = []
+        for s in self.slots():
+            base = _HEADER + s * _SLOT
+            out.extend(v[base + _LAT0 + i] for i in range(v[base + _LAT_N]))
+        return out
+
+    def measure(
+        self, produce_latency: Callable[[], None], done: Callable[[], None]
+    ) -> dict[str, Any]:
+        spec = self.spec
+        n = spec.messages
+        deadline_start = time.monotonic() + 120
+        while self.count() == 0:
+            if time.monotonic() > deadline_start:
+                raise RuntimeError("no record was handled within 120 s of starting")
+            time.sleep(0.002)
+        started = self.first_ns()
+        base = 0  # records before the window: only with several workers
+        cpu_base: float | None = None
+        if spec.workers > 1:
+            # Members join one after another (a rebalance each): the window starts once every
+            # worker handled a record, so it measures the group at full strength.
+            join_by = time.monotonic() + 60
+            while not self.all_workers_started() and time.monotonic() < join_by:
+                time.sleep(0.002)
+            started, base = time.monotonic_ns(), self.count()
+            cpu_base = self.cpu_now(self.pids())
+        pids = self.pids()
+        rss_start = max((_proc_mem(p, "VmRSS:") for p in pids), default=0.0)
+        limit = None if spec.max_seconds is None else time.monotonic() + spec.max_seconds
+        while (handled := self.count()) < n:
+            if limit is not None and time.monotonic() > limit:
+                break
+            time.sleep(0.002)
+        # from the first record handled (stamped by its handler) to the sample that saw the
+        # last one: at most one sampling interval late
+        elapsed = (time.monotonic_ns() - started) / 1e9
+        pids = self.pids()
+        # CPU from each process's first record (its handler stamped it) to now
+        cpu = self.cpu_now(pids) - (self.cpu_at_first() if cpu_base is None else cpu_base)
+        timed = handled - base
+        rss_peak = max((_proc_mem(p, "VmHWM:") for p in pids), default=0.0)
+        rss_end = max((_proc_mem(p, "VmRSS:") for p in pids), default=0.0)
+        lat: list[int] = []
+        if handled >= n and spec.latency_topic:
+            self.view[_PHASE] = 1
+            produce_latency()
+            wait_until = time.monotonic() + 10 + spec.latency_messages / spec.latency_rate
+            while self.count() < n + spec.latency_messages and time.monotonic() < wait_until:
+                time.sleep(0.005)
+            lat = sorted(self.latencies())
+        done()
+        return {
+            "handled": handled,
+            "seconds": round(elapsed, 4),
+            "msg_s": round(timed / elapsed) if elapsed > 0 else 0,
+            "mb_s": round(timed * spec.size / elapsed / 1e6, 2) if elapsed > 0 else 0.0,
+            "cpu_s_per_m": round(cpu / timed * 1e6, 2) if timed else None,
+            "timed_records": timed,
+            "rss_start_mb": round(rss_start, 1),
+            "rss_end_mb": round(rss_end, 1),
+            "rss_peak_mb": round(rss_peak, 1),
+            "p50_ms": _pct(lat, 0.50),
+            "p99_ms": _pct(lat, 0.99),
+            "latency_samples": len(lat),
+            "workers": len(pids),
+        }
+
+    def close(self) -> None:
+        self.view.release()
+        self._shm.close()
+
+
+def _pct(values: list[int], q: float) -> float | None:
+    if not values:
+        return None
+    return float(values[min(len(values) - 1, int(q * len(values)))])

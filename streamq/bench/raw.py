@@ -1,0 +1,112 @@
+"""The raw side: the tightest loop each client library offers, with the handler's work.
+
+Fetch a batch, do the per-record work, tick the counter, commit once per batch: the baseline
+streamq is measured against. Keep these loops free of anything else per record, or the
+ratio flatters streamq.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from .spec import BenchSpec, parse_handler
+from .tally import Tally
+from .workloads import work_fn
+
+
+def raw_drain(spec: BenchSpec, slot: int, stop: threading.Event) -> None:
+    """The client library's own loop: fetch, the handler's work, commit once per batch."""
+    kind, sleep_s = parse_handler(spec.handler)
+    work = work_fn(kind, sleep_s)
+    tally = Tally(spec.shm, slot)
+    tick = tally.tick_fn()
+    try:
+        if spec.broker.startswith("kafka://"):
+            _raw_kafka(spec, work, tick, stop)
+        elif spec.broker.startswith(("redis://", "rediss://")):
+            _raw_redis(spec, work, tick, stop)
+        else:
+            _raw_memory(spec, work, tick, stop)
+    finally:
+        tally.close()
+
+
+def _raw_kafka(spec: BenchSpec, work: Any, tick: Any, stop: threading.Event) -> None:
+    from confluent_kafka import Consumer
+
+    from ..brokers.kafka import KafkaBroker
+    from ..settings import load_settings
+
+    broker = KafkaBroker(spec.broker, load_settings(broker=spec.broker))
+    config = broker.consumer_config(spec.group)  # the same librdkafka tuning streamq uses
+    config.pop("enable.auto.offset.store", None)
+    consumer = Consumer(config)
+    consumer.subscribe(spec.topics)
+    size = spec.max_poll_records
+    try:
+        while not stop.is_set():
+            batch = consumer.consume(size, 0.1)
+            for m in batch:
+                if m.error() is None:
+                    work(m.value())
+                    tick(m.timestamp()[1])
+            if batch:
+                consumer.commit(asynchronous=True)
+    finally:
+        consumer.close()
+
+
+def _raw_redis(spec: BenchSpec, work: Any, tick: Any, stop: threading.Event) -> None:
+    import redis
+
+    from ..brokers.redis_streams import stream_key
+    from ..message import TopicPartition
+
+    r: Any = redis.Redis.from_url(spec.broker)
+    keys = [stream_key(TopicPartition(t, p)) for t in spec.topics for p in range(spec.partitions)]
+    for key in keys:
+        try:
+            r.xgroup_create(key, spec.group, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+    consumer = f"raw-{os.getpid()}"
+    streams = dict.fromkeys(keys, ">")
+    size = spec.max_poll_records
+    while not stop.is_set():
+        reply = r.xreadgroup(spec.group, consumer, streams, count=size, block=100)
+        if not reply:
+            continue
+        pipe = r.pipeline(transaction=False)
+        for key, entries in reply:
+            ids = []
+            for entry_id, fields in entries:
+                work(fields[b"v"])
+                stamp = fields.get(b"t")
+                tick(int(stamp) if stamp is not None else int(entry_id.split(b"-")[0]))
+                ids.append(entry_id)
+            pipe.xack(key, spec.group, *ids)
+        pipe.execute()
+    r.close()
+
+
+def _raw_memory(spec: BenchSpec, work: Any, tick: Any, stop: threading.Event) -> None:
+    from ..brokers import connect
+    from ..settings import load_settings
+
+    settings = load_settings(broker=spec.broker)
+    backend: Any = connect(spec.broker).consumer(spec.group, settings)
+    owned: set[Any] = set()
+    backend.subscribe(spec.topics, owned.update, owned.difference_update, owned.difference_update)
+    positions: dict[Any, int] = {}
+    while not stop.is_set():
+        batch = backend.poll_batch(spec.max_poll_records, 0.1)
+        for m in batch:
+            work(m.value)
+            tick(m.timestamp)
+            positions[m.tp] = m.offset + 1
+        if batch:
+            backend.commit(positions, sync=False)
+    backend.close()

@@ -1,0 +1,164 @@
+"""The streamq side: an app with one handler doing the same work as the raw loop.
+
+``build_app`` registers the ``--handler`` with the chosen executor and ordering. The module
+also holds what other processes import by name: the ``--executor processes`` handlers (pool
+processes import them) and ``app`` (``streamq.bench.streamq_side:app``, which each spawned
+worker of ``--workers N`` imports to build its own app).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..message import Message
+from .spec import BenchSpec, parse_handler
+from .tally import Tally
+from .workloads import BenchRecord, _burn, work_fn
+
+
+def build_app(spec: BenchSpec, slot: int | None) -> Any:
+    """The streamq app doing the same work: one handler with the chosen options.
+
+    ``slot`` None is the supervisor of ``--workers N``: it only needs the app to exist.
+    """
+    import streamq
+
+    kind, sleep_s = parse_handler(spec.handler)
+    tick: Callable[[int], None] = _no_tick
+    if slot is not None:
+        tick = Tally(spec.shm, slot).tick_fn()
+    options: dict[str, Any] = {"ordering": spec.ordering, "dlq": False}
+    if spec.executor in ("threads", "processes"):
+        options["executor"] = spec.executor
+    if spec.dedup != "none":
+        options["dedup"] = spec.dedup
+    app = streamq.App(
+        spec.group,
+        broker=spec.broker,
+        max_poll_records=spec.max_poll_records,
+        poll_timeout=0.1,
+        **spec.extra,
+    )
+    handlers = [app.handler(t, **options) for t in spec.topics]
+
+    def register(fn: Callable[..., Any]) -> None:
+        for h in handlers:
+            h(fn)
+
+    if spec.executor == "processes":
+        register(_POOL_HANDLERS[kind])
+    elif spec.executor == "asyncio":
+        if kind == "sleep":
+
+            async def handle_async(msg: Message) -> None:
+                await asyncio.sleep(sleep_s)
+                tick(msg.timestamp)
+        else:
+            work = work_fn(kind, 0.0)
+
+            async def handle_async(msg: Message) -> None:
+                work(msg.value)
+                tick(msg.timestamp)
+
+        register(handle_async)
+    elif kind == "noop":
+
+        def handle_noop(msg: Message) -> None:
+            tick(msg.timestamp)
+
+        register(handle_noop)
+    elif kind == "json":
+
+        def handle_json(value: dict, msg: Message) -> None:  # type: ignore[type-arg]
+            tick(msg.timestamp)
+
+        register(handle_json)
+    elif kind == "pydantic":
+
+        def handle_model(value: BenchRecord, msg: Message) -> None:
+            tick(msg.timestamp)
+
+        register(handle_model)
+    elif kind == "cpu":
+
+        def handle_cpu(value: dict, msg: Message) -> None:  # type: ignore[type-arg]
+            _burn()
+            tick(msg.timestamp)
+
+        register(handle_cpu)
+    else:
+
+        def handle_sleep(msg: Message) -> None:
+            time.sleep(sleep_s)
+            tick(msg.timestamp)
+
+        register(handle_sleep)
+    return app
+
+
+def _no_tick(timestamp_ms: int) -> None:
+    pass
+
+
+# -- module-level handlers for --executor processes: pool processes import them by name -------
+
+_pool_state: dict[str, Any] = {}
+
+
+def _pool_tick(timestamp_ms: int) -> None:
+    tick = _pool_state.get("tick")
+    if tick is None:
+        spec = BenchSpec(**json.loads(os.environ["STREAMQ_BENCH_SPEC"]))
+        _pool_state["sleep"] = parse_handler(spec.handler)[1]
+        tick = _pool_state["tick"] = Tally(spec.shm, None, spec.workers).tick_fn()
+    tick(timestamp_ms)
+
+
+def pool_noop(msg: Message) -> None:
+    _pool_tick(msg.timestamp)
+
+
+def pool_json(value: dict, msg: Message) -> None:  # type: ignore[type-arg]
+    _pool_tick(msg.timestamp)
+
+
+def pool_pydantic(value: BenchRecord, msg: Message) -> None:
+    _pool_tick(msg.timestamp)
+
+
+def pool_cpu(value: dict, msg: Message) -> None:  # type: ignore[type-arg]
+    _burn()
+    _pool_tick(msg.timestamp)
+
+
+def pool_sleep(msg: Message) -> None:
+    _pool_tick(msg.timestamp)  # first: it reads the sleep time
+    time.sleep(_pool_state["sleep"])
+
+
+_POOL_HANDLERS: dict[str, Callable[..., None]] = {
+    "noop": pool_noop,
+    "json": pool_json,
+    "pydantic": pool_pydantic,
+    "cpu": pool_cpu,
+    "sleep": pool_sleep,
+}
+
+
+def __getattr__(name: str) -> Any:
+    """``app`` for ``--workers N``: each spawned worker builds its own app.
+
+    The supervisor names it ``streamq.bench.streamq_side:app`` (where ``build_app`` made it).
+    """
+    if name != "app":
+        raise AttributeError(name)
+    spec = BenchSpec(**json.loads(os.environ["STREAMQ_BENCH_SPEC"]))
+    index = os.environ.get("STREAMQ_WORKER_INDEX")
+    app = build_app(spec, None if index is None else int(index))
+    globals()["app"] = app
+    return app

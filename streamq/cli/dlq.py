@@ -1,0 +1,119 @@
+"""``streamq dlq list/show/redrive``: read dead-letter topics and publish their records again.
+
+The provenance comes from the ``streamq-*`` headers the worker adds when it dead-letters a
+record (original topic, partition and offset, attempts, error type and message); a redrive
+strips them and sends the original key, value and headers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections import Counter
+from collections.abc import Iterator
+
+import click
+from rich.console import Console
+from rich.progress import track
+from rich.table import Table
+
+from ..errors import EXIT_RUNTIME, ConfigError
+from ..message import Message
+from ..producer import Producer
+from ..reader import read_topic
+from ..settings import load_settings
+from .common import broker_url, errors_as_exit_codes, fail, preview
+
+
+@click.group()
+def dlq() -> None:
+    """Inspect and redrive dead-letter topics."""
+
+
+def _dlq_records(topic: str, broker: str | None) -> Iterator[Message]:
+    url = broker_url(broker)
+    return read_topic(url, topic, load_settings(broker=url))
+
+
+def _provenance(msg: Message) -> dict[str, str]:
+    return {
+        k.removeprefix("streamq-"): v.decode(errors="replace")
+        for k, v in (msg.raw_headers or ())
+        if k.startswith("streamq-")
+    }
+
+
+@dlq.command("list")
+@click.argument("topic")
+@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@errors_as_exit_codes
+def dlq_list(topic: str, broker: str | None) -> None:
+    """Count the records of dead-letter TOPIC by error type."""
+    counts: Counter[str] = Counter()
+    for msg in _dlq_records(topic, broker):
+        counts[_provenance(msg).get("error-type", "(no streamq headers)")] += 1
+    table = Table(title=f"{topic}: {sum(counts.values())} records")
+    table.add_column("error type")
+    table.add_column("records", justify="right")
+    for error_type, n in counts.most_common():
+        table.add_row(error_type, str(n))
+    Console().print(table)
+
+
+@dlq.command("show")
+@click.argument("topic")
+@click.option("-n", "limit", type=click.IntRange(min=1), default=20, show_default=True)
+@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@errors_as_exit_codes
+def dlq_show(topic: str, limit: int, broker: str | None) -> None:
+    """Print the first records of dead-letter TOPIC with where they came from and why."""
+    for msg in itertools.islice(_dlq_records(topic, broker), limit):
+        p = _provenance(msg)
+        click.echo(
+            f"{p.get('original-topic', '?')}[{p.get('original-partition', '?')}]"
+            f"@{p.get('original-offset', '?')} attempts={p.get('attempts', '?')} "
+            f"{p.get('error-type', '?')}: {p.get('error-message', '')}"
+        )
+        click.echo(f"    key={msg.key!r} value={preview(msg.value)}")
+
+
+@dlq.command("redrive")
+@click.argument("topic")
+@click.option("--to", "target", help="Topic to publish to; default each record's original.")
+@click.option("--where", "where", help="Only records matching error-type=NAME.")
+@click.option("--dry-run", is_flag=True, help="Count what would be sent; send nothing.")
+@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@errors_as_exit_codes
+def dlq_redrive(
+    topic: str, target: str | None, where: str | None, dry_run: bool, broker: str | None
+) -> None:
+    """Publish dead-lettered records again (original key, value and headers), after a fix."""
+    wanted = None
+    if where is not None:
+        field, _, wanted = where.partition("=")
+        if field != "error-type" or not wanted:
+            raise ConfigError(f"--where: expected error-type=NAME, got {where!r}")
+    url = broker_url(broker)
+    selected = []
+    for msg in _dlq_records(topic, broker):
+        p = _provenance(msg)
+        error_type = p.get("error-type", "")
+        if wanted is not None and wanted not in (error_type, error_type.rsplit(".", 1)[-1]):
+            continue
+        destination = target or p.get("original-topic")
+        if not destination:
+            raise ConfigError(f"{topic}@{msg.offset}: no streamq-original-topic header; use --to")
+        selected.append((destination, msg))
+    if dry_run:
+        for name, n in Counter(d for d, _ in selected).items():
+            click.echo(f"would send {n} records to {name}")
+        return
+    with Producer(url) as producer:
+        for destination, msg in track(selected, description="redriving",
+                                      disable=not sys.stderr.isatty()):  # fmt: skip
+            original = [(k, v) for k, v in (msg.raw_headers or ()) if not k.startswith("streamq-")]
+            producer.send(destination, msg.value, key=msg.key, headers=original)
+        unacked = producer.flush(60)
+    if unacked:
+        fail(f"{unacked} of {len(selected)} records were not acknowledged", EXIT_RUNTIME)
+    click.echo(f"sent {len(selected)} records", err=True)

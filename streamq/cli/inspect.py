@@ -1,0 +1,133 @@
+"""Read-only views of consumer groups: ``streamq lag`` and ``streamq status``.
+
+Both read committed positions, ends and pending counts through the broker's ``LogView``
+and change nothing; ``status`` adds members, partition owners and dead-letter topic sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+from ..errors import ConfigError
+from ..ops import LogView
+from ..settings import load_settings
+from .common import broker_url, errors_as_exit_codes, view_of
+
+
+@click.command()
+@click.option("--group", required=True)
+@click.option("--topic", help="Default: every topic the group has a position on.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
+@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@errors_as_exit_codes
+def lag(group: str, topic: str | None, as_json: bool, broker: str | None) -> None:
+    """Per partition: the group's committed position, the end, the lag, and pending (Redis)."""
+    view = view_of(broker)
+    try:
+        topics = [topic] if topic else view.group_topics(group)
+        rows: list[dict[str, Any]] = [
+            {"topic": name, "partition": pos.partition, "committed": pos.committed,
+             "end": pos.end, "lag": pos.lag, "pending": pos.pending}
+            for name in topics
+            for pos in view.positions(group, name)
+        ]  # fmt: skip
+    finally:
+        view.close()
+    if not any(r["committed"] is not None for r in rows):
+        where = f" on {topic}" if topic else ""
+        raise ConfigError(f"unknown group {group!r}: it has no committed position{where}")
+    if as_json:
+        click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"lag of {group}: {sum(r['lag'] or 0 for r in rows)} records")
+    for column in ("topic", "partition", "committed", "end", "lag", "pending"):
+        table.add_column(column, justify="left" if column == "topic" else "right")
+    for r in rows:
+        table.add_row(*("-" if r[c] is None else str(r[c]) for c in
+                        ("topic", "partition", "committed", "end", "lag", "pending")))  # fmt: skip
+    Console().print(table)
+
+
+@click.command()
+@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@click.option("--group", "only", help="One group; default every group the broker knows.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tables.")
+@errors_as_exit_codes
+def status(broker: str | None, only: str | None, as_json: bool) -> None:
+    """Groups, members, who owns which partition, lag, and DLQ sizes, in one place."""
+    url = broker_url(broker)
+    settings = load_settings(broker=url)
+    view = view_of(url)
+    try:
+        groups = [only] if only else view.groups()
+        topics = view.topics()
+        report = [_group_status(view, g, topics, settings.dlq_suffix) for g in groups]
+    finally:
+        view.close()
+    if only and not report[0]["partitions"] and not report[0]["members"]:
+        raise ConfigError(f"unknown group {only!r}: no members and no committed position")
+    if as_json:
+        click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return
+    offset_text = _offset_text(url)
+    console = Console()
+    if not report:
+        console.print("no consumer groups")
+    for g in report:
+        lag = sum(r["lag"] or 0 for r in g["partitions"])
+        members = ", ".join(g["members"]) or "none"
+        table = Table(
+            title=f"group {g['group']}: {len(g['members'])} member(s), lag {lag}",
+            caption=f"members: {members}",
+        )
+        columns = ("topic", "partition", "owner", "committed", "end", "lag", "pending")
+        for column in columns:
+            left = column in ("topic", "owner")
+            table.add_column(column, justify="left" if left else "right", overflow="fold")
+        for r in g["partitions"]:
+            shown = {**r, "committed": offset_text(r["committed"]), "end": offset_text(r["end"])}
+            table.add_row(*("-" if shown[c] is None else str(shown[c]) for c in columns))
+        console.print(table)
+        if g["dlq"]:
+            dlq = Table(title=f"dead-letter topics of {g['group']}")
+            dlq.add_column("topic")
+            dlq.add_column("records", justify="right")
+            for d in g["dlq"]:
+                dlq.add_row(d["topic"], str(d["records"]))
+            console.print(dlq)
+
+
+def _offset_text(url: str) -> Callable[[int | None], str | None]:
+    """Redis offsets are entry IDs in integer form: show them as IDs (``ms-seq``)."""
+    if not url.startswith(("redis://", "rediss://")):
+        return lambda o: None if o is None else str(o)
+    from ..brokers.redis_streams import offset_to_id
+
+    return lambda o: None if o is None else offset_to_id(o)
+
+
+def _group_status(
+    view: LogView, group: str, topics: dict[str, int], dlq_suffix: str
+) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    dlq: list[dict[str, Any]] = []
+    for name in view.group_topics(group):
+        owners = view.owners(group, name)
+        rows.extend(
+            {"topic": name, "partition": pos.partition, "owner": owners.get(pos.partition),
+             "committed": pos.committed, "end": pos.end, "lag": pos.lag, "pending": pos.pending}
+            for pos in view.positions(group, name)
+        )  # fmt: skip
+        dead = f"{name}{dlq_suffix}"
+        if dead in topics:
+            size = sum(
+                view.count(dead, p, low, high) for p, (low, high) in view.bounds(dead).items()
+            )
+            dlq.append({"topic": dead, "records": size})
+    return {"group": group, "members": view.members(group), "partitions": rows, "dlq": dlq}
