@@ -132,6 +132,9 @@ class Vitals(threading.Thread):
             after = [s for s in seq if s[0] - seq[0][0] >= warmup]
             slope = _slope([(t, rss) for t, rss, _, _ in after]) * 60 if len(after) > 10 else None
             shown = f"{slope:+.0f} kB/min" if slope is not None else "n/a (short-lived)"
+            if life >= 300:  # a long life: the second half alone, past any warm-up
+                late = [(t, rss) for t, rss, _, _ in seq if t - seq[0][0] >= life / 2]
+                shown += f", second half {_slope(late) * 60:+.0f} kB/min"
             lines.append(
                 f"pid {pid}: {life:.0f}s; RSS {seq[0][1] // 1024} -> {seq[-1][1] // 1024} MB "
                 f"(max {max(s[1] for s in seq) // 1024}), slope after {warmup:.0f}s {shown}; "
@@ -156,6 +159,9 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=500.0, help="records produced per second")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--no-dedup", action="store_true", help="run without the dedup store")
+    parser.add_argument("--faults", default="kill,freeze,stall",
+                        help="the kinds to draw from, comma-separated; 'none' for a calm soak "
+                        "(F4 without faults: a worker's RSS over a long steady run)")  # fmt: skip
     parser.add_argument("--spare", type=int, default=1,
                         help="workers never killed (still frozen and stalled), so at least one "
                         "lives the whole run and its RSS slope means something (F4)")  # fmt: skip
@@ -181,11 +187,14 @@ def main() -> int:
     faults: dict[str, int] = {"kill": 0, "freeze": 0, "stall": 0}
     frozen: set[int] = set()  # workers frozen past their lease: zombies, allowed to overlap
 
+    kinds = [k for k in ["kill", "kill", "freeze", "stall"] if k in args.faults.split(",")]
     end = time.monotonic() + args.duration
     try:
         while time.monotonic() < end:
-            time.sleep(rng.uniform(2, 10))
-            fault = rng.choice(["kill", "kill", "freeze", "stall"])
+            time.sleep(min(rng.uniform(2, 10), max(0.0, end - time.monotonic())))
+            if not kinds:
+                continue
+            fault = rng.choice(kinds)
             if fault == "kill" and args.spare >= len(workers):
                 fault = "freeze"
             faults[fault] += 1
