@@ -12,8 +12,8 @@ from .credentials import redact_url
 from .errors import ConfigError
 from .handlers import HandlerSpec, build_spec
 from .message import Message
-from .runtime.group import Stats
 from .settings import Settings, load_settings
+from .stats import Stats
 
 __all__ = ["App"]
 

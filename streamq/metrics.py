@@ -31,25 +31,32 @@ import struct
 import tempfile
 import threading
 import time
-from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from .errors import ConfigError
 from .logs import get_logger
-
-if TYPE_CHECKING:
-    from .runtime.group import GroupRunner, Stats
+from .stats import (
+    COMMIT_BUCKETS,
+    E2E_BUCKETS,
+    HANDLER_BUCKETS,
+    GroupSample,
+    Latency,
+    PartitionSample,
+    RunnerView,
+    Stats,
+)
 
 __all__ = [
     "E2E_BUCKETS",
     "HANDLER_BUCKETS",
     "Exporter",
+    "GroupSample",
     "Latency",
     "MetricsServer",
     "PartitionSample",
@@ -59,62 +66,7 @@ __all__ = [
 
 log = get_logger("streamq.metrics")
 
-# Seconds. Handler buckets start below a millisecond (most handlers are cheap); end-to-end
-# buckets reach an hour, since a backlog is exactly when that latency matters.
-HANDLER_BUCKETS = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 5.0, 10.0, 30.0, 60.0,
-)  # fmt: skip
-E2E_BUCKETS = (
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-    900.0, 3600.0,
-)  # fmt: skip
-COMMIT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
-
-# (group, topic, partition, handler): the labels of every per-partition counter.
-Labels = tuple[str, str, str, str]
 PARTITION_LABELS = ("group", "topic", "partition", "handler")
-
-
-class Latency:
-    """A histogram accumulated in plain Python: ``add`` is a bisect and two additions.
-
-    ``add(value, n)`` counts ``n`` observations of ``value``: inline and pooled handlers
-    are timed per slice of records and each record is counted at the slice's mean, so a
-    histogram costs nothing per record.
-    """
-
-    __slots__ = ("bounds", "counts", "total")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.total = 0.0
-
-    def add(self, value: float, n: int = 1) -> None:
-        self.counts[bisect_left(self.bounds, value)] += n
-        self.total += value * n
-
-
-@dataclass(slots=True)
-class PartitionSample:
-    """One partition as its poll thread saw it (copied into gauges by the exporter)."""
-
-    in_flight: int
-    bytes: int
-    paused: bool
-    halted: bool
-    waiting_since: float  # wall time since which work waits without progress; 0: none
-    lag: int | None
-
-
-@dataclass(slots=True)
-class GroupSample:
-    """What a poll thread publishes every sample interval (swapped in as one reference)."""
-
-    taken: float
-    connected: bool
-    partitions: dict[Any, PartitionSample] = field(default_factory=dict)
 
 
 def prepare_multiprocess_dir() -> tuple[str, bool]:
@@ -169,7 +121,7 @@ class Exporter:
         ("paused", "streamq_partition_pauses", "Times a partition was paused (back-pressure)."),
     )
 
-    def __init__(self, stats: Stats, runners: Iterable[GroupRunner], interval: float = 1.0):
+    def __init__(self, stats: Stats, runners: Iterable[RunnerView], interval: float = 1.0):
         pc = _prometheus()
         self._stats = stats
         self._runners = list(runners)

@@ -20,10 +20,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from .brokers.base import Lease, Rebalance
+from .brokers.base import Backend, Lease, Rebalance
+from .brokers.view import LogView
 from .errors import ConfigError, UnknownTopicOrPartition
 from .message import Message, TopicPartition
-from .ops import LogView
 
 __all__ = ["PartitionRange", "RangeBackend", "parse_offsets", "parse_time", "plan"]
 
@@ -152,7 +152,7 @@ def plan(
     return out
 
 
-class RangeBackend:
+class RangeBackend(Backend):
     """A ``Backend`` over fixed ranges: manual assignment, nothing committed anywhere."""
 
     def __init__(

@@ -349,7 +349,7 @@ class Broker:
                 for h in headers]  # fmt: skip
 
     def _dlq_headers(self, dlq: str) -> list[dict[str, bytes]]:
-        from streamq.reader import read_topic
+        from streamq.brokers.view import read_topic
         from streamq.settings import load_settings
 
         settings = load_settings(broker=self.url, broker_timeout=20)

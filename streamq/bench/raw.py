@@ -61,7 +61,7 @@ def _raw_kafka(spec: BenchSpec, work: Any, tick: Any, stop: threading.Event) -> 
 def _raw_redis(spec: BenchSpec, work: Any, tick: Any, stop: threading.Event) -> None:
     import redis
 
-    from ..brokers.redis_streams import stream_key
+    from ..brokers.redis.keys import stream_key
     from ..message import TopicPartition
 
     r: Any = redis.Redis.from_url(spec.broker)

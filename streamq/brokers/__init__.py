@@ -47,7 +47,7 @@ def connect(url: str, settings: Settings | None = None) -> Broker:
 
         return KafkaBroker(url, settings)
     if scheme in ("redis", "rediss"):
-        from .redis_streams import RedisBroker
+        from .redis import RedisBroker
 
         return RedisBroker(url, settings)
     raise ConfigError(

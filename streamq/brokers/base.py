@@ -18,22 +18,31 @@ unpaused, and the worker re-applies its own caps.
 
 Threads. A backend's consumer is used from one thread only (the worker's poll thread). A
 producer may be used from any thread.
+
+Capabilities. Besides the group protocol, a consumer answers a few questions the runtime
+asks for metrics and readiness (``lag``, ``unfetched``, ``take_failed_commits``,
+``connected``, ``events``); each has a default here that means "nothing to report", so a
+backend overrides only what its broker can tell. The backends subclass these classes to
+inherit those defaults.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
+from ..credentials import redact_url
 from ..dispatch import Lease
-from ..errors import BrokerUnavailable
+from ..errors import BrokerUnavailable, ConfigError
 from ..logs import get_logger
 from ..message import Headers, Message, TopicPartition
 
 if TYPE_CHECKING:
     from ..settings import Settings
+    from .view import LogView
 
 __all__ = [
     "Admin",
@@ -93,8 +102,40 @@ class Backend(Protocol):
     def close(self) -> None:
         """Leave the group; pending revokes run first, so the worker can commit."""
 
+    # -- capabilities, with the default "nothing to report" ----------------------------------
+
+    def lag(self, positions: Mapping[TopicPartition, int | None]) -> dict[TopicPartition, int]:
+        """Records past each position, for the lag gauge; partitions it cannot tell left out.
+
+        Sampled on the poll thread, so it must be cheap.
+        """
+        return {}
+
+    def unfetched(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        """Of ``tps``, those with records past the fetch position: (position, how many).
+
+        For clients that can leave an owned, unpaused partition unfetched (Kafka).
+        """
+        return {}
+
+    def take_failed_commits(self) -> dict[TopicPartition, int]:
+        """Positions whose asynchronous commit failed since the last call (Kafka)."""
+        return {}
+
+    @property
+    def connected(self) -> bool:
+        """False while the client knows the broker is unreachable (readiness)."""
+        return True
+
+    @property
+    def events(self) -> Counter[tuple[str, str, str]]:
+        """(event, topic, partition) -> count of broker events, exported as metrics (Redis)."""
+        return Counter()
+
 
 class ProducerBackend(Protocol):
+    """A producer; ``send`` is safe from any thread."""
+
     def send(
         self,
         topic: str,
@@ -131,6 +172,15 @@ class Broker(Protocol):
     def producer(self) -> ProducerBackend: ...
 
     def admin(self) -> Admin: ...
+
+    @property
+    def client_url(self) -> str:
+        """The server's URL without streamq's own options, for other clients of it."""
+        return self.url
+
+    def view(self) -> LogView:
+        """The operator view (``brokers.view``): bounds, positions, ranged reads."""
+        raise ConfigError(f"broker: {redact_url(self.url)!r} has no operator view")
 
 
 def wait_until_reachable(

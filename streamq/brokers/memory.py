@@ -20,20 +20,24 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import CommitFailed, ConfigError, UnknownTopicOrPartition
 from ..message import Headers, Message, TopicPartition
 from ..murmur2 import partition_for_key
-from .base import Rebalance, RecordMetadata
+from .base import Admin, Backend, Broker, ProducerBackend, Rebalance, RecordMetadata
 
-__all__ = ["SESSION_TIMEOUT", "MemoryBroker", "MemoryLog"]
+__all__ = ["SESSION_TIMEOUT", "MemoryBroker", "MemoryLog", "read_log"]
 
 SESSION_TIMEOUT = 10.0
+NO_VIEW = (
+    "memory:// lives inside one process, so another process cannot replay, reset, "
+    "tail or measure it; use a kafka:// or redis:// broker"
+)
 
 # key, value, headers, timestamp (ms)
 _Rec = tuple[bytes | None, bytes | None, Headers | None, int]
@@ -115,7 +119,17 @@ def parse_url(url: str) -> tuple[str, int]:
     return name, partitions
 
 
-class MemoryBroker:
+def read_log(url: str, topic: str) -> Iterator[Message]:
+    """Every record of ``topic`` in this process's log named by ``url`` (``read_topic``)."""
+    log = get_log(parse_url(url)[0])
+    if topic not in log.topics:
+        raise UnknownTopicOrPartition(f"unknown topic {topic!r}")
+    for p, records in enumerate(log.topics[topic]):
+        for offset, (key, value, headers, ts) in enumerate(list(records)):
+            yield Message(topic, p, offset, key, value, headers, ts)
+
+
+class MemoryBroker(Broker):
     def __init__(self, url: str) -> None:
         self.url = url
         name, self.default_partitions = parse_url(url)
@@ -130,8 +144,11 @@ class MemoryBroker:
     def admin(self) -> MemoryAdmin:
         return MemoryAdmin(self)
 
+    def view(self) -> NoReturn:
+        raise ConfigError(NO_VIEW)
 
-class MemoryProducer:
+
+class MemoryProducer(ProducerBackend):
     def __init__(self, broker: MemoryBroker) -> None:
         self._broker = broker
         self._log = broker.log
@@ -167,7 +184,7 @@ class MemoryProducer:
         pass
 
 
-class MemoryAdmin:
+class MemoryAdmin(Admin):
     def __init__(self, broker: MemoryBroker) -> None:
         self._log = broker.log
 
@@ -185,7 +202,7 @@ class MemoryAdmin:
         pass
 
 
-class MemoryConsumer:
+class MemoryConsumer(Backend):
     def __init__(self, broker: MemoryBroker, group: str, reset: str) -> None:
         self._broker = broker
         self._log = broker.log

@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 import click
 
 from ..app import App
+from ..brokers.view import LogView, open_view
 from ..credentials import scrub
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, StreamqError, exit_code_for
-from ..ops import LogView, open_view
 from ..settings import load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])

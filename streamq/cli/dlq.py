@@ -17,10 +17,10 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from ..brokers.view import read_topic
 from ..errors import EXIT_RUNTIME, ConfigError
 from ..message import Message
 from ..producer import Producer
-from ..reader import read_topic
 from ..settings import load_settings
 from .common import broker_url, errors_as_exit_codes, fail, preview
 

@@ -14,8 +14,8 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from ..brokers.view import LogView
 from ..errors import ConfigError
-from ..ops import LogView
 from ..settings import load_settings
 from .common import broker_url, errors_as_exit_codes, view_of
 
@@ -29,6 +29,7 @@ from .common import broker_url, errors_as_exit_codes, view_of
 def lag(group: str, topic: str | None, as_json: bool, broker: str | None) -> None:
     """Per partition: the group's committed position, the end, the lag, and pending (Redis)."""
     view = view_of(broker)
+    offset_text = view.offset_text
     try:
         topics = [topic] if topic else view.group_topics(group)
         rows: list[dict[str, Any]] = [
@@ -49,7 +50,9 @@ def lag(group: str, topic: str | None, as_json: bool, broker: str | None) -> Non
     for column in ("topic", "partition", "committed", "end", "lag", "pending"):
         table.add_column(column, justify="left" if column == "topic" else "right")
     for r in rows:
-        table.add_row(*("-" if r[c] is None else str(r[c]) for c in
+        shown = {**r, "committed": _text(r["committed"], offset_text),
+                 "end": _text(r["end"], offset_text)}  # fmt: skip
+        table.add_row(*("-" if shown[c] is None else str(shown[c]) for c in
                         ("topic", "partition", "committed", "end", "lag", "pending")))  # fmt: skip
     Console().print(table)
 
@@ -64,6 +67,7 @@ def status(broker: str | None, only: str | None, as_json: bool) -> None:
     url = broker_url(broker)
     settings = load_settings(broker=url)
     view = view_of(url)
+    offset_text = view.offset_text
     try:
         groups = [only] if only else view.groups()
         topics = view.topics()
@@ -75,7 +79,6 @@ def status(broker: str | None, only: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
-    offset_text = _offset_text(url)
     console = Console()
     if not report:
         console.print("no consumer groups")
@@ -91,7 +94,8 @@ def status(broker: str | None, only: str | None, as_json: bool) -> None:
             left = column in ("topic", "owner")
             table.add_column(column, justify="left" if left else "right", overflow="fold")
         for r in g["partitions"]:
-            shown = {**r, "committed": offset_text(r["committed"]), "end": offset_text(r["end"])}
+            shown = {**r, "committed": _text(r["committed"], offset_text),
+                     "end": _text(r["end"], offset_text)}  # fmt: skip
             table.add_row(*("-" if shown[c] is None else str(shown[c]) for c in columns))
         console.print(table)
         if g["dlq"]:
@@ -103,13 +107,9 @@ def status(broker: str | None, only: str | None, as_json: bool) -> None:
             console.print(dlq)
 
 
-def _offset_text(url: str) -> Callable[[int | None], str | None]:
-    """Redis offsets are entry IDs in integer form: show them as IDs (``ms-seq``)."""
-    if not url.startswith(("redis://", "rediss://")):
-        return lambda o: None if o is None else str(o)
-    from ..brokers.redis_streams import offset_to_id
-
-    return lambda o: None if o is None else offset_to_id(o)
+def _text(offset: int | None, offset_text: Callable[[int], str]) -> str | None:
+    """Tables show offsets as the broker's users know them (Redis: entry IDs); JSON keeps ints."""
+    return None if offset is None else offset_text(offset)
 
 
 def _group_status(

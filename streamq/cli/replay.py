@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TransferSpeedColumn
 from rich.table import Table
 
+from ..brokers.view import open_view
 from ..errors import ConfigError
-from ..ops import open_view
 from ..replay import RangeBackend, plan, positions_from
 from ..runtime.worker import Worker, run_worker
 from .common import errors_as_exit_codes, load_app, view_of
@@ -89,7 +89,8 @@ def replay(
         for column in ("partition", "from", "to (exclusive)", "records"):
             table.add_column(column, justify="right")
         for r in ranges:
-            table.add_row(str(r.partition), str(r.start), str(r.end), str(r.records))
+            table.add_row(str(r.partition), view.offset_text(r.start), view.offset_text(r.end),
+                          str(r.records))  # fmt: skip
         Console(stderr=not dry_run).print(table)
         if dry_run:
             return
@@ -174,8 +175,8 @@ def offsets_reset(
             table.add_column(column, justify="right")
         for p, position in sorted(target.items()):
             now = current[p].committed if p in current else None
-            table.add_row(str(p), "-" if now is None else str(now), str(position),
-                          str(bounds[p][1]))  # fmt: skip
+            table.add_row(str(p), "-" if now is None else view.offset_text(now),
+                          view.offset_text(position), view.offset_text(bounds[p][1]))  # fmt: skip
         if dry_run:
             Console().print(table)
             return

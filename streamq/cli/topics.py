@@ -223,17 +223,17 @@ def tail(
         if from_time is None:
             backlog = backlog[-count:] if count else []
         for msg in backlog:
-            _print_record(msg, as_json)
+            _print_record(msg, as_json, view.offset_text)
         if follow:
             resume = {p: (bounds[p][1], None) for p in chosen}
             for batch in view.read(topic, resume):  # type: ignore[arg-type]
                 for msg in batch:
-                    _print_record(msg, as_json)
+                    _print_record(msg, as_json, view.offset_text)
     finally:
         view.close()
 
 
-def _print_record(msg: Message, as_json: bool) -> None:
+def _print_record(msg: Message, as_json: bool, offset_text: Callable[[int], str]) -> None:
     headers = {k: v.decode(errors="replace") for k, v in (msg.raw_headers or ())}
     key = msg.key.decode(errors="replace") if msg.key is not None else None
     value: Any = None
@@ -250,7 +250,7 @@ def _print_record(msg: Message, as_json: bool) -> None:
         click.echo(orjson.dumps(doc).decode())
         return
     click.echo(
-        click.style(f"{msg.topic}[{msg.partition}]@{msg.offset}", bold=True)
+        click.style(f"{msg.topic}[{msg.partition}]@{offset_text(msg.offset)}", bold=True)
         + f" {_ms_to_iso(msg.timestamp)} key={key!r}"
         + (f" headers={headers}" if headers else "")
     )

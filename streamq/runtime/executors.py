@@ -1,175 +1,291 @@
-"""Where sync handlers run when not inline: a thread pool, or a pool of processes.
+"""How a lane runs its units: one class per ``Executor``, chosen once when the lane is set up.
 
-Lanes keep the order: a lane hands the pool one chunk of its unit at a time and waits for it,
-so records of one partition (or key lane) never overlap, while different lanes' chunks run in
-the pool at once. Workers in the process pool receive chunks of records, not single records,
-so the cost of pickling and a round trip is paid per chunk.
+Each executor runs a unit's records in order and reports progress (``Reporter``); when a
+handler raises, it hands the record to the shared failure path (``Outcomes``) with its own
+``call``, so a retry runs where the first attempt ran. Batch handlers go through the
+failure path's batch runner with the same ``call``.
 
-Handlers for ``executor="processes"`` travel by reference (module and name), so they must be
-module-level functions; each pool process builds the handler's invoker once (the payload
-decoder included) and keeps it.
+Where handlers run: inline on the event loop (``InlineExecutor``), awaited on it
+(``AsyncioExecutor``), or in the worker's thread or process pool (``streamq.runtime.pools``)
+one chunk at a time (``ThreadsExecutor``, ``ProcessesExecutor``).
 """
 
 from __future__ import annotations
 
-import faulthandler
-import multiprocessing
-import os
-import pickle
-import tempfile
-from collections.abc import Callable
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+import asyncio
+import time
 from typing import Any
 
-from ..dispatch import Lease, call_each, call_each_until
+from ..dispatch import call_each, call_each_until
+from ..handlers import Executor, HandlerSpec
+from ..logs import about, get_logger
 from ..message import Message
+from .lanes import Lane, Reporter, RunUnit
+from .outcome import Outcomes
+from .pools import (
+    BrokenProcessPool,
+    PoolProcessDied,
+    Pools,
+    call_each_leased,
+    deadline_marker,
+    process_chunk,
+    read_deadline_marker,
+)
 
 __all__ = [
-    "BrokenProcessPool",
-    "PoolProcessDied",
-    "Pools",
-    "call_each_leased",
-    "deadline_marker",
-    "process_chunk",
-    "read_deadline_marker",
+    "INLINE_HOLD",
+    "INLINE_SLICE",
+    "AsyncioExecutor",
+    "InlineExecutor",
+    "LaneExecutor",
+    "PoolExecutor",
+    "ProcessesExecutor",
+    "ThreadsExecutor",
+    "executors",
 ]
 
+log = get_logger("streamq.worker")
 
-class PoolProcessDied(RuntimeError):
-    """A process of the handler pool died (a crash, an OOM kill) while this chunk ran.
+# An inline lane looks at the clock every INLINE_SLICE records and yields the loop once it
+# held it for INLINE_HOLD seconds: a revoke or stop waits on a sync handler for about that
+# long (or one slice of slow handlers), while fast handlers pay one loop turn per few
+# thousand records instead of one per slice.
+INLINE_SLICE = 64
+INLINE_HOLD = 0.005
 
-    Every chunk in flight on that pool fails with it, most of them innocent, so it is retried
-    like any failure (in a fresh pool); a record that kills the process every time ends in
-    the DLQ once its retries are spent.
-    """
+# Records per round trip to a pool: a thread pool chunk costs about 50 us, a process pool
+# chunk a pickle of the records both ways.
+POOL_CHUNK_THREADS = 64
+POOL_CHUNK_PROCESSES = 256
 
 
-class Pools:
-    """The worker's executors, created on first use and shut down with the worker."""
+class LaneExecutor:
+    """Runs units of lanes whose handlers share one ``Executor``."""
 
-    def __init__(self, threads: int, processes: int | None) -> None:
-        self._threads_n = threads
-        self._processes_n = processes or os.cpu_count() or 1
-        self._threads: ThreadPoolExecutor | None = None
-        self._processes: ProcessPoolExecutor | None = None
+    def __init__(
+        self,
+        group: str,
+        outcomes: Outcomes,
+        reporter: Reporter,
+        loop: asyncio.AbstractEventLoop,
+        pools: Pools,
+    ) -> None:
+        self._group = group
+        self._outcomes = outcomes
+        self._reporter = reporter
+        self._loop = loop
+        self._pools = pools
 
-    def threads(self) -> Executor:
-        if self._threads is None:
-            self._threads = ThreadPoolExecutor(self._threads_n, thread_name_prefix="streamq-h")
-        return self._threads
+    def runner_for(self, spec: HandlerSpec) -> RunUnit:
+        """What a lane of ``spec`` calls per unit (``Lane.run``)."""
+        return self.run_batch if spec.batch else self.run
 
-    def processes(self) -> Executor:
-        if self._processes is None:
-            # spawned, never forked: a fork would copy librdkafka's and redis-py's threads' locks
-            self._processes = ProcessPoolExecutor(
-                self._processes_n, mp_context=multiprocessing.get_context("spawn")
+    async def run(self, lane: Lane, unit: list[Message]) -> int:
+        """Handle ``unit`` record by record; returns how many finished."""
+        raise NotImplementedError
+
+    async def call(self, spec: HandlerSpec, arg: Any) -> None:
+        """One call of the handler (a retry, a batch), wherever this executor runs it."""
+        raise NotImplementedError
+
+    async def run_batch(self, lane: Lane, unit: list[Message]) -> int:
+        return await self._outcomes.run_batch(lane, unit, self.call)
+
+
+class InlineExecutor(LaneExecutor):
+    """Sync handlers called on the event loop itself."""
+
+    async def call(self, spec: HandlerSpec, arg: Any) -> None:
+        spec.invoke(arg)
+
+    async def run(self, lane: Lane, unit: list[Message]) -> int:
+        """Run inline, yielding the loop whenever this lane held it for ``INLINE_HOLD``.
+
+        Inline handlers share the event loop. Without the yield one lane would hold it for a
+        whole fetch, and a revoke could not stop it within ``revoke_timeout``: the old owner
+        would go on handling records that the new owner handles too.
+        """
+        invoke = lane.spec.invoke
+        lease = lane.lease
+        marks = lane.spec.dedup is not None
+        report, finished = self._reporter.report, self._reporter.finished
+        clock = time.monotonic
+        n = len(unit)
+        i = 0
+        failed: list[BaseException] = []
+        while i < n:
+            end = min(i + INLINE_SLICE, n)
+            if lease is None:
+                i = call_each(invoke, unit, i, end, failed)
+            else:  # ownership can lapse silently: check it before every handler
+                i = call_each_until(invoke, unit, i, end, failed, lease)
+                if not failed and i < end:
+                    finished(lane, unit, i, marks)
+                    if not await self._outcomes.await_lease(lane):
+                        return i
+            if failed:
+                finished(lane, unit, i, marks)
+                if not await self._outcomes.recover(lane, unit[i], failed.pop(), i, self.call):
+                    return i
+                i += 1
+            lane.progress = i
+            if marks:  # a crash re-handles at most one slice that the store did not see
+                report(lane, unit, i)
+            now = clock()
+            if now - lane.yielded_at >= INLINE_HOLD:
+                report(lane, unit, i)
+                await asyncio.sleep(0)
+                lane.yielded_at = lane.timed_at = clock()
+                if lane.stopped:
+                    return i
+        return n
+
+
+class AsyncioExecutor(LaneExecutor):
+    """Async handlers awaited on the event loop, one record of a lane at a time."""
+
+    async def call(self, spec: HandlerSpec, arg: Any) -> None:
+        await spec.invoke(arg)
+
+    async def run(self, lane: Lane, unit: list[Message]) -> int:
+        invoke = lane.spec.invoke
+        lease = lane.lease
+        for i, msg in enumerate(unit):
+            if lane.stopped:
+                return i
+            expired = lease is not None and time.monotonic() >= lease.deadline
+            if expired and not await self._outcomes.await_lease(lane):
+                return i
+            try:
+                await invoke(msg)
+            except BaseException as exc:
+                if not await self._outcomes.recover(lane, msg, exc, i, self.call):
+                    return i
+            lane.progress = i + 1
+            if not lane.progress % INLINE_SLICE:
+                self._reporter.report(lane, unit, lane.progress)
+        return len(unit)
+
+
+class PoolExecutor(LaneExecutor):
+    """Sync handlers in one of the worker's pools, one chunk of a lane at a time."""
+
+    threads: bool
+
+    async def run(self, lane: Lane, unit: list[Message]) -> int:
+        """Hand the unit to the thread or process pool one chunk at a time, in order.
+
+        The lane waits for each chunk, so its records never overlap; other lanes' chunks run
+        in the pool meanwhile. A revoke or stop waits for at most the running chunk.
+        """
+        spec = lane.spec
+        lease = lane.lease
+        threads = self.threads
+        chunk = POOL_CHUNK_THREADS if threads else POOL_CHUNK_PROCESSES
+        if spec.timeout is not None:
+            chunk = 1  # a timeout is per record: the one that ran past it is known
+        n = len(unit)
+        i = 0
+        alone_until = 0  # after a pool process died: one record per call, to find the killer
+        while i < n:
+            expired = lease is not None and time.monotonic() >= lease.deadline
+            if expired and not await self._outcomes.await_lease(lane):
+                return i
+            end = min(i + (1 if i < alone_until else chunk), n)
+            exc: BaseException | None = None
+            if threads:
+                failed: list[BaseException] = []
+                i = await self._loop.run_in_executor(
+                    self._pools.threads(), call_each_leased, spec.invoke, unit, i, end, failed,
+                    lease,
+                )  # fmt: skip
+                exc = failed[0] if failed else None
+            else:
+                done, exc = await self._in_process(spec, unit[i:end])
+                i += done
+                if isinstance(exc, PoolProcessDied) and end - i > 1:
+                    # Which record of the chunk killed it is unknown: charge none, and take
+                    # the rest of the chunk one record at a time (those that ran before the
+                    # death run again: at-least-once).
+                    alone_until = end
+                    continue
+            if exc is not None:
+                self._reporter.finished(lane, unit, i, lane.spec.dedup is not None)
+                if not await self._outcomes.recover(lane, unit[i], exc, i, self.call):
+                    return i
+                i += 1
+            lane.progress = i
+            self._reporter.report(lane, unit, i)
+            if lane.stopped:
+                return i
+        return n
+
+    async def _in_process(
+        self, spec: HandlerSpec, records: list[Message]
+    ) -> tuple[int, BaseException | None]:
+        raise NotImplementedError
+
+
+class ThreadsExecutor(PoolExecutor):
+    """Sync handlers in the worker's thread pool."""
+
+    threads = True
+
+    async def call(self, spec: HandlerSpec, arg: Any) -> None:
+        await self._loop.run_in_executor(self._pools.threads(), spec.invoke, arg)
+
+
+class ProcessesExecutor(PoolExecutor):
+    """Sync module-level handlers in the worker's process pool."""
+
+    threads = False
+
+    async def call(self, spec: HandlerSpec, arg: Any) -> None:
+        _, exc = await self._in_process(spec, arg if spec.batch else [arg])
+        if exc is not None:
+            raise exc
+
+    async def _in_process(
+        self, spec: HandlerSpec, records: list[Message]
+    ) -> tuple[int, BaseException | None]:
+        pool = self._pools.processes()
+        marker = deadline_marker() if spec.timeout is not None else None
+        try:
+            done, exc = await self._loop.run_in_executor(
+                pool, process_chunk, spec.fn, spec.batch, records, spec.timeout, marker
             )
-        return self._processes
-
-    def replace_broken_processes(self, broken: Executor) -> None:
-        """A pool process died (its handler crashed it): later chunks get a fresh pool."""
-        if self._processes is broken:
-            self._processes = None
-            broken.shutdown(wait=False, cancel_futures=True)
-
-    def shutdown(self) -> None:
-        if self._threads is not None:
-            self._threads.shutdown(wait=False, cancel_futures=True)
-        if self._processes is not None:
-            self._processes.shutdown(wait=False, cancel_futures=True)
-
-
-def call_each_leased(
-    invoke: Callable[[Any], Any],
-    unit: list[Message],
-    i: int,
-    end: int,
-    failed: list[BaseException],
-    lease: Lease | None,
-) -> int:
-    """``call_each`` in a pool thread; with a lease, no handler starts past its deadline."""
-    if lease is None:
-        return int(call_each(invoke, unit, i, end, failed))
-    return int(call_each_until(invoke, unit, i, end, failed, lease))
-
-
-# -- in the pool processes --------------------------------------------------------------------
-
-_invokers: dict[Any, Callable[[Any], Any]] = {}
-
-
-def process_chunk(
-    fn: Callable[..., Any],
-    batch: bool,
-    records: Any,
-    timeout: float | None = None,
-    marker: str | None = None,
-) -> tuple[int, BaseException | None]:
-    """Run ``fn`` over a chunk; return how many finished and the exception that stopped it.
-
-    ``batch`` handlers get the whole list in one call (0 or all finished). With a
-    ``timeout``, a timer that needs no GIL (``faulthandler``, as in ``streamq.deadline``)
-    ends this process once the chunk has run that long, having written its stacks to
-    ``marker``: a handler stuck in C code cannot hold it up, and the clock starts here, not
-    while the chunk waited for a free process. The parent reads ``marker`` to tell a
-    timeout from a crash.
-    """
-    invoke = _invokers.get((fn, batch))
-    if invoke is None:
-        from ..handlers import build_invoker
-
-        invoke, _ = build_invoker(fn, batch=batch)
-        _invokers[(fn, batch)] = invoke
-    if timeout is None or marker is None:
-        return _run_chunk(invoke, batch, records)
-    with open(marker, "w") as out:  # faulthandler writes to a file descriptor
-        faulthandler.dump_traceback_later(timeout, exit=True, file=out)
-        try:
-            return _run_chunk(invoke, batch, records)
+        except BrokenProcessPool as broken:
+            self._pools.replace_broken_processes(pool)
+            stack = read_deadline_marker(marker)
+            if stack:  # the process's own deadline ended it: the handler ran past the timeout
+                msg = records[0]
+                log.warning(
+                    "handler %s ran past timeout=%ss on %s[%d]@%d: its pool process was "
+                    "killed; it was at:\n%s",
+                    spec.name, spec.timeout, msg.topic, msg.partition, msg.offset, stack,
+                    extra=about(spec.name, msg, self._group),
+                )  # fmt: skip
+                return 0, TimeoutError(
+                    f"handler ran past timeout={spec.timeout}s; its pool process was killed"
+                )
+            return 0, PoolProcessDied(f"a process of the handler pool died: {broken}")
         finally:
-            faulthandler.cancel_dump_traceback_later()
+            read_deadline_marker(marker, remove=True)
+        return int(done), exc
 
 
-def _run_chunk(
-    invoke: Callable[[Any], Any], batch: bool, records: Any
-) -> tuple[int, BaseException | None]:
-    if batch:
-        try:
-            invoke(records)
-        except BaseException as exc:
-            return 0, _portable(exc)
-        return len(records), None
-    failed: list[BaseException] = []
-    done = int(call_each(invoke, records, 0, len(records), failed))
-    return done, (_portable(failed[0]) if failed else None)
-
-
-def deadline_marker() -> str:
-    """A fresh empty file for a timed chunk's process to write its stacks to if it times out."""
-    fd, path = tempfile.mkstemp(prefix="streamq-timeout-")
-    os.close(fd)
-    return path
-
-
-def read_deadline_marker(marker: str | None, *, remove: bool = False) -> str:
-    """What a timed-out pool process wrote to ``marker`` (empty: it did not time out)."""
-    if marker is None:
-        return ""
-    try:
-        with open(marker, errors="replace") as f:
-            text = f.read().strip()
-        if remove:
-            os.unlink(marker)
-    except OSError:
-        return ""
-    return text
-
-
-def _portable(exc: BaseException) -> BaseException:
-    """The exception as the parent can receive it: itself if it pickles, else a summary."""
-    try:
-        pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes, just made
-    except Exception:
-        return RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-    return exc
+def executors(
+    group: str,
+    outcomes: Outcomes,
+    reporter: Reporter,
+    loop: asyncio.AbstractEventLoop,
+    pools: Pools,
+) -> dict[Executor, LaneExecutor]:
+    """One executor of each kind for one group's lanes."""
+    kinds: dict[Executor, type[LaneExecutor]] = {
+        Executor.INLINE: InlineExecutor,
+        Executor.ASYNCIO: AsyncioExecutor,
+        Executor.THREADS: ThreadsExecutor,
+        Executor.PROCESSES: ProcessesExecutor,
+    }
+    return {kind: cls(group, outcomes, reporter, loop, pools) for kind, cls in kinds.items()}

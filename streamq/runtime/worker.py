@@ -35,8 +35,8 @@ from ..errors import (
 from ..handlers import CommitMode, HandlerSpec
 from ..metrics import Exporter
 from ..settings import Settings
-from .executors import Pools
 from .group import GroupRunner
+from .pools import Pools
 
 if TYPE_CHECKING:
     from ..app import App

@@ -104,7 +104,7 @@ class CommitObserver:
     def _redis_sampler(self) -> Any:
         import redis
 
-        from streamq.brokers.redis_streams import id_to_offset
+        from streamq.brokers.redis.entries import id_to_offset
 
         client = redis.Redis.from_url(self.url, socket_timeout=2)
         streams = [f"{self.topic}:{p}" for p in range(self.partitions)]

@@ -20,7 +20,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamq.runtime.group import INLINE_SLICE
+from streamq.runtime.executors import INLINE_SLICE
 from tests.integration.helpers import (
     FAST_GROUP,
     app_env,

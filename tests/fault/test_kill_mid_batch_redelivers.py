@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from streamq import IMPLEMENTATION
-from streamq.runtime.group import INLINE_SLICE
+from streamq.runtime.executors import INLINE_SLICE
 from tests.integration.helpers import (
     app_env,
     read_ledger,

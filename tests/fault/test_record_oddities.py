@@ -4,7 +4,7 @@ E4 (both brokers). Records a well-behaved producer rarely sends: a null key, a b
 (non-UTF-8) key, non-UTF-8 header values, an empty header value, duplicate header names, a
 64 KB header value, and a timestamp of -1. streamq's ``Producer`` expresses all of them (bytes
 keys, header lists with repeats, an explicit timestamp), so it writes them; the test reads the
-source topic back with ``streamq.reader.read_topic`` first, to show the broker really holds
+source topic back with ``streamq.brokers.view.read_topic`` first, to show the broker really holds
 them as sent (Apache Kafka accepts a CreateTime of -1 and hands it back as -1). Some are
 poison, undecodable or raising in the handler: their DLQ copies must keep the original key,
 value and headers byte for byte, in order, duplicates included. The handler must see the
@@ -47,7 +47,7 @@ import pytest
 
 import streamq
 from streamq.brokers import connect
-from streamq.reader import read_topic
+from streamq.brokers.view import read_topic
 from streamq.settings import load_settings
 from tests.conftest import Broker, free_port, own_kafka
 from tests.integration.helpers import (

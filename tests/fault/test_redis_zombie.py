@@ -18,7 +18,7 @@ import orjson
 import pytest
 import redis
 
-from streamq.brokers.redis_streams import id_to_offset
+from streamq.brokers.redis.entries import id_to_offset
 from tests.conftest import Broker
 from tests.integration.helpers import (
     app_env,

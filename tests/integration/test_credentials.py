@@ -215,7 +215,7 @@ def test_no_secret_in_logs_errors_cli_metrics_or_dlq_headers(
     assert "cannot write record" in outputs["dlq show"]
 
     # The DLQ headers: the handler's exception named the store's URL, password and all.
-    from streamq.reader import read_topic
+    from streamq.brokers.view import read_topic
     from streamq.settings import load_settings
 
     dead = list(read_topic(secured.url, dlq, load_settings(broker=secured.url)))

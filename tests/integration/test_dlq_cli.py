@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from streamq.reader import read_topic
+from streamq.brokers.view import read_topic
 from streamq.settings import load_settings
 
 from .helpers import app_env, start_worker, streamq_cmd, unique, write_app

@@ -322,11 +322,11 @@ def test_a_partition_nobody_fetches_is_found_resumed_and_reported(
     import asyncio
     import threading
 
-    from streamq.brokers.kafka import _ck
-    from streamq.runtime import group as group_mod
+    from streamq.brokers.kafka.client import to_ck as _ck
+    from streamq.runtime import flow as flow_mod
     from streamq.runtime.worker import Worker
 
-    monkeypatch.setattr(group_mod, "UNFETCHED_AFTER", 1.0)
+    monkeypatch.setattr(flow_mod, "UNFETCHED_AFTER", 1.0)
     topic = create_topic(kafka_url, 1)
     app = streamq.App(unique("starved"), broker=kafka_url, kafka=FAST_GROUP, poll_timeout=0.05)
     seen: list[int] = []

@@ -24,7 +24,7 @@ import pytest
 
 import streamq
 from streamq.brokers import connect
-from streamq.reader import read_topic
+from streamq.brokers.view import read_topic
 from streamq.settings import load_settings
 
 from ..conftest import free_port

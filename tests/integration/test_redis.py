@@ -195,7 +195,7 @@ def test_redis_killed_and_restarted_with_aof(redis_server: RedisServer, tmp_path
     (AOF with fsync always: no XACK or delivery acknowledged before the kill is lost), and
     between the kill and the restart it runs against the dead server. Records handled twice
     must all have been pending at the kill."""
-    from streamq.brokers.redis_streams import id_to_offset
+    from streamq.brokers.redis.entries import id_to_offset
 
     url = redis_server.url
     topic = new_topic(url)

@@ -224,7 +224,7 @@ def test_nonfinite_scan_agrees_across_cores(data: bytes, word: bytes) -> None:
 
 def test_redis_entries_become_messages_alike_in_both_cores() -> None:
     from streamq import dispatch as d
-    from streamq.brokers.redis_streams import decode_headers, encode_headers, entry_to_message
+    from streamq.brokers.redis.entries import decode_headers, encode_headers, entry_to_message
 
     entries = [
         (b"1700000000123-0", {b"v": b'{"a":1}', b"k": b"key", b"t": b"1699999999999"}),

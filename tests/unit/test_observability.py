@@ -30,7 +30,7 @@ from streamq.metrics import (
     _observe_many,
     evaluate_health,
 )
-from streamq.runtime.group import Stats
+from streamq.stats import Stats
 
 
 def _logger(name: str, limit: logs.RateLimit) -> tuple[logging.Logger, io.StringIO]:

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamq.brokers.redis_streams import (
+from streamq.brokers.redis.entries import (
     decode_headers,
     encode_headers,
     id_to_offset,

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from streamq.brokers.view import GroupPosition, open_view
 from streamq.errors import ConfigError
-from streamq.ops import GroupPosition, open_view
 from streamq.replay import parse_offsets, parse_time
 from streamq.settings import load_settings
 

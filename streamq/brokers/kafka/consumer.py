@@ -1,0 +1,446 @@
+"""One Kafka group member: rebalance callbacks, fetching, commits, and progress queries.
+
+The semantics are those of ``brokers.base.Backend``; what is Kafka's own is said where it is
+done: why the callbacks assign themselves, how a fatal error fences the member, why closing
+runs on a thread with a deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ... import deadline
+from ...dispatch import Lease, kafka_messages
+from ...errors import CommitFailed, MemberFenced, UnknownTopicOrPartition
+from ...logs import get_logger
+from ...message import Message, TopicPartition
+from ..base import Backend, Rebalance
+from .admin import group_timeouts
+from .client import KafkaError, KafkaException, ck, from_ck, to_ck
+from .errors import DISCONNECTED, FENCED, error_log, on_error, translate, wait_for_broker
+from .liveness import Liveness
+
+if TYPE_CHECKING:
+    from .config import KafkaBroker
+
+__all__ = ["KafkaConsumer"]
+
+log = get_logger("streamq.kafka")
+
+
+class KafkaConsumer(Backend):
+    def __init__(self, broker: KafkaBroker, group: str) -> None:
+        self._broker = broker
+        self._settings = broker.settings
+        self._group = group
+        config = broker.consumer_config(group)
+        config["on_commit"] = self._on_commit
+        config["error_cb"] = self._on_client_error
+        self._consumer = ck.Consumer(config)
+        self._down = False  # readiness: all brokers reported down, not reached since
+        self._probed_at = 0.0
+        self._topics: tuple[str, ...] = ()
+        self._assignment: set[TopicPartition] = set()
+        self._failed_commits: dict[TopicPartition, int] = {}
+        self._assigned_once = False
+        self._caught_up = False
+        self._checked_at = 0.0
+        self._callbacks: tuple[Rebalance, Rebalance, Rebalance] | None = None
+        self._closed = False
+        self._fatal: KafkaError | None = None  # from error_cb: raised by the next poll
+        # From the settings, never from the client inside a callback (see _apply).
+        strategy = str(config.get("partition.assignment.strategy", ""))
+        self._cooperative = config.get("group.protocol") == "consumer" or "cooperative" in strategy
+        # Liveness (B4): lanes start no handler past the lease's deadline (see Liveness).
+        self._liveness = Liveness(group, *group_timeouts(broker, config, group))
+
+    # -- membership --------------------------------------------------------------------------
+
+    def subscribe(
+        self, topics: Sequence[str], on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance
+    ) -> None:
+        wait_for_broker(
+            lambda t: self._consumer.list_topics(timeout=t),
+            self._broker.bootstrap,
+            self._settings.broker_timeout,
+        )
+        self._topics = tuple(topics)
+        self._warn_missing_topics()
+        self._callbacks = (on_assign, on_revoke, on_lost)
+        self._consumer.subscribe(
+            list(topics), on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
+        )
+
+    def _warn_missing_topics(self) -> None:
+        try:
+            known = self._consumer.list_topics(timeout=5).topics
+        except KafkaException:
+            return
+        missing = [t for t in self._topics if t not in known]
+        if missing:
+            log.warning(
+                "group %s: topic(s) %s do not exist (yet); waiting for them to be created",
+                self._group,
+                ", ".join(missing),
+            )
+
+    # librdkafka calls these from inside consume(), on the poll thread. They must not raise:
+    # an exception here would crash the client, so failures are logged instead.
+    def _assigned(self, consumer: Any, parts: list[Any]) -> None:
+        self._liveness.confirm()
+        tps = from_ck(parts)
+        self._assigned_once = True
+        self._assignment.update(tps)
+        self._checked_at = 0.0
+        self._call(0, tps)
+        self._apply(consumer.incremental_assign if self._cooperative else consumer.assign, parts)
+        # librdkafka keeps an application pause through unassign and reassign; the runner
+        # forgets its pauses with the assignment (C7). A partition paused for back-pressure,
+        # revoked and given back to this member would otherwise never be fetched again.
+        self._apply(consumer.resume, parts)
+
+    def _revoked(self, consumer: Any, parts: list[Any]) -> None:
+        self._liveness.confirm()
+        tps = from_ck(parts)
+        self._call(1, tps)
+        self._assignment.difference_update(tps)
+        self._checked_at = 0.0
+        self._unassign(consumer, parts)
+
+    def _lost(self, consumer: Any, parts: list[Any]) -> None:
+        self._liveness.confirm()
+        tps = from_ck(parts)
+        self._call(2, tps)
+        self._assignment.difference_update(tps)
+        self._checked_at = 0.0
+        self._unassign(consumer, parts)
+
+    def _unassign(self, consumer: Any, parts: list[Any]) -> None:
+        if self._cooperative:
+            self._apply(consumer.incremental_unassign, parts)
+        else:
+            self._apply(lambda _: consumer.unassign(), parts)
+
+    def _apply(self, op: Callable[[list[Any]], None], parts: list[Any]) -> None:
+        """Assign or unassign here, in our callback, never leaving it to the client.
+
+        When a callback does neither, confluent-kafka asks librdkafka for the rebalance
+        protocol while holding the GIL, and that call can hang for good during a close
+        (librdkafka #4041): every thread of the worker froze, the shutdown deadline too.
+        """
+        try:
+            op(parts)
+        except KafkaException as exc:
+            log.warning("group %s: applying the rebalance failed: %s", self._group, exc)
+
+    def _call(self, which: int, tps: list[TopicPartition]) -> None:
+        if self._callbacks is None:
+            return
+        try:
+            self._callbacks[which](tps)
+        except Exception:
+            log.exception("group %s: rebalance callback failed", self._group)
+
+    def _on_commit(self, err: KafkaError | None, parts: list[Any]) -> None:
+        """Served inside consume(), on the poll thread; failures go back to the runner."""
+        failed = [p for p in parts or () if err is not None or p.error is not None]
+        if not failed:
+            return
+        for p in failed:
+            self._failed_commits[TopicPartition(p.topic, p.partition)] = p.offset
+        error_log.warning(
+            "group %s: asynchronous commit failed (%s); the next commit carries these "
+            "positions again",
+            self._group,
+            (err or failed[0].error).str(),
+        )
+
+    def take_failed_commits(self) -> dict[TopicPartition, int]:
+        """Positions whose asynchronous commit failed since the last call."""
+        failed, self._failed_commits = self._failed_commits, {}
+        return failed
+
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.code() in DISCONNECTED:
+            self._down = True
+        if err.fatal():
+            self._fatal = err
+        on_error(err)
+
+    def _fenced(self, err: KafkaError) -> MemberFenced:
+        """The one line a fenced member exits with: who fenced it, and what happens now."""
+        text = err.str()
+        # classic protocol: the old member is fenced by a newcomer with its instance id;
+        # KIP-848: the newcomer is refused while the old one lives ("still used")
+        if any(s in text.lower() for s in ("fenced", "instance id")):
+            return MemberFenced(
+                f"fenced: another process in group {self._group} uses this member's "
+                f"instance_id {self._settings.instance_id!r}; stopping without committing "
+                f"(give each process its own instance_id) [{text}]"
+            )
+        return MemberFenced(
+            f"fatal Kafka error in group {self._group}, this member cannot continue: {text}"
+        )
+
+    @property
+    def connected(self) -> bool:
+        """False from an "all brokers down" error until a fetch or a metadata probe succeeds.
+
+        librdkafka reconnects by itself and says so only by errors; readiness asks here,
+        at most every two seconds with a short probe while down.
+        """
+        if self._down and time.monotonic() - self._probed_at >= 2.0:
+            self._probed_at = time.monotonic()
+            try:
+                self._consumer.list_topics(timeout=0.5)
+                self._down = False
+            except KafkaException:
+                pass
+        return not self._down
+
+    def lag(self, positions: Mapping[TopicPartition, int | None]) -> dict[TopicPartition, int]:
+        """Records past each committed position, from the high watermarks of the last fetch.
+
+        ``cached=True`` asks librdkafka's own state, not the broker: no network call.
+        """
+        out: dict[TopicPartition, int] = {}
+        for tp, position in positions.items():
+            if position is None:
+                continue
+            try:
+                _, high = self._consumer.get_watermark_offsets(to_ck(tp), cached=True)
+            except KafkaException:
+                continue
+            if high is not None and high >= 0:
+                out[tp] = max(0, high - position)
+        return out
+
+    def unfetched(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+        """Per partition with records past the consumer's position: (position, how many).
+
+        The runner asks about partitions it does not pause and has nothing in flight for:
+        one that stays behind at the same position is not being fetched at all. The end
+        offsets come from the broker in one request (ListOffsets, LATEST: the last stable
+        offset under read_committed); the position is librdkafka's own, which steps over
+        transaction markers, or, until a record was consumed since the assignment, the
+        group's committed offset (one more request).
+        """
+        if not tps:
+            return {}
+        timeout = min(1.0, self._settings.broker_timeout)  # on the poll thread
+        out: dict[TopicPartition, tuple[int, int]] = {}
+        try:
+            ends = {
+                TopicPartition(e.topic, e.partition): e.offset
+                for e in self._consumer.offsets_for_times(
+                    [ck.TopicPartition(tp.topic, tp.partition, -1) for tp in tps], timeout=timeout
+                )
+                if e.error is None and e.offset > 0
+            }
+            if not ends:
+                return {}
+            unknown = []
+            for p in self._consumer.position([to_ck(tp) for tp in ends]):
+                tp = TopicPartition(p.topic, p.partition)
+                if p.offset >= 0:
+                    if ends[tp] > p.offset:
+                        out[tp] = (p.offset, ends[tp] - p.offset)
+                else:
+                    unknown.append(tp)
+            if unknown:
+                earliest = self._settings.auto_offset_reset == "earliest"
+                for c in self._consumer.committed([to_ck(tp) for tp in unknown], timeout=timeout):
+                    tp = TopicPartition(c.topic, c.partition)
+                    if c.offset >= 0:
+                        start = c.offset
+                    elif earliest:
+                        start = self._consumer.get_watermark_offsets(c, cached=True)[0]
+                        if start is None or start < 0:
+                            continue
+                    else:
+                        continue  # latest: nothing before the end is this group's
+                    if ends[tp] > start:
+                        out[tp] = (start, ends[tp] - start)
+        except KafkaException:
+            return {}
+        return out
+
+    def lease_of(self, tp: TopicPartition) -> Lease:
+        """One liveness lease for every partition: see ``Liveness``."""
+        return self._liveness.lease
+
+    @property
+    def settled(self) -> bool:
+        """Assigned, and no other member's partition still lags (checked at most once a second).
+
+        That second half is what makes ``--until-idle`` mean "the group caught up": a member
+        does not count idle time while partitions of a member that died have not been
+        reassigned yet.
+        """
+        if not self._assigned_once:
+            return False
+        now = time.monotonic()
+        if now - self._checked_at >= 1.0:
+            self._checked_at = now
+            self._caught_up = self._others_caught_up()
+        return self._caught_up
+
+    def _others_caught_up(self) -> bool:
+        try:
+            topics = self._consumer.list_topics(timeout=2).topics
+            others = [
+                TopicPartition(t, p)
+                for t in self._topics
+                if t in topics
+                for p in topics[t].partitions
+                if TopicPartition(t, p) not in self._assignment
+            ]
+            if not others:
+                return True
+            committed = self._consumer.committed([to_ck(tp) for tp in others], timeout=2)
+            for c in committed:
+                low, high = self._consumer.get_watermark_offsets(
+                    ck.TopicPartition(c.topic, c.partition), timeout=2
+                )
+                start = low if self._settings.auto_offset_reset == "earliest" else high
+                if (c.offset if c.offset >= 0 else start) < high:
+                    return False
+            return True
+        except KafkaException:
+            return False
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
+        if self._fatal is not None:
+            raise self._fenced(self._fatal)
+        try:
+            raw = self._consumer.consume(max_records, timeout)
+        except KafkaException as exc:
+            raise translate(exc, "consume") from None
+        if raw and self._down:
+            self._down = False
+        return kafka_messages(raw, self._record_error)
+
+    def _record_error(self, err: KafkaError) -> None:
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            raise self._fenced(err)
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        error_log.warning("group %s: %s", self._group, err.str())
+
+    def pause(self, tps: Sequence[TopicPartition]) -> None:
+        self._flow(self._consumer.pause, tps)
+
+    def resume(self, tps: Sequence[TopicPartition]) -> None:
+        self._flow(self._consumer.resume, tps)
+
+    def _flow(self, op: Callable[[list[Any]], None], tps: Sequence[TopicPartition]) -> None:
+        try:
+            op([to_ck(tp) for tp in tps])
+        except KafkaException as exc:  # a partition revoked meanwhile: nothing to pause
+            log.debug("group %s: pause/resume of %s: %s", self._group, tps, exc)
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        try:
+            self._consumer.seek(to_ck(tp, offset))
+        except KafkaException as exc:
+            raise translate(exc, f"seek {tp.topic}[{tp.partition}]") from None
+
+    def offsets_for_times(self, topic: str, timestamp_ms: int) -> dict[TopicPartition, int | None]:
+        try:
+            meta = self._consumer.list_topics(topic, timeout=self._settings.broker_timeout)
+            if topic not in meta.topics or meta.topics[topic].error is not None:
+                raise UnknownTopicOrPartition(f"unknown topic {topic!r}")
+            query = [
+                ck.TopicPartition(topic, p, timestamp_ms) for p in meta.topics[topic].partitions
+            ]
+            found = self._consumer.offsets_for_times(query, timeout=self._settings.broker_timeout)
+        except KafkaException as exc:
+            raise translate(exc, "offsets_for_times") from None
+        return {
+            TopicPartition(f.topic, f.partition): (f.offset if f.offset >= 0 else None)
+            for f in found
+        }
+
+    # -- commits -----------------------------------------------------------------------------
+
+    def commit(self, offsets: Mapping[TopicPartition, int], *, sync: bool) -> None:
+        parts = [to_ck(tp, offset) for tp, offset in offsets.items()]
+        try:
+            if not sync:
+                self._consumer.commit(offsets=parts, asynchronous=True)
+                return
+            result = self._consumer.commit(offsets=parts, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is not None and (err.fatal() or err.code() in FENCED):
+                raise self._fenced(self._fatal or err) from None
+            raise CommitFailed(f"group {self._group}: {translate(exc, 'commit')}") from None
+        if result:
+            failed = [f"{p.topic}[{p.partition}]: {p.error.str()}" for p in result if p.error]
+            if failed:
+                raise CommitFailed(f"group {self._group}: commit refused for " + "; ".join(failed))
+
+    def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
+        try:
+            found = self._consumer.committed([to_ck(tp) for tp in tps], timeout=10)
+        except KafkaException as exc:
+            raise translate(exc, "committed") from None
+        return {
+            TopicPartition(f.topic, f.partition): (f.offset if f.offset >= 0 else None)
+            for f in found
+        }
+
+    def close(self) -> None:
+        """Leave the group, waiting at most ``shutdown_timeout`` for the broker.
+
+        librdkafka's close runs the revoke callback (the worker commits there) and then waits
+        for the group leave; a coordinator caught mid-rebalance, or a broker that stopped
+        answering, can keep it waiting for good. A stop must not hang: past the deadline the
+        member is left to expire after its session, like a crashed one, with its commits made.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        self._liveness.stop()
+        failed: list[BaseException] = []
+
+        def leave() -> None:
+            try:
+                # Revoke on this thread before close(): a rebalance callback served inside
+                # close() can hang in rd_kafka_rebalance_protocol() while holding the GIL
+                # (librdkafka #4041; seen here when a peer left during this member's close),
+                # which freezes every thread of the process.
+                # Not for a static member: unsubscribing leaves the group, and its partitions
+                # would move instead of waiting for its restart.
+                if not self._settings.instance_id:
+                    self._consumer.unsubscribe()
+                    until = time.monotonic() + min(2.0, timeout / 2)
+                    while self._assignment and time.monotonic() < until:
+                        self._consumer.consume(1, 0.05)  # a record here is redelivered later
+                self._consumer.close()
+            except (KafkaException, RuntimeError) as exc:
+                failed.append(exc)
+
+        timeout = self._settings.shutdown_timeout
+        # The last resort for that hang: a C thread, which needs no GIL, dumps every
+        # thread's stack and exits (code 1) if the close has not returned by then.
+        token = deadline.arm(timeout + 10)
+        closer = threading.Thread(target=leave, name=f"streamq-close[{self._group}]", daemon=True)
+        closer.start()
+        closer.join(timeout)
+        if not closer.is_alive():
+            deadline.disarm(token)
+        if closer.is_alive():
+            log.warning(
+                "group %s: leaving the group did not finish within %.0fs; the broker will "
+                "expire this member after session.timeout.ms",
+                self._group,
+                self._settings.shutdown_timeout,
+            )
+        elif failed:
+            log.warning("group %s: close failed: %s", self._group, failed[0])

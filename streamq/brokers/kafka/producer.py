@@ -1,0 +1,77 @@
+"""The idempotent Kafka producer, with futures for its delivery reports."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from ...message import Headers
+from ..base import ProducerBackend, RecordMetadata
+from .client import KafkaError, KafkaException, ck
+from .errors import translate
+
+if TYPE_CHECKING:
+    from .config import KafkaBroker
+
+__all__ = ["KafkaProducer"]
+
+
+class KafkaProducer(ProducerBackend):
+    """Idempotent producer whose futures resolve from delivery reports.
+
+    A background thread serves delivery callbacks, so ``send(...).result()`` works from any
+    thread and the worker's DLQ path can await the acknowledgement.
+    """
+
+    def __init__(self, broker: KafkaBroker) -> None:
+        self._producer = ck.Producer(broker.producer_config())
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="streamq-producer", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.1)
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> Future[RecordMetadata]:
+        fut: Future[RecordMetadata] = Future()
+
+        def delivered(err: KafkaError | None, msg: Any) -> None:
+            if err is not None:
+                fut.set_exception(translate(KafkaException(err), f"delivery to {topic}"))
+            else:
+                fut.set_result(RecordMetadata(msg.topic(), msg.partition(), msg.offset()))
+
+        kwargs: dict[str, Any] = {"on_delivery": delivered}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
+        if timestamp is not None:
+            kwargs["timestamp"] = timestamp
+        while True:
+            try:
+                self._producer.produce(topic, value, key, **kwargs)
+                return fut
+            except BufferError:  # the local queue is full: wait for deliveries to free it
+                self._producer.poll(0.05)
+            except KafkaException as exc:
+                raise translate(exc, f"produce to {topic}") from None
+
+    def flush(self, timeout: float | None = None) -> int:
+        return int(self._producer.flush(-1 if timeout is None else timeout))
+
+    def close(self) -> None:
+        if not self._closed.is_set():
+            self._producer.flush(30)
+            self._closed.set()
+            self._thread.join(5)

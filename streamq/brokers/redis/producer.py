@@ -1,0 +1,141 @@
+"""XADD for every producer of a process, pipelined by one writer thread."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from ...errors import BrokerError, BrokerUnavailable, UnknownTopicOrPartition
+from ...message import Headers, TopicPartition
+from ...murmur2 import partition_for_key
+from ..base import ProducerBackend, RecordMetadata
+from .entries import encode_headers, id_to_offset
+from .errors import UNAVAILABLE
+from .keys import stream_key
+
+if TYPE_CHECKING:
+    from .config import RedisBroker
+
+__all__ = ["RedisProducer"]
+
+
+class RedisProducer(ProducerBackend):
+    """XADD through a background thread that pipelines what accumulated since its last trip."""
+
+    def __init__(self, broker: RedisBroker) -> None:
+        self._broker = broker
+        self._r = broker.client()
+        self._queue: queue.Queue[tuple[str, dict[str, bytes], Future[RecordMetadata], str] | None]
+        self._queue = queue.Queue()
+        self._idle = threading.Condition()
+        self._outstanding = 0
+        self._round_robin = 0
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name="streamq-redis-producer",
+                                        daemon=True)  # fmt: skip
+        self._thread.start()
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None,
+        key: bytes | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+        timestamp: int | None = None,
+    ) -> Future[RecordMetadata]:
+        count = self._broker.partitions(self._r, topic, create=True)
+        if partition is None:
+            if key is not None:
+                partition = partition_for_key(key, count)
+            else:
+                self._round_robin += 1
+                partition = self._round_robin % count
+        elif not 0 <= partition < count:
+            raise UnknownTopicOrPartition(
+                f"{topic} has {count} partitions; no partition {partition}"
+            )
+        fields: dict[str, bytes] = {}
+        if value is not None:
+            fields["v"] = value
+        if key is not None:
+            fields["k"] = key
+        if headers:
+            fields["h"] = encode_headers(headers)
+        if timestamp is not None:
+            fields["t"] = str(timestamp).encode()
+        if not fields:
+            fields["v0"] = b""  # XADD needs one field: a tombstone with no key
+        fut: Future[RecordMetadata] = Future()
+        with self._idle:
+            self._outstanding += 1
+        self._queue.put((stream_key(TopicPartition(topic, partition)), fields, fut, topic))
+        return fut
+
+    def _serve(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch: list[Any] = [first]
+            stop = False
+            while len(batch) < 1000:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:  # close() was called: write what came before it, then end
+                    stop = True
+                    break
+                batch.append(item)
+            self._write(batch)
+            with self._idle:
+                self._outstanding -= len(batch)
+                self._idle.notify_all()
+            if stop:
+                return
+
+    def _write(self, batch: list[Any]) -> None:
+        """One pipeline for the batch; every future gets its own answer, whatever happens.
+
+        The writer thread must outlive any error: a future never resolved would leave its
+        sender (a DLQ write holding a partition, say) waiting forever.
+        """
+        maxlen = self._broker.settings.redis_maxlen
+        try:
+            pipe = self._r.pipeline(transaction=False)
+            for key, fields, _, _ in batch:
+                pipe.xadd(key, fields, maxlen=maxlen, approximate=True)
+            answers = pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            kind = BrokerUnavailable if isinstance(exc, UNAVAILABLE) else BrokerError
+            for *_, fut, _ in batch:
+                fut.set_exception(kind(f"redis: XADD: {exc}"))
+            return
+        for (key, _, fut, topic), answer in zip(batch, answers, strict=True):
+            if isinstance(answer, Exception):  # this stream only: WRONGTYPE, OOM, ...
+                fut.set_exception(BrokerError(f"redis: XADD to {key}: {answer}"))
+                continue
+            partition = int(key.rpartition(":")[2])
+            fut.set_result(RecordMetadata(topic, partition, id_to_offset(answer)))
+
+    def flush(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._outstanding:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                self._idle.wait(remaining)
+            return self._outstanding
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.flush(30)
+            self._queue.put(None)
+            self._thread.join(5)
+            self._r.close()

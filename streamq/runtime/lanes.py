@@ -1,0 +1,235 @@
+"""The hand-offs between the poll thread and the event loop, and the lanes units wait in.
+
+A ``Unit`` goes from the poll thread to the loop (one per partition or key lane per batch);
+a ``Completion`` comes back (one per report of finished records), through a deque whose
+appends are thread-safe. A ``Lane`` holds the units of one partition (or key lane) and runs
+one at a time, so its records are handled in log order. ``Reporter`` is the loop side of
+the way back: what a lane finished is marked in the dedup store, timed, and queued for
+the poll thread, which owns the offset tracker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import NamedTuple
+
+from .. import failpoints
+from ..brokers.base import Lease
+from ..dedup import coordinates
+from ..dispatch import coordinate_keys
+from ..handlers import HandlerSpec
+from ..message import Message, TopicPartition
+from ..stats import E2E_BUCKETS, HANDLER_BUCKETS, Labels, Latency
+
+__all__ = [
+    "Chunk",
+    "Completion",
+    "Lane",
+    "LaneKey",
+    "Probe",
+    "Reporter",
+    "RunUnit",
+    "Unit",
+    "dedup_keys",
+]
+
+LaneKey = tuple[TopicPartition, int]
+
+
+class Unit(NamedTuple):
+    """One ordered unit of a lane, handed from the poll thread to the loop."""
+
+    lane: LaneKey
+    epoch: int  # the partition's ownership epoch: a new assignment starts a new lane
+    spec: HandlerSpec
+    lease: Lease | None
+    records: list[Message]
+
+
+class Completion(NamedTuple):
+    """Records a lane finished (handled, dead-lettered, or skipped as duplicates)."""
+
+    tp: TopicPartition
+    epoch: int  # completions of an earlier ownership are ignored by the tracker
+    records: list[Message]
+    halted: bool  # the lane stopped at the record after these: the partition halts
+
+
+class Probe(list[Message]):
+    """One suspect record (``streamq.crashes``), handled alone and never merged into a batch.
+
+    ``starts`` is how often it was started alone before, each time by a worker that then died.
+    """
+
+    __slots__ = ("starts",)
+
+    def __init__(self, msg: Message, count: int) -> None:
+        super().__init__((msg,))
+        self.starts = count
+
+
+class Chunk(list[Message]):
+    """Part of a dead owner's range (``streamq.crashes``), never merged with other units.
+
+    Noted in Redis while it runs, so a death inside it narrows the suspects down to it.
+    """
+
+    __slots__ = ()
+
+
+# How a lane runs one unit: its executor's per-record loop, or the batch path; chosen once
+# when the lane is set up. Returns how many records of the unit finished.
+RunUnit = Callable[["Lane", list[Message]], Awaitable[int]]
+
+
+class Lane:
+    """Ordered work of one partition (or key lane); lives on the event loop thread."""
+
+    __slots__ = (
+        "dead_lettered",
+        "dead_run",
+        "epoch",
+        "halted",
+        "key",
+        "labels",
+        "last_dead",
+        "lease",
+        "pending",
+        "progress",
+        "reported",
+        "run",
+        "seq_base",
+        "spec",
+        "stopped",
+        "task",
+        "timed_at",
+        "wake",
+        "yielded_at",
+    )
+
+    def __init__(
+        self,
+        key: LaneKey,
+        epoch: int,
+        spec: HandlerSpec,
+        lease: Lease | None,
+        labels: Labels,
+        run: RunUnit,
+    ) -> None:
+        self.key = key
+        self.labels = labels
+        self.epoch = epoch
+        self.spec = spec
+        self.run = run
+        self.lease = lease  # Redis: no handler starts past lease.deadline
+        self.pending: deque[list[Message]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.stopped = False
+        self.halted = False
+        self.wake = asyncio.Event()
+        self.dead_lettered = 0  # in the current unit, so "handled" excludes them
+        self.progress = 0  # records of the current unit finished
+        self.reported = 0  # of those, already handed to the poll thread
+        self.seq_base = 0  # records of this lane before the current unit
+        self.last_dead = -2  # lane sequence number of the last dead-lettered record
+        self.dead_run = 0  # consecutive dead-lettered records ending at last_dead
+        self.yielded_at = 0.0  # inline lanes: when this lane last gave the loop back
+        self.timed_at = 0.0  # metrics: when the records being reported started running
+
+    def take(self, limit: int) -> list[Message]:
+        """The next unit: one polled chunk, or up to ``limit`` records for batch handlers.
+
+        Units stay chunk-sized for per-record handlers: a revoke or stop waits for at most
+        one unit, and no list is copied.
+        """
+        first = self.pending.popleft()
+        if not self.spec.batch or type(first) is not list:  # a Probe or a Chunk stays whole
+            return first
+        if len(first) > limit:
+            self.pending.appendleft(first[limit:])
+            return first[:limit]
+        pending = self.pending
+        while pending and type(pending[0]) is list and len(first) + len(pending[0]) <= limit:
+            first = first + pending.popleft()
+        return first
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.pending.clear()
+        self.wake.set()
+
+
+class Reporter:
+    """Hands what lanes finished back to the poll thread (loop thread only).
+
+    ``completions`` is shared with the poll thread, which drains it; ``handler_latency`` and
+    ``e2e_latency`` are read by ``streamq.metrics`` from its own thread.
+    """
+
+    def __init__(self, completions: deque[Completion], *, metrics: bool) -> None:
+        self.completions = completions
+        self._metrics = metrics
+        self.handler_latency: dict[Labels, Latency] = {}
+        self.e2e_latency: dict[Labels, Latency] = {}
+
+    def report(self, lane: Lane, unit: list[Message], upto: int, halted: bool = False) -> None:
+        """Hand the unit's records finished since the last report to the poll thread.
+
+        With a dedup store their keys are marked first, so no commit passes a record
+        before the store knows it was handled.
+        """
+        start = lane.reported
+        if upto > start or halted:
+            done = unit if start == 0 and upto == len(unit) else unit[start:upto]
+            if failpoints.ACTIVE and done:
+                failpoints.hit("after_handle")
+            store = lane.spec.dedup
+            if store is not None and done:
+                store.mark(dedup_keys(lane.spec, done))
+                if failpoints.ACTIVE:
+                    failpoints.hit("after_mark")
+            self.completions.append(Completion(lane.key[0], lane.epoch, done, halted))
+            lane.reported = upto
+            if self._metrics and done:
+                self._time(lane, done)
+
+    def finished(self, lane: Lane, unit: list[Message], upto: int, marks: bool) -> None:
+        """Mark what a lane finished before it awaits mid-unit (a retry, a DLQ write, a lease).
+
+        Other lanes run meanwhile, and a crash there must not re-handle records the store
+        could have known (seen on Kafka: a slice handled just before a poison record ran
+        again after a crash in another lane during its dead-lettering).
+        """
+        lane.progress = upto
+        if marks:
+            self.report(lane, unit, upto)
+
+    def _time(self, lane: Lane, done: list[Message]) -> None:
+        """Handler and end-to-end latency of records just finished, once per report.
+
+        Records reported together are counted at their mean handler time; their end-to-end
+        latency at the mean of the first and last record's timestamps.
+        """
+        now = time.monotonic()
+        n = len(done)
+        latency = self.handler_latency.get(lane.labels)
+        if latency is None:
+            latency = self.handler_latency[lane.labels] = Latency(HANDLER_BUCKETS)
+        latency.add((now - lane.timed_at) / n, n)
+        lane.timed_at = now
+        first, last = done[0].timestamp, done[-1].timestamp
+        if first is not None and last is not None and first > 0 and last > 0:  # -1: unknown
+            e2e = self.e2e_latency.get(lane.labels)
+            if e2e is None:
+                e2e = self.e2e_latency[lane.labels] = Latency(E2E_BUCKETS)
+            e2e.add(max(0.0, time.time() - (first + last) / 2000.0), n)
+
+
+def dedup_keys(spec: HandlerSpec, unit: list[Message]) -> list[str]:
+    key = spec.dedup_key
+    if key is coordinates:
+        return coordinate_keys(unit)  # the default, built in one C loop
+    return [key(m) for m in unit]

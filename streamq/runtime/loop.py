@@ -1,0 +1,219 @@
+"""The event loop side of a group: one task per lane, each running its units in order.
+
+Units arrive from the poll thread in one call per batch (``enqueue``). A lane runs one unit
+at a time through the executor chosen when the lane was set up, with the dedup check before
+and the crash probes around it, and reports what finished (``Reporter``). The poll thread
+stops lanes through ``quiesce``, the one call that crosses back into the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+from ..crashes import CrashCounter
+from ..errors import WorkerLost
+from ..handlers import Executor
+from ..logs import get_logger
+from ..message import Message, TopicPartition
+from ..stats import Stats
+from .executors import LaneExecutor
+from .lanes import Chunk, Completion, Lane, LaneKey, Probe, Reporter, Unit, dedup_keys
+from .outcome import Outcomes
+
+__all__ = ["Lanes"]
+
+log = get_logger("streamq.worker")
+
+# Seconds cancelled lanes get to unwind and report what they finished.
+_CANCEL_GRACE = 2.0
+
+
+class Lanes:
+    """One group's lanes on the event loop, and the poll thread's way to stop them."""
+
+    def __init__(
+        self,
+        group: str,
+        loop: asyncio.AbstractEventLoop,
+        stats: Stats,
+        executors: dict[Executor, LaneExecutor],
+        outcomes: Outcomes,
+        reporter: Reporter,
+        crashes: CrashCounter | None,
+        probe_lock: asyncio.Lock,
+    ) -> None:
+        self._group = group
+        self._loop = loop
+        self._stats = stats
+        self._executors = executors
+        self._outcomes = outcomes
+        self._reporter = reporter
+        self._crashes = crashes
+        # one suspect at a time in the whole worker, so a death is charged to one record only
+        self._probe_lock = probe_lock
+        self._lanes: dict[LaneKey, Lane] = {}  # loop thread
+
+    # -- the poll thread's side ----------------------------------------------------------------
+
+    def quiesce(self, tps: list[TopicPartition] | None, timeout: float) -> bool:
+        """Stop the lanes of ``tps`` (all if None) and wait for their running unit.
+
+        On timeout the lanes are cancelled: async handlers get CancelledError and report the
+        records they finished, so only the unfinished ones are redelivered. A sync handler
+        that hangs blocks the loop itself; its records simply stay uncommitted.
+        """
+        if self._loop.is_closed():
+            return False
+        # Flag the lanes from this thread first. The loop may be inside a sync handler's
+        # slice for longer than ``timeout``; cancelling _stop_lanes before it ever ran would
+        # leave the lanes going, handling records of partitions another member owns now
+        # (seen on Kafka: a fenced member went on for a second). A flagged lane starts no
+        # new slice or unit.
+        wanted = None if tps is None else set(tps)
+        for key, lane in list(self._lanes.items()):  # one C-level copy: safe across threads
+            if wanted is None or key[0] in wanted:
+                lane.stopped = True
+        finished = threading.Event()
+        fut = asyncio.run_coroutine_threadsafe(self._stop_lanes(tps, finished), self._loop)
+        if finished.wait(timeout):
+            return True
+        fut.cancel()
+        finished.wait(_CANCEL_GRACE)
+        if timeout > 0:
+            log.warning(
+                "group %s: handlers still running after %.1fs were cancelled; their records "
+                "were not committed and will be redelivered",
+                self._group,
+                timeout,
+            )
+        return False
+
+    # -- the event loop thread -------------------------------------------------------------------
+
+    def enqueue(self, units: list[Unit]) -> None:
+        lanes = self._lanes
+        for key, epoch, spec, lease, msgs in units:
+            lane = lanes.get(key)
+            if lane is None or lane.epoch != epoch:
+                tp = key[0]
+                labels = (self._group, tp.topic, str(tp.partition), spec.name)
+                run = self._executors[spec.executor].runner_for(spec)
+                lane = lanes[key] = Lane(key, epoch, spec, lease, labels, run)
+            if lane.stopped or lane.halted:
+                continue
+            lane.pending.append(msgs)
+            if lane.task is None:
+                lane.task = self._loop.create_task(self._run_lane(lane))
+
+    async def _stop_lanes(
+        self, tps: list[TopicPartition] | None, finished: threading.Event
+    ) -> None:
+        wanted = None if tps is None else set(tps)
+        tasks = []
+        for key, lane in list(self._lanes.items()):
+            if wanted is None or key[0] in wanted:
+                lane.stop()
+                del self._lanes[key]
+                if lane.task is not None:
+                    tasks.append(lane.task)
+        try:
+            if tasks:
+                await asyncio.wait(tasks)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=_CANCEL_GRACE)
+        finally:
+            finished.set()
+
+    async def _run_lane(self, lane: Lane) -> None:
+        spec = lane.spec
+        limit = spec.max_batch
+        crashes, tp = self._crashes, lane.key[0]
+        report = self._reporter.report
+        try:
+            while lane.pending and not lane.stopped:
+                unit = lane.take(limit)
+                kind = type(unit)
+                marked = -1
+                if kind is Chunk and crashes is not None:  # before any of its handlers starts
+                    marked = unit[0].offset
+                    crashes.mark(tp, marked, unit[-1].offset)
+                if spec.dedup is not None:
+                    unit = self._skip_seen(lane, unit)
+                    if not unit:
+                        if marked >= 0 and crashes is not None:
+                            crashes.unmark(tp, marked)
+                        continue
+                lane.dead_lettered = lane.progress = lane.reported = 0
+                lane.timed_at = time.monotonic()
+                try:
+                    if kind is Probe:
+                        done = await self._run_probe(lane, unit)  # type: ignore[arg-type]
+                    else:
+                        done = await lane.run(lane, unit)
+                except asyncio.CancelledError:
+                    report(lane, unit, lane.progress)  # keep what finished
+                    raise
+                if done > lane.dead_lettered:
+                    self._stats.handled_by[lane.labels] += done - lane.dead_lettered
+                # Commit-before units report too: the tracker counts in-flight work for both.
+                halted = done < len(unit) and not lane.stopped
+                report(lane, unit, done, halted)
+                if marked >= 0 and crashes is not None and done == len(unit):
+                    crashes.unmark(tp, marked)
+                lane.seq_base += len(unit)
+                if done < len(unit):
+                    lane.halted = halted
+                    break
+        finally:
+            lane.task = None
+
+    async def _run_probe(self, lane: Lane, unit: Probe) -> int:
+        """Handle one suspect alone, charged to the crash counter while its handler runs."""
+        crashes = self._crashes
+        assert crashes is not None
+        tp, msg = lane.key[0], unit[0]
+        async with self._probe_lock:
+            if lane.stopped:
+                return 0
+            if unit.starts >= crashes.limit:
+                self._stats.failed_by[lane.labels] += 1
+                lost = WorkerLost(
+                    f"the worker died {unit.starts} times while handling this record alone "
+                    f"(crash_limit={crashes.limit}), after dying in the range it was part of",
+                    topic=msg.topic,
+                    partition=msg.partition,
+                    offset=msg.offset,
+                )
+                done = 1 if await self._outcomes.dead_letter(lane, msg, lost, 0) else 0
+            else:
+                crashes.begin(tp, msg.offset, unit.starts + 1)
+                done = await lane.run(lane, unit)
+            if done:
+                crashes.end(tp, msg.offset)
+            return done
+
+    def _skip_seen(self, lane: Lane, unit: list[Message]) -> list[Message]:
+        """One dedup check per unit: records already marked are done without a handler."""
+        spec = lane.spec
+        assert spec.dedup is not None
+        keys = dedup_keys(spec, unit)
+        flags = spec.dedup.seen(keys)
+        # A business key twice in one unit: the later copy is a duplicate of the earlier one,
+        # whose mark lands only after it is handled. The commit cannot pass the later copy
+        # before the earlier one is done, since it sits at a higher offset.
+        earlier: set[str] = set()
+        for i, k in enumerate(keys):
+            if k in earlier:
+                flags[i] = True
+            elif not flags[i]:
+                earlier.add(k)
+        if not any(flags):
+            return unit
+        skipped = [m for m, seen in zip(unit, flags, strict=True) if seen]
+        self._reporter.completions.append(Completion(lane.key[0], lane.epoch, skipped, False))
+        self._stats.deduplicated_by[lane.labels] += len(skipped)
+        return [m for m, seen in zip(unit, flags, strict=True) if not seen]
