@@ -324,12 +324,14 @@ class Broker:
             consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
             deadline = time.monotonic() + 30
             try:
-                while True:  # a node just started answers "coordinator load in progress"
+                # a node just started, or a coordinator moving, answers "coordinator load in
+                # progress" or "not coordinator" (not flagged retriable): ask again
+                while True:
                     try:
                         found = consumer.committed([TopicPartition(topic, p) for p in ends], 20)
                         break
-                    except KafkaException as exc:
-                        if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    except KafkaException:
+                        if time.monotonic() > deadline:
                             raise
                         time.sleep(0.2)
             finally:

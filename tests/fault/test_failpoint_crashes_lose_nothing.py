@@ -55,7 +55,10 @@ def test_a_crash_at_each_failpoint_loses_nothing(
     coords = broker.produce(topic, good[:200] + poison + good[200:])
     group, ledger = unique("fp"), tmp_path / "ledger"
     spec = write_app(tmp_path, extra={"lease_ttl": 3, "max_poll_records": 50})
-    env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.001", DEDUP=broker.dedup_url)
+    # 4 ms a record: the crash must land while work is left, also on a machine so busy that
+    # the poll thread's commits fall behind the handlers (at 1 ms, all 400 were handled
+    # before the second commit once, with CI's two test passes side by side)
+    env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.004", DEDUP=broker.dedup_url)
 
     with observe(broker, topic, group) as observer:
         crashed = start_worker(tmp_path, spec,
