@@ -203,7 +203,7 @@ class App:
         """
         self._check_run_args(workers, until_idle)
         from .metrics import serving
-        from .runtime.worker import Worker, run_worker
+        from .runtime.worker import STOP_DEADLINE_GRACE, Worker, run_worker
 
         with serving(metrics_host, metrics_port) as server:
             metrics = server is not None
@@ -217,7 +217,9 @@ class App:
             target = ("streamq.runtime.worker", "run_app_child")
             args = (module, attr, self._overrides, until_idle, level, "text", metrics)
             on_exit = server.mark_dead if server is not None else None
-            code = supervise(target, args, workers, on_exit=on_exit)
+            # as ``streamq run``: past the worker's own stop deadlines by a margin
+            stop_timeout = self.settings.shutdown_timeout + STOP_DEADLINE_GRACE + 10
+            code = supervise(target, args, workers, on_exit=on_exit, stop_timeout=stop_timeout)
         if code:
             raise SystemExit(code)
 
