@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from abc import ABC, abstractmethod
 from typing import Any
 
 from ..dispatch import call_each, call_each_until
@@ -59,7 +60,7 @@ POOL_CHUNK_THREADS = 64
 POOL_CHUNK_PROCESSES = 256
 
 
-class LaneExecutor:
+class LaneExecutor(ABC):
     """Runs units of lanes whose handlers share one ``Executor``."""
 
     def __init__(
@@ -80,13 +81,13 @@ class LaneExecutor:
         """What a lane of ``spec`` calls per unit (``Lane.run``)."""
         return self.run_batch if spec.batch else self.run
 
+    @abstractmethod
     async def run(self, lane: Lane, unit: list[Message]) -> int:
         """Handle ``unit`` record by record; returns how many finished."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def call(self, spec: HandlerSpec, arg: Any) -> None:
         """One call of the handler (a retry, a batch), wherever this executor runs it."""
-        raise NotImplementedError
 
     async def run_batch(self, lane: Lane, unit: list[Message]) -> int:
         return await self._outcomes.run_batch(lane, unit, self.call)
@@ -223,6 +224,11 @@ class PoolExecutor(LaneExecutor):
     async def _in_process(
         self, spec: HandlerSpec, records: list[Message]
     ) -> tuple[int, BaseException | None]:
+        """Run ``records`` in a process pool: how many finished, and what stopped it.
+
+        Only ``ProcessesExecutor`` runs records in another process; the threads branch of
+        ``run`` never calls this.
+        """
         raise NotImplementedError
 
 
