@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import sys
 from collections.abc import Callable
 from typing import Any, Literal, TypeVar
@@ -201,61 +200,21 @@ class App:
             ShutdownTimeout: Handlers outlived ``shutdown_timeout``.
             PartitionHalted: The run ended with partitions halted at a record.
         """
-        self._check_run_args(workers, until_idle)
         from .metrics import serving
-        from .runtime.worker import STOP_DEADLINE_GRACE, Worker, run_worker
+        from .runtime.launch import launch
 
         with serving(metrics_host, metrics_port) as server:
-            metrics = server is not None
-            if workers == 1:
-                run_worker(self, until_idle, Worker(self, until_idle, metrics=metrics))
-                return
-            from .runtime.supervisor import supervise
-
-            module, attr = self._locate()
-            level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-            target = ("streamq.runtime.worker", "run_app_child")
-            args = (module, attr, self._overrides, until_idle, level, "text", metrics)
-            on_exit = server.mark_dead if server is not None else None
-            # as ``streamq run``: past the worker's own stop deadlines by a margin
-            stop_timeout = self.settings.shutdown_timeout + STOP_DEADLINE_GRACE + 10
-            code = supervise(target, args, workers, on_exit=on_exit, stop_timeout=stop_timeout)
+            code = launch(self, workers, until_idle, server=server)
         if code:
             raise SystemExit(code)
 
-    def _locate(self) -> tuple[str, str]:
-        """The ``MODULE:ATTR`` a spawned worker imports to find this app again."""
-        module = sys.modules.get(self._module or "")
-        for attr, value in vars(module).items() if module is not None else ():
-            if value is self:
-                return self._module or "", attr
-        raise ConfigError(
-            "workers: worker processes import the app again, so it must be a module-level "
-            f"name (found no module attribute holding App({self.name!r}))"
-        )
-
     async def serve(self, until_idle: float | None = None) -> None:
         """Run one worker inside an existing event loop (sync handlers block that loop)."""
-        self._check_run_args(1, until_idle)
+        from .runtime.launch import check_run_args
         from .runtime.worker import Worker
 
+        check_run_args(self, 1, until_idle)
         await Worker(self, until_idle).serve()
-
-    def _check_run_args(self, workers: int, until_idle: float | None) -> None:
-        problems = []
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            problems.append(f"workers: must be an integer >= 1, got {workers!r}")
-        elif workers > 1 and self.settings.broker.startswith("memory:"):
-            problems.append(
-                "workers: memory:// lives inside one process, so extra worker processes would "
-                "each see an empty log; use workers=1, or a Kafka or Redis broker"
-            )
-        if until_idle is not None and (not isinstance(until_idle, int | float) or until_idle < 0):
-            problems.append(f"until_idle: must be seconds >= 0, got {until_idle!r}")
-        if not self.handlers:
-            problems.append(f"app {self.name!r} has no handlers: nothing to consume")
-        if problems:
-            raise ConfigError(problems)
 
     def __repr__(self) -> str:
         broker = redact_url(self.settings.broker)

@@ -27,7 +27,7 @@ import orjson
 
 from .credentials import Scrub
 
-__all__ = ["JsonFormatter", "RateLimit", "about", "configure", "get_logger"]
+__all__ = ["JsonFormatter", "RateLimit", "about", "configure", "format_of", "get_logger"]
 
 # The extra fields that make a line about a record (and the group it belongs to).
 RECORD_FIELDS = ("group", "topic", "partition", "offset", "handler", "attempt")
@@ -144,3 +144,9 @@ def configure(level: str | int = "INFO", fmt: str = "text", worker: int | None =
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+
+
+def format_of(logger: logging.Logger) -> str:
+    """How ``configure`` set this logger up ("json" or "text"), for processes it spawns."""
+    json = any(isinstance(h.formatter, JsonFormatter) for h in logger.handlers)
+    return "json" if json else "text"

@@ -24,8 +24,9 @@ from rich.table import Table
 from ..brokers.view import open_view
 from ..errors import ConfigError
 from ..replay import RangeBackend, plan, positions_from
+from ..runtime.launch import load_app
 from ..runtime.worker import Worker, run_worker
-from .common import errors_as_exit_codes, load_app, view_of
+from .common import errors_as_exit_codes, view_of
 
 
 @click.command()

@@ -8,10 +8,8 @@ units, commit synchronously, leave the group), a second one exits at once.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import os
 import signal
-import sys
 import threading
 import time
 from typing import TYPE_CHECKING
@@ -24,13 +22,10 @@ from ..crashes import CrashCounter, counter_url
 from ..credentials import redact_url
 from ..dedup import RedisDedup
 from ..errors import (
-    EXIT_CRITICAL,
     EXIT_SHUTDOWN_TIMEOUT,
     ConfigError,
     PartitionHalted,
     ShutdownTimeout,
-    StreamqError,
-    exit_code_for,
 )
 from ..handlers import CommitMode, HandlerSpec
 from ..metrics import Exporter
@@ -45,7 +40,6 @@ __all__ = [
     "STOP_DEADLINE_GRACE",
     "Worker",
     "critical_line",
-    "run_app_child",
     "run_worker",
 ]
 
@@ -231,46 +225,6 @@ def _watchdog(done: threading.Event, deadline: float) -> None:
             os._exit(EXIT_SHUTDOWN_TIMEOUT)
 
     threading.Thread(target=watch, name="streamq-shutdown-watchdog", daemon=True).start()
-
-
-def run_app_child(
-    slot: int,
-    module: str,
-    attr: str,
-    overrides: dict[str, object],
-    until_idle: float | None,
-    log_level: str,
-    log_format: str = "text",
-    metrics: bool = False,
-) -> int:
-    """Entry point of one spawned worker: import the app afresh, run it, return the exit code."""
-    logs.configure(log_level, log_format, worker=slot)
-    from ..app import App
-
-    app: App | None = None
-    worker: Worker | None = None
-    try:
-        app = getattr(importlib.import_module(module), attr)
-        assert isinstance(app, App), f"{module}:{attr} is not a streamq.App"
-        if overrides:
-            app.configure(**overrides)
-        if app.settings.instance_id:  # static membership needs one id per member
-            app.configure(instance_id=f"{app.settings.instance_id}-{slot}")
-        worker = Worker(app, until_idle, metrics=metrics)
-        run_worker(app, until_idle, worker)
-        return 0
-    except BaseException as exc:
-        if worker is not None and exc is worker.critical:
-            log.error("worker %d: %s", slot, critical_line(exc))
-            return EXIT_CRITICAL
-        if not isinstance(exc, StreamqError | SystemExit | KeyboardInterrupt):
-            raise
-        if not isinstance(exc, SystemExit | KeyboardInterrupt):
-            log.error("worker %d: %s", slot, exc)
-        return exit_code_for(exc)
-    finally:
-        if app is not None:
-            print(f"streamq: worker {slot}: {app.stats.summary()}", file=sys.stderr, flush=True)
 
 
 def crash_counter(
