@@ -11,6 +11,7 @@ from .credentials import redact_url
 from .errors import ConfigError
 from .handlers import HandlerSpec, build_spec
 from .message import Message
+from .retry import RetryPolicy
 from .settings import Settings, load_settings
 from .stats import Stats
 
@@ -70,6 +71,7 @@ class App:
         retry_backoff: float = 0.2,
         retry_backoff_max: float = 30.0,
         retry_jitter: bool = True,
+        retry: RetryPolicy | None = None,
         dlq: bool | str = True,
         dedup: Any = None,
         commit: Literal["after", "before"] = "after",
@@ -100,6 +102,8 @@ class App:
             retry_backoff: First retry delay in seconds; doubles each retry (Celery's name).
             retry_backoff_max: Cap on one delay, in seconds.
             retry_jitter: Full jitter: each delay uniform in [0, computed].
+            retry: The four above as one ``streamq.RetryPolicy``, for a policy shared by
+                several handlers; give it or the flat names, not both.
             dlq: True for ``<topic>.dlq``, a topic name, or False to halt the partition on a
                 record that exhausted its retries.
             dedup: ``"memory"`` (an LRU per handler), ``"redis://..."`` (shared by the
@@ -139,6 +143,7 @@ class App:
                 retry_backoff=retry_backoff,
                 retry_backoff_max=retry_backoff_max,
                 retry_jitter=retry_jitter,
+                retry=retry,
                 dlq=dlq,
                 dedup=dedup,
                 commit=commit,

@@ -100,6 +100,15 @@ class HandlerSpec:
         return isinstance(exc, self.retry_on) and not isinstance(exc, self.dont_retry_on)
 
 
+# The flat names' defaults, which are RetryPolicy's: a handler given ``retry=`` keeps them.
+_DEFAULT_RETRY = (
+    RetryPolicy.max_retries,
+    RetryPolicy.backoff,
+    RetryPolicy.backoff_max,
+    RetryPolicy.jitter,
+)
+
+
 def build_spec(
     fn: Callable[..., Any],
     *,
@@ -113,6 +122,7 @@ def build_spec(
     retry_backoff_max: float,
     retry_jitter: bool,
     dlq: bool | str,
+    retry: RetryPolicy | None = None,
     dedup: Any,
     commit: str,
     dlq_suffix: str,
@@ -160,11 +170,20 @@ def build_spec(
         not isinstance(dlq_limit, int) or isinstance(dlq_limit, bool) or dlq_limit < 1
     ):
         problems.append("dlq_limit: must be an integer >= 1, or None")
-    retry: RetryPolicy | None = None
-    try:
-        retry = RetryPolicy(max_retries, retry_backoff, retry_backoff_max, bool(retry_jitter))
-    except ConfigError as exc:
-        problems.extend(exc.problems)
+    flat = (max_retries, retry_backoff, retry_backoff_max, bool(retry_jitter))
+    if retry is None:
+        try:
+            retry = RetryPolicy(*flat)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    elif not isinstance(retry, RetryPolicy):
+        problems.append(f"retry: must be a streamq.RetryPolicy, got {type(retry).__name__}")
+        retry = None
+    elif flat != _DEFAULT_RETRY:
+        problems.append(
+            "retry: give retry=RetryPolicy(...) or the flat max_retries, retry_backoff, "
+            "retry_backoff_max and retry_jitter, not both"
+        )
     invoke: Invoke | None = None
     is_async = False
     try:

@@ -81,3 +81,41 @@ def test_settings_collect_every_problem() -> None:
         load_settings(poll_timeout=-1, max_in_flight=0, bogus=1)
     text = str(info.value)
     assert "poll_timeout" in text and "max_in_flight" in text and "bogus: unknown setting" in text
+
+
+def test_a_retry_policy_object_is_the_flat_names_in_one_value(memory_url: str) -> None:
+    """One policy shared by several handlers retries exactly like the Celery-style names."""
+    import streamq
+    from streamq.brokers.memory import get_log, parse_url
+
+    policy = RetryPolicy(max_retries=2, backoff=0.0, backoff_max=0.0)
+    app = streamq.App("svc", broker=memory_url, poll_timeout=0.02, commit_interval=0.05)
+    attempts: list[int] = []
+
+    @app.handler("orders", retry=policy)
+    def fails(msg: Message) -> None:
+        attempts.append(msg.attempt)
+        raise ValueError("always")
+
+    assert app.handlers[("svc", "orders")].retry is policy
+    with streamq.Producer(memory_url) as producer:
+        producer.send("orders", {"id": 1})
+    app.run(until_idle=0.3)
+    assert attempts == [1, 2, 3]
+    dead = [rec for part in get_log(parse_url(memory_url)[0]).topics["orders.dlq"] for rec in part]
+    assert len(dead) == 1
+
+
+def test_a_retry_policy_and_the_flat_names_together_are_refused() -> None:
+    import streamq
+
+    app = streamq.App("svc")
+    with pytest.raises(ConfigError, match="not both"):
+
+        @app.handler("orders", retry=RetryPolicy(max_retries=5), max_retries=1)
+        def both(msg: Message) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"retry: must be a streamq\.RetryPolicy"):
+
+        @app.handler("orders", retry={"max_retries": 5})  # type: ignore[arg-type]
+        def loose(msg: Message) -> None: ...
