@@ -45,11 +45,16 @@ from .credentials import redact_url, redis_client
 from .logs import get_logger
 from .message import Message, TopicPartition
 
-__all__ = ["CHUNK", "SOLO_MAX", "CrashCounter", "Suspects"]
+__all__ = ["CHUNK", "SOLO_MAX", "CrashCounter", "Suspects", "crash_key"]
 
 log = get_logger("streamq.crashes")
 
 _POLLED = b"polled"
+
+
+def crash_key(group: str, topic: str, partition: int) -> str:
+    """The Redis hash of one partition's crash bookkeeping (``offsets reset`` clears it)."""
+    return f"streamq:crash:{group}:{topic}:{partition}"
 
 
 SOLO_MAX = 64  # a dead owner's range this small goes one record at a time straight away
@@ -136,13 +141,13 @@ class CrashCounter:
         # Generous: a slow answer (an fsync-always Redis on a busy disk) that timed out would
         # pause counting, and a death in that pause costs the killer an extra restart.
         self._r: Any = redis_client(url, password, socket_timeout=5.0, socket_connect_timeout=2.0)
-        self._prefix = f"streamq:crash:{group}:"
+        self._group = group
         self._ttl_ms = int(ttl * 1000)
         self._quiet_until = 0.0
         self._mine: dict[TopicPartition, set[int]] = {}  # chunks noted by this worker
 
     def _key(self, tp: TopicPartition) -> str:
-        return f"{self._prefix}{tp.topic}:{tp.partition}"
+        return crash_key(self._group, tp.topic, tp.partition)
 
     def load(self, tps: list[TopicPartition]) -> dict[TopicPartition, Suspects]:
         """What the previous owners of ``tps`` left behind: one round trip on assignment."""

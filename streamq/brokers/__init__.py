@@ -16,9 +16,26 @@ from .base import Admin, Backend, Broker, ProducerBackend, RecordMetadata
 if TYPE_CHECKING:
     from ..settings import Settings
 
-__all__ = ["Admin", "Backend", "Broker", "ProducerBackend", "RecordMetadata", "connect"]
+__all__ = [
+    "Admin",
+    "Backend",
+    "Broker",
+    "ProducerBackend",
+    "RecordMetadata",
+    "connect",
+    "in_process",
+]
 
 SCHEMES = ("memory", "kafka", "redis", "rediss")
+
+
+def in_process(url: str) -> bool:
+    """Whether the broker's log lives inside this process (``memory://``).
+
+    Such a log is neither shared with other processes nor outlives this one: extra worker
+    processes would each see an empty log, and a crash loses the log with the crash.
+    """
+    return isinstance(url, str) and urlsplit(url).scheme.lower() == "memory"
 
 
 def connect(url: str, settings: Settings | None = None) -> Broker:

@@ -56,10 +56,6 @@ class FlowControl:
         self.paused: set[TopicPartition] = set()
         self.halted: set[TopicPartition] = set()
         self.halted_in_run: set[TopicPartition] = set()  # survives revokes: for the outcome
-        # records that sit past the fetch position of a partition nobody fetches (Kafka)
-        self._unfetched_of: (
-            Callable[[list[TopicPartition]], dict[TopicPartition, tuple[int, int]]] | None
-        ) = getattr(backend, "unfetched", None)
         # partition -> (the position it is stuck at, since when; monotonic)
         self.unfetched_since: dict[TopicPartition, tuple[int, float]] = {}
         self.unfetched_told: set[TopicPartition] = set()
@@ -117,7 +113,7 @@ class FlowControl:
         return self._tracker.in_flight_records - halted
 
     def unfetched_due(self) -> bool:
-        return self._unfetched_of is not None and self._clock() >= self._next_unfetched
+        return self._clock() >= self._next_unfetched
 
     def check_unfetched(self, assigned: Iterable[TopicPartition], connected: bool) -> bool:
         """Find partitions this member owns but does not fetch, say so once, and resume them.
@@ -129,7 +125,6 @@ class FlowControl:
         """
         now = self._clock()
         self._next_unfetched = now + _UNFETCHED_INTERVAL
-        assert self._unfetched_of is not None
         parts = self._tracker.parts
         candidates = [
             tp
@@ -138,7 +133,8 @@ class FlowControl:
             and tp not in self.halted
             and (tp not in parts or parts[tp].in_flight == 0)
         ]
-        found = self._unfetched_of(candidates) if connected and candidates else {}
+        # records past the fetch position of a partition nobody fetches (Kafka; else none)
+        found = self._backend.unfetched(candidates) if connected and candidates else {}
         for tp in list(self.unfetched_since):
             if tp not in found or found[tp][0] != self.unfetched_since[tp][0]:
                 del self.unfetched_since[tp]  # fetched meanwhile: the position moved

@@ -96,8 +96,10 @@ class GroupRunner:
         pools: Pools | None = None,
         *,
         metrics: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.group = group
+        self._clock = clock  # monotonic seconds: idle time, commit and flow timers
         self._tracer = tracer() if settings.tracing else None
         if self._tracer is not None:
             specs = {topic: self._tracer.traced(spec) for topic, spec in specs.items()}
@@ -118,6 +120,7 @@ class GroupRunner:
             self._tracker,
             every=settings.commit_every,
             interval=settings.commit_interval,
+            clock=clock,
         )
         self._completions: deque[Completion] = deque()
         reporter = Reporter(self._completions, metrics=metrics)
@@ -140,11 +143,13 @@ class GroupRunner:
         self._leases: dict[TopicPartition, Lease | None] = {}
         self._closing = False
         self._labels: dict[TopicPartition, Labels] = {}
-        self._flow = FlowControl(group, self._backend, self._tracker, settings, stats, self._labels)
+        self._flow = FlowControl(
+            group, self._backend, self._tracker, settings, stats, self._labels, clock
+        )
         # progress: the position each partition last reached, and when (wall time)
         self._position_at: dict[TopicPartition, tuple[int | None, float]] = {}
         self._connected = True
-        self._lags: dict[TopicPartition, int | None] = {}
+        self._lags: dict[TopicPartition, int] = {}
         self._next_sample = 0.0
         self._next_lag = 0.0
         # metrics (streamq.metrics.Exporter reads these from its own thread: RunnerView)
@@ -158,14 +163,7 @@ class GroupRunner:
         self.rebalances: Counter[tuple[str, str]] = Counter()
         self.ownership_changes: Counter[tuple[str, str]] = Counter()
         # backend events (Redis: streams reset, entries lost to trims), if it counts any
-        events = getattr(self._backend, "events", None)
-        self.backend_events: Counter[tuple[str, str, str]] = (
-            events if isinstance(events, Counter) else Counter()
-        )
-        # asynchronous commits that failed (Kafka): the tracker had marked them committed
-        self._take_failed_commits: Callable[[], dict[TopicPartition, int]] | None = getattr(
-            self._backend, "take_failed_commits", None
-        )
+        self.backend_events: Counter[tuple[str, str, str]] = self._backend.events
         # shared
         self._stop = threading.Event()
         self.closed = threading.Event()
@@ -231,10 +229,11 @@ class GroupRunner:
                     continue
                 failures = 0
                 self._connected = True
-                if self._take_failed_commits is not None:
-                    failed = self._take_failed_commits()  # served inside that poll
-                    if failed:
-                        self._tracker.mark_uncommitted(failed)
+                # asynchronous commits that failed (Kafka), served inside that poll: the
+                # tracker had marked them committed
+                failed = self._backend.take_failed_commits()
+                if failed:
+                    self._tracker.mark_uncommitted(failed)
                 if batch:
                     self.idle_since = None
                     if failpoints.ACTIVE:
@@ -367,16 +366,15 @@ class GroupRunner:
                 seen = self._position_at.get(tp)
                 waiting = seen[1] if seen is not None else now
             elif tp in flow.unfetched_told:  # records it owns, none fetched for a while
-                waiting = now - (time.monotonic() - flow.unfetched_since[tp][1])
+                waiting = now - (self._clock() - flow.unfetched_since[tp][1])
             parts[tp] = PartitionSample(
                 in_flight, part.bytes, tp in flow.paused, halted, waiting, self._lags.get(tp)
             )
-        connected = self._connected and getattr(self._backend, "connected", True)
+        connected = self._connected and self._backend.connected
         self.sample = GroupSample(now, connected, parts)
 
     def _sample_lag(self) -> None:
-        lag_of = getattr(self._backend, "lag", None)
-        if lag_of is None or not self._assigned:
+        if not self._assigned:
             return
         positions: dict[TopicPartition, int | None] = {}
         for tp in self._assigned:
@@ -384,7 +382,7 @@ class GroupRunner:
             if part is not None:
                 positions[tp] = part.committed if part.committed is not None else part.position
         try:
-            self._lags = lag_of(positions)
+            self._lags = self._backend.lag(positions)
         except BrokerError as exc:
             log.debug("group %s: sampling lag failed: %s", self.group, exc)
 
@@ -399,7 +397,7 @@ class GroupRunner:
             self.idle_since = None
             return
         if self.idle_since is None:
-            self.idle_since = time.monotonic()
+            self.idle_since = self._clock()
 
     # -- rebalance callbacks (poll thread, inside poll_batch) ------------------------------------
 

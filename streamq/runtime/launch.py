@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from .. import logs
+from ..brokers import in_process
 from ..errors import EXIT_CRITICAL, ConfigError, StreamqError, exit_code_for
 from ..metrics import MetricsServer
 from .supervisor import supervise
@@ -80,7 +81,7 @@ def check_run_args(app: App, workers: int, until_idle: float | None) -> None:
     problems = []
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         problems.append(f"workers: must be an integer >= 1, got {workers!r}")
-    elif workers > 1 and app.settings.broker.startswith("memory:"):
+    elif workers > 1 and in_process(app.settings.broker):
         problems.append(
             "workers: memory:// lives inside one process, so extra worker processes would "
             "each see an empty log; use workers=1, or a Kafka or Redis broker"

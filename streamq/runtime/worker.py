@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from .. import deadline, logs
 from .._native import IMPLEMENTATION
-from ..brokers import connect
+from ..brokers import connect, in_process
 from ..brokers.base import Backend, Broker
 from ..crashes import CrashCounter, counter_url
 from ..credentials import redact_url
@@ -233,7 +233,7 @@ def crash_counter(
     """The group's crash counter, or None (said once) when there is no Redis to keep it in."""
     if (
         settings.crash_limit == 0
-        or settings.broker.startswith("memory:")  # the log dies with the process anyway
+        or in_process(settings.broker)  # the log dies with the process anyway
         or any(s.commit is CommitMode.BEFORE for s in specs.values())  # at-most-once
     ):
         return None
