@@ -171,20 +171,17 @@ class AsyncioExecutor(LaneExecutor):
 class PoolExecutor(LaneExecutor):
     """Sync handlers in one of the worker's pools, one chunk of a lane at a time."""
 
-    threads: bool
+    chunk_size: int
 
     async def run(self, lane: Lane, unit: list[Message]) -> int:
-        """Hand the unit to the thread or process pool one chunk at a time, in order.
+        """Hand the unit to the pool one chunk at a time, in order.
 
         The lane waits for each chunk, so its records never overlap; other lanes' chunks run
         in the pool meanwhile. A revoke or stop waits for at most the running chunk.
         """
         spec = lane.spec
         lease = lane.lease
-        threads = self.threads
-        chunk = POOL_CHUNK_THREADS if threads else POOL_CHUNK_PROCESSES
-        if spec.timeout is not None:
-            chunk = 1  # a timeout is per record: the one that ran past it is known
+        chunk = 1 if spec.timeout is not None else self.chunk_size  # the late one is known
         n = len(unit)
         i = 0
         alone_until = 0  # after a pool process died: one record per call, to find the killer
@@ -193,23 +190,13 @@ class PoolExecutor(LaneExecutor):
             if expired and not await self._outcomes.await_lease(lane):
                 return i
             end = min(i + (1 if i < alone_until else chunk), n)
-            exc: BaseException | None = None
-            if threads:
-                failed: list[BaseException] = []
-                i = await self._loop.run_in_executor(
-                    self._pools.threads(), call_each_leased, spec.invoke, unit, i, end, failed,
-                    lease,
-                )  # fmt: skip
-                exc = failed[0] if failed else None
-            else:
-                done, exc = await self._in_process(spec, unit[i:end])
-                i += done
-                if isinstance(exc, PoolProcessDied) and end - i > 1:
-                    # Which record of the chunk killed it is unknown: charge none, and take
-                    # the rest of the chunk one record at a time (those that ran before the
-                    # death run again: at-least-once).
-                    alone_until = end
-                    continue
+            i, exc = await self._run_chunk(lane, unit, i, end)
+            if isinstance(exc, PoolProcessDied) and end - i > 1:
+                # Which record of the chunk killed it is unknown: charge none, and take the
+                # rest of the chunk one record at a time (those that ran before the death run
+                # again: at-least-once).
+                alone_until = end
+                continue
             if exc is not None:
                 self._reporter.finished(lane, unit, i, lane.spec.dedup is not None)
                 if not await self._outcomes.recover(lane, unit[i], exc, i, self.call):
@@ -221,35 +208,47 @@ class PoolExecutor(LaneExecutor):
                 return i
         return n
 
-    async def _in_process(
-        self, spec: HandlerSpec, records: list[Message]
+    @abstractmethod
+    async def _run_chunk(
+        self, lane: Lane, unit: list[Message], start: int, end: int
     ) -> tuple[int, BaseException | None]:
-        """Run ``records`` in a process pool: how many finished, and what stopped it.
-
-        Only ``ProcessesExecutor`` runs records in another process; the threads branch of
-        ``run`` never calls this.
-        """
-        raise NotImplementedError
+        """Run ``unit[start:end]`` in the pool: where it stopped, and what stopped it."""
 
 
 class ThreadsExecutor(PoolExecutor):
     """Sync handlers in the worker's thread pool."""
 
-    threads = True
+    chunk_size = POOL_CHUNK_THREADS
 
     async def call(self, spec: HandlerSpec, arg: Any) -> None:
         await self._loop.run_in_executor(self._pools.threads(), spec.invoke, arg)
+
+    async def _run_chunk(
+        self, lane: Lane, unit: list[Message], start: int, end: int
+    ) -> tuple[int, BaseException | None]:
+        failed: list[BaseException] = []
+        stopped = await self._loop.run_in_executor(
+            self._pools.threads(), call_each_leased, lane.spec.invoke, unit, start, end, failed,
+            lane.lease,
+        )  # fmt: skip
+        return stopped, failed[0] if failed else None
 
 
 class ProcessesExecutor(PoolExecutor):
     """Sync module-level handlers in the worker's process pool."""
 
-    threads = False
+    chunk_size = POOL_CHUNK_PROCESSES
 
     async def call(self, spec: HandlerSpec, arg: Any) -> None:
         _, exc = await self._in_process(spec, arg if spec.batch else [arg])
         if exc is not None:
             raise exc
+
+    async def _run_chunk(
+        self, lane: Lane, unit: list[Message], start: int, end: int
+    ) -> tuple[int, BaseException | None]:
+        done, exc = await self._in_process(lane.spec, unit[start:end])
+        return start + done, exc
 
     async def _in_process(
         self, spec: HandlerSpec, records: list[Message]
