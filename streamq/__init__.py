@@ -36,6 +36,7 @@ from .handlers import CommitMode, Ordering
 
 # Records
 from .message import Message, TopicPartition
+from .pipeline import Out
 from .producer import Producer
 from .retry import RetryPolicy
 from .settings import Settings
@@ -57,6 +58,7 @@ __all__ = [
     "MemberFenced",
     "Message",
     "Ordering",
+    "Out",
     "PartitionHalted",
     "PoisonMessage",
     "Producer",

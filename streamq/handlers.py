@@ -12,7 +12,7 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .codec import make_decoder
 from .dedup import GuardedStore, KeyFn, coordinates, make_store
@@ -26,6 +26,9 @@ from .dispatch import (
 from .errors import ConfigError
 from .message import Message
 from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .pipeline import Output
 
 __all__ = ["CommitMode", "Executor", "HandlerSpec", "Ordering", "build_spec"]
 
@@ -68,6 +71,8 @@ class CommitMode(StrEnum):
 
 
 Invoke = Callable[[Any], Any]
+# Where a handler's encoded outputs go, with the input they came from (the last of a batch).
+Sink = Callable[[Message, "list[Output]"], None]
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,11 @@ class HandlerSpec:
     dlq_limit: int | None = None
     dedup: GuardedStore | None = None
     dedup_key: KeyFn = coordinates
+    # A handler that may return or yield ``streamq.Out`` records: one whose return annotation
+    # is not None. The runtime then binds ``invoke`` per lane to its outbox, and ``sink``
+    # takes outputs a pool process sent back (``streamq.runtime.outbox``).
+    produces: bool = False
+    sink: Sink | None = None
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether ``exc`` earns retries; the rest are dead-lettered at once."""
@@ -229,6 +239,7 @@ def build_spec(
         dlq_limit=dlq_limit,
         dedup=store,
         dedup_key=dedup_key or coordinates,
+        produces=may_produce(fn),
     )
 
 
@@ -298,8 +309,39 @@ def _is_async(fn: Callable[..., Any]) -> bool:
     )
 
 
+def may_produce(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` may return or yield ``Out`` records: unless it says it returns None.
+
+    Handlers that say ``-> None`` (most, and every benchmark's) pay nothing for pipelines;
+    for the others the runtime looks at what each call returned.
+    """
+    if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+        return True
+    try:
+        hints = typing.get_type_hints(fn)
+    except Exception:  # unresolvable annotations were reported by build_invoker already
+        return True
+    return hints.get("return", Any) is not type(None)
+
+
 def build_invoker(fn: Callable[..., Any], *, batch: bool) -> tuple[Invoke, bool]:
-    """Map the handler's parameters to (payload, message) once; return the call closure."""
+    """Map the handler's parameters to (payload, message) once; return the call closure.
+
+    An async generator's closure collects what it yields, so it is awaited like any async
+    handler.
+    """
+    invoke, is_async = _build_invoker(fn, batch=batch)
+    if inspect.isasyncgenfunction(fn):
+        generate = invoke
+
+        async def collected(arg: Any) -> list[Any]:
+            return [out async for out in generate(arg)]
+
+        return collected, True
+    return invoke, is_async
+
+
+def _build_invoker(fn: Callable[..., Any], *, batch: bool) -> tuple[Invoke, bool]:
     if not callable(fn):
         raise ConfigError(f"{fn!r} is not callable")
     try:

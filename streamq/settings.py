@@ -34,6 +34,13 @@ class Settings(BaseSettings):
     commit_interval: float = Field(1.0, gt=0)
     """Seconds between steady-state (asynchronous) commits."""
 
+    guarantee: Literal["at_least_once", "exactly_once"] = "at_least_once"
+    """What handlers that produce (``streamq.Out``) promise. At least once: an input is
+    committed only after all its outputs are acknowledged; a crash may produce them again.
+    Exactly once: outputs, DLQ records and input offsets are committed together, once per
+    commit (a Kafka transaction; one fenced script on Redis), and nothing of an input that
+    was not committed is ever visible (to Kafka readers with read_committed)."""
+
     commit_every: int = Field(10_000, ge=1)
     """Commit early once this many records completed since the last commit."""
 

@@ -32,7 +32,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from typing import TYPE_CHECKING, ClassVar, NamedTuple, Protocol
 
 from ..credentials import redact_url
 from ..dispatch import Lease
@@ -41,6 +41,7 @@ from ..logs import get_logger
 from ..message import Headers, Message, TopicPartition
 
 if TYPE_CHECKING:
+    from ..pipeline import Output
     from ..settings import Settings
     from .view import LogView
 
@@ -131,6 +132,21 @@ class Backend(Protocol):
     def events(self) -> Counter[tuple[str, str, str]]:
         """(event, topic, partition) -> count of broker events, exported as metrics (Redis)."""
         return Counter()
+
+    # -- exactly once ----------------------------------------------------------------------------
+
+    #: Whether ``commit_transaction`` is served: ``guarantee="exactly_once"`` needs it.
+    transactional: ClassVar[bool] = False
+
+    def commit_transaction(
+        self, offsets: Mapping[TopicPartition, int], outputs: Sequence[Output]
+    ) -> None:
+        """Publish ``outputs`` and commit ``offsets`` atomically: both or neither.
+
+        Raises CommitFailed when neither happened (the runner keeps the outputs and tries
+        again with its next commit) and MemberFenced when this member may never commit again.
+        """
+        raise ConfigError("guarantee='exactly_once': this broker cannot commit transactions")
 
 
 class ProducerBackend(Protocol):

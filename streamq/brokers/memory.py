@@ -23,13 +23,16 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import CommitFailed, ConfigError, UnknownTopicOrPartition
 from ..message import Headers, Message, TopicPartition
 from ..murmur2 import partition_for_key
 from .base import Admin, Backend, Broker, ProducerBackend, Rebalance, RecordMetadata
+
+if TYPE_CHECKING:
+    from ..pipeline import Output
 
 __all__ = ["SESSION_TIMEOUT", "MemoryBroker", "MemoryLog", "read_log"]
 
@@ -412,6 +415,22 @@ class MemoryConsumer(Backend):
                     refused.append(tp)
         if refused:
             raise CommitFailed(f"group {self._group_name}: no longer owns {sorted(refused)}")
+
+    transactional = True
+
+    def commit_transaction(
+        self, offsets: Mapping[TopicPartition, int], outputs: Sequence[Output]
+    ) -> None:
+        """Under the log's lock: nothing else reads or writes between the outputs and commit."""
+        with self._log.cond:
+            g = self._group
+            refused = [tp for tp in offsets if g.owner.get(tp) != self._id]
+            if refused or self._id not in g.members:
+                raise CommitFailed(f"group {self._group_name}: no longer owns {sorted(refused)}")
+            producer = MemoryProducer(self._broker)
+            for out in outputs:
+                producer.send(out.topic, out.value, out.key, out.headers)
+            g.committed.update(offsets)
 
     def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         with self._log.cond:

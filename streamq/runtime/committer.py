@@ -23,6 +23,7 @@ from ..message import Message, TopicPartition
 from ..offsets import OffsetTracker
 from ..stats import COMMIT_BUCKETS, Latency
 from .lanes import Completion
+from .outbox import Outbox
 
 __all__ = ["Committer"]
 
@@ -44,8 +45,12 @@ class Committer:
         every: int,
         interval: float,
         clock: Callable[[], float] = time.monotonic,
+        outbox: Outbox | None = None,
+        sync_wait: float = 5.0,
     ) -> None:
         self._group = group
+        self._outbox = outbox  # outputs of producing handlers (streamq.runtime.outbox)
+        self._sync_wait = sync_wait  # a synchronous commit waits this long for their acks
         self._backend = backend
         self._tracker = tracker
         self._every = every
@@ -101,8 +106,17 @@ class Committer:
             positions = {tp: pos for tp, pos in positions.items() if tp in keep}
         if not positions:
             return True
+        outbox = self._outbox
+        complete = True
+        if outbox is not None and not outbox.exactly_once:
+            wanted = dict(positions)
+            outbox.gate(positions, wait=self._sync_wait if sync else 0.0)
+            complete = positions == wanted
         try:
-            self._timed_commit(positions, sync=sync)
+            if outbox is not None and outbox.exactly_once:
+                self._timed_transaction(positions, outbox)
+            else:
+                self._timed_commit(positions, sync=sync)
             if failpoints.ACTIVE:
                 failpoints.hit("after_commit")
         except MemberFenced:
@@ -118,7 +132,7 @@ class Committer:
             )
             return False
         self._tracker.mark_committed(positions)
-        return True
+        return complete
 
     def commit_before(self, tp: TopicPartition, epoch: int, msgs: list[Message]) -> bool:
         """At-most-once: the position moves past the records before any handler sees them."""
@@ -142,8 +156,25 @@ class Committer:
             self.commit_failures[(self._group,)] += 1
             raise
         finally:
-            mode = "sync" if sync else "async"
-            latency = self.commit_latency.get(mode)
-            if latency is None:
-                latency = self.commit_latency[mode] = Latency(COMMIT_BUCKETS)
-            latency.add(self._clock() - started)
+            self._took("sync" if sync else "async", started)
+
+    def _timed_transaction(self, positions: dict[TopicPartition, int], outbox: Outbox) -> None:
+        """Exactly once: the held outputs below ``positions`` and the positions, atomically.
+
+        A failed attempt publishes nothing and keeps the outputs for the next one.
+        """
+        started = self._clock()
+        try:
+            self._backend.commit_transaction(positions, outbox.take(positions))
+        except BrokerError:
+            self.commit_failures[(self._group,)] += 1
+            raise
+        finally:
+            self._took("transaction", started)
+        outbox.settle()
+
+    def _took(self, mode: str, started: float) -> None:
+        latency = self.commit_latency.get(mode)
+        if latency is None:
+            latency = self.commit_latency[mode] = Latency(COMMIT_BUCKETS)
+        latency.add(self._clock() - started)

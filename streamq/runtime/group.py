@@ -49,6 +49,7 @@ from .executors import executors
 from .flow import FlowControl
 from .lanes import Chunk, Completion, Probe, Reporter, Unit
 from .loop import Lanes
+from .outbox import Outbox, check_exactly_once
 from .outcome import Outcomes
 from .pools import Pools
 
@@ -113,7 +114,16 @@ class GroupRunner:
         self._crashes = crashes
         self._suspects: dict[TopicPartition, Suspects] = {}  # poll thread
         # The rooms. The committer and this poll side share the tracker (poll thread only);
-        # the lanes hand completions back through the reporter's deque.
+        # the lanes hand completions back through the reporter's deque, and outputs of
+        # handlers that produce through the outbox.
+        exactly_once = settings.guarantee == "exactly_once"
+        self._outbox = (
+            Outbox(group, producer, self._tracker, exactly_once=exactly_once)
+            if exactly_once or any(s.produces for s in specs.values())
+            else None
+        )
+        if exactly_once:
+            check_exactly_once(group, specs, self._backend)
         self._committer = Committer(
             group,
             self._backend,
@@ -121,11 +131,19 @@ class GroupRunner:
             every=settings.commit_every,
             interval=settings.commit_interval,
             clock=clock,
+            outbox=self._outbox,
+            sync_wait=min(settings.revoke_timeout, settings.shutdown_timeout),
         )
         self._completions: deque[Completion] = deque()
         reporter = Reporter(self._completions, metrics=metrics)
         outcomes = Outcomes(
-            group, producer, stats, on_critical, self._tracer, settings.traceback_limit
+            group,
+            producer,
+            stats,
+            on_critical,
+            self._tracer,
+            settings.traceback_limit,
+            transactional_dlq=exactly_once,
         )
         pools = pools or Pools(settings.threads, settings.processes)
         self._lanes = Lanes(
@@ -137,6 +155,7 @@ class GroupRunner:
             reporter,
             crashes,
             probe_lock or asyncio.Lock(),
+            self._outbox,
         )
         # poll-thread state
         self._assigned: dict[TopicPartition, int] = {}
@@ -470,6 +489,8 @@ class GroupRunner:
             self.ownership_changes[(self.group, event)] += len(tps)
 
     def _forget(self, tps: list[TopicPartition]) -> None:
+        if self._outbox is not None:
+            self._outbox.forget(tps)
         for tp in tps:
             self._tracker.revoke(tp)
             self._assigned.pop(tp, None)

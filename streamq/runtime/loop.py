@@ -20,6 +20,7 @@ from ..message import Message, TopicPartition
 from ..stats import Stats
 from .executors import LaneExecutor
 from .lanes import Chunk, Completion, Lane, LaneKey, Probe, Reporter, Unit, dedup_keys
+from .outbox import Outbox
 from .outcome import Outcomes
 
 __all__ = ["Lanes"]
@@ -43,8 +44,10 @@ class Lanes:
         reporter: Reporter,
         crashes: CrashCounter | None,
         probe_lock: asyncio.Lock,
+        outbox: Outbox | None = None,
     ) -> None:
         self._group = group
+        self._outbox = outbox
         self._loop = loop
         self._stats = stats
         self._executors = executors
@@ -99,6 +102,9 @@ class Lanes:
             if lane is None or lane.epoch != epoch:
                 tp = key[0]
                 labels = (self._group, tp.topic, str(tp.partition), spec.name)
+                outbox = self._outbox
+                if outbox is not None and (spec.produces or outbox.exactly_once):
+                    spec = outbox.bind(spec, tp, epoch)
                 run = self._executors[spec.executor].runner_for(spec)
                 lane = lanes[key] = Lane(key, epoch, spec, lease, labels, run)
             if lane.stopped or lane.halted:

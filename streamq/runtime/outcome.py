@@ -26,6 +26,7 @@ from ..errors import PoisonMessage, Reject
 from ..handlers import HandlerSpec
 from ..logs import about, get_logger
 from ..message import Headers, Message
+from ..pipeline import Output
 from ..retry import NEVER_POISON
 from ..stats import Stats
 from ..tracing import Tracer
@@ -50,8 +51,12 @@ class Outcomes:
         on_critical: Callable[[BaseException], None],
         tracer: Tracer | None,
         traceback_limit: int,
+        *,
+        transactional_dlq: bool = False,
     ) -> None:
         self._group = group
+        # exactly once: the DLQ record is an output of its input, committed with its offset
+        self._transactional_dlq = transactional_dlq
         self._producer = producer
         self._stats = stats
         self._on_critical = on_critical
@@ -183,26 +188,11 @@ class Outcomes:
             handler=spec.name,
             traceback_limit=self._traceback_limit,
         )
-        delay = 0.1
-        while True:
-            try:
-                if self._tracer is None:
-                    fut = self._producer.send(spec.dlq_topic, value, key, headers)
-                else:
-                    fut = self._traced_send(spec.dlq_topic, msg, key, value, headers)
-                await asyncio.wrap_future(fut)
-                if failpoints.ACTIVE:
-                    failpoints.hit("after_dlq")
-                break
-            except Exception as dlq_exc:
-                log.warning(  # not about(): a DLQ outage repeats this, so it is rate-limited
-                    "DLQ write to %s for %s[%d]@%d failed (%s); the partition waits and "
-                    "retries in %.1fs",
-                    spec.dlq_topic, msg.topic, msg.partition, msg.offset, dlq_exc, delay,
-                )  # fmt: skip
-                if not await self.sleep(lane, delay):
-                    return False
-                delay = min(delay * 2, 30.0)
+        if self._transactional_dlq:
+            assert spec.sink is not None  # every lane is bound to the outbox under exactly once
+            spec.sink(msg, [Output(spec.dlq_topic, value, key, headers)])
+        elif not await self._send_dead_letter(lane, spec.dlq_topic, msg, key, value, headers):
+            return False
         self._stats.dead_lettered_by[lane.labels] += 1
         lane.dead_lettered += 1
         lane.last_dead, lane.dead_run = seq, run
@@ -214,6 +204,37 @@ class Outcomes:
             type(exc).__name__, exc, extra=about(spec.name, msg, self._group),
         )  # fmt: skip
         return True
+
+    async def _send_dead_letter(
+        self,
+        lane: Lane,
+        topic: str,
+        msg: Message,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Headers,
+    ) -> bool:
+        """Produce the DLQ copy and wait for its ack, retrying; False if the lane stopped."""
+        delay = 0.1
+        while True:
+            try:
+                if self._tracer is None:
+                    fut = self._producer.send(topic, value, key, headers)
+                else:
+                    fut = self._traced_send(topic, msg, key, value, headers)
+                await asyncio.wrap_future(fut)
+                if failpoints.ACTIVE:
+                    failpoints.hit("after_dlq")
+                return True
+            except Exception as dlq_exc:
+                log.warning(  # not about(): a DLQ outage repeats this, so it is rate-limited
+                    "DLQ write to %s for %s[%d]@%d failed (%s); the partition waits and "
+                    "retries in %.1fs",
+                    topic, msg.topic, msg.partition, msg.offset, dlq_exc, delay,
+                )  # fmt: skip
+                if not await self.sleep(lane, delay):
+                    return False
+                delay = min(delay * 2, 30.0)
 
     def _traced_send(
         self, topic: str, msg: Message, key: bytes | None, value: bytes | None, headers: Headers

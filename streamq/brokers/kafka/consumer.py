@@ -22,8 +22,10 @@ from .admin import group_timeouts
 from .client import KafkaError, KafkaException, ck, from_ck, to_ck
 from .errors import DISCONNECTED, FENCED, error_log, on_error, translate, wait_for_broker
 from .liveness import Liveness
+from .transactions import Transactions
 
 if TYPE_CHECKING:
+    from ...pipeline import Output
     from .config import KafkaBroker
 
 __all__ = ["KafkaConsumer"]
@@ -51,6 +53,7 @@ class KafkaConsumer(Backend):
         self._callbacks: tuple[Rebalance, Rebalance, Rebalance] | None = None
         self._closed = False
         self._fatal: KafkaError | None = None  # from error_cb: raised by the next poll
+        self._transactions: Transactions | None = None  # guarantee="exactly_once"
         # From the settings, never from the client inside a callback (see _apply).
         strategy = str(config.get("partition.assignment.strategy", ""))
         self._cooperative = config.get("group.protocol") == "consumer" or "cooperative" in strategy
@@ -385,6 +388,15 @@ class KafkaConsumer(Backend):
             if failed:
                 raise CommitFailed(f"group {self._group}: commit refused for " + "; ".join(failed))
 
+    transactional = True
+
+    def commit_transaction(
+        self, offsets: Mapping[TopicPartition, int], outputs: Sequence[Output]
+    ) -> None:
+        if self._transactions is None:
+            self._transactions = Transactions(self._broker, self._group, self._settings.instance_id)
+        self._transactions.commit(self._consumer, offsets, outputs)
+
     def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         try:
             found = self._consumer.committed([to_ck(tp) for tp in tps], timeout=10)
@@ -407,6 +419,8 @@ class KafkaConsumer(Backend):
             return
         self._closed = True
         self._liveness.stop()
+        if self._transactions is not None:
+            self._transactions.close()
         failed: list[BaseException] = []
 
         def leave() -> None:

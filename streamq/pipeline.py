@@ -1,0 +1,84 @@
+"""Handlers that produce: ``Out`` records, and what a handler's result turns into.
+
+A handler returns or yields ``Out(topic, value, key=None, headers=None)`` records (one, a
+list, a generator) or None. They are encoded in the handler's own call, so a value that
+cannot be encoded fails that call like any other error (retried, then dead-lettered, and a
+dead-lettered input publishes none of its outputs). The runtime ties the encoded records to
+the input they came from (``streamq.runtime.outbox``): the commit never passes an input before
+its outputs are acknowledged (at least once) or committed with it (exactly once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+from .codec import encode_headers, encode_key, encode_value
+from .errors import ConfigError
+from .message import Headers
+
+__all__ = ["Out", "Output", "outputs_of"]
+
+
+class Out(NamedTuple):
+    """One record a handler produces.
+
+    Args:
+        topic: Where it goes.
+        value: bytes as they are; str as UTF-8; dict, list or a pydantic model as JSON
+            (orjson); None for a tombstone.
+        key: Partitioning key (bytes, str or int); None keeps the input's key, so per-key
+            order carries through a chain of stages. Batch handlers have no single input:
+            their outputs without a key have none.
+        headers: Header names to bytes (or str), or (name, bytes) pairs.
+    """
+
+    topic: str
+    value: Any
+    key: bytes | str | int | None = None
+    headers: Mapping[str, bytes | str] | Sequence[tuple[str, bytes | str]] | None = None
+
+
+class Output(NamedTuple):
+    """An ``Out`` encoded for the broker: what the outbox holds and a producer sends."""
+
+    topic: str
+    value: bytes | None
+    key: bytes | None
+    headers: Headers | None
+
+
+def outputs_of(result: Any, input_key: bytes | None) -> list[Output]:
+    """Encode what a handler returned; raises TypeError or ConfigError for anything else.
+
+    Called inside the handler's call, so a generator's body runs here and its errors are the
+    handler's.
+    """
+    if result is None:
+        return []
+    if isinstance(result, Out):
+        return [_encode(result, input_key)]
+    if isinstance(result, str | bytes | Mapping) or not isinstance(result, Iterable):
+        raise TypeError(_bad_result(result))
+    out = []
+    for item in result:
+        if not isinstance(item, Out):
+            raise TypeError(_bad_result(item, inside=True))
+        out.append(_encode(item, input_key))
+    return out
+
+
+def _encode(out: Out, input_key: bytes | None) -> Output:
+    if not isinstance(out.topic, str) or not out.topic:
+        raise ConfigError(f"Out.topic: must be a non-empty string, got {out.topic!r}")
+    key = input_key if out.key is None else encode_key(out.key)
+    return Output(out.topic, encode_value(out.value), key, encode_headers(out.headers))
+
+
+def _bad_result(value: Any, *, inside: bool = False) -> str:
+    what = type(value).__name__
+    where = f"a result holding a {what}" if inside else f"a {what}"
+    return (
+        f"the handler returned {where}; a handler returns None or streamq.Out records (one, "
+        "a list of them, or a generator of them)"
+    )
