@@ -1,4 +1,4 @@
-"""Shared fixtures: both dispatch cores, unique memory logs, and real brokers.
+"""Shared fixtures: the per-record core, unique memory logs, and real brokers.
 
 Broker fixtures follow confluent-kafka-python's bring-your-own pattern: STREAMQ_KAFKA_BOOTSTRAP
 or STREAMQ_REDIS_URL point at an existing cluster; otherwise a private Apache Kafka (a JVM from
@@ -27,6 +27,7 @@ import streamq
 from streamq import dispatch
 from streamq.brokers import connect
 from streamq.testing import kafka as kafka_testing
+from tests.core import COMPILED, CORES, Core
 
 REQUIRE_BROKERS = os.environ.get("STREAMQ_REQUIRE_BROKERS") == "1"
 
@@ -39,19 +40,29 @@ if not dispatch.NO_EXTENSIONS:
     )
 
 
-def _impls() -> list:
-    impls = [pytest.param(dispatch._DispatcherPy, id="pure-python")]
-    if not dispatch.NO_EXTENSIONS:
-        from streamq._dispatch import Dispatcher as CDispatcher
+@pytest.fixture(scope="session", params=[c.param for c in CORES])
+def core(request: pytest.FixtureRequest) -> Core:
+    """The per-record core a test runs on, once per implementation; the id says which
+    (``cython`` is marked, and absent under STREAMQ_NO_EXTENSIONS=1)."""
+    return request.param
 
-        impls.insert(0, pytest.param(CDispatcher, id="cython", marks=pytest.mark.cython))
-    return impls
+
+def deselect_compiled_only(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a compiled core, tests marked ``cython`` (they compare the two cores, or need
+    the compiled one) are deselected and counted in the summary, as the ``cython`` param of
+    ``core`` is absent: a skip would read as a core that failed to load."""
+    if COMPILED is not None:
+        return
+    needing = [item for item in items if item.get_closest_marker("cython") is not None]
+    if needing:
+        config.hook.pytest_deselected(items=needing)
+        items[:] = [item for item in items if item.get_closest_marker("cython") is None]
 
 
 KAFKA_FIXTURES = {"kafka_bootstrap", "private_kafka", "kafka_cluster3", "kafka_url"}
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Every test that talks to Kafka carries the ``kafka`` marker, so ``-m kafka`` (the
     KIP-848 pass of ``make test``) selects exactly them, the ``broker[kafka]`` cases too."""
     for item in items:
@@ -59,6 +70,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         names = set(getattr(item, "fixturenames", ()))
         if "kafka" in params.values() or names & KAFKA_FIXTURES:
             item.add_marker(pytest.mark.kafka)
+    deselect_compiled_only(config, items)
 
 
 @pytest.fixture(autouse=True)
@@ -80,34 +92,6 @@ def no_leftover_workers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if worker.proc.poll() is None:
             worker.proc.kill()
         worker.proc.wait(10)
-
-
-@pytest.fixture(scope="session", params=_impls())
-def dispatch_impl(request: pytest.FixtureRequest) -> type:
-    """Every dispatch test runs once per implementation; ids say which one ran."""
-    return request.param
-
-
-def _core_impls() -> list:
-    from streamq import offsets
-
-    impls = [pytest.param(("python", offsets._PartitionOffsetsPy), id="pure-python")]
-    if not dispatch.NO_EXTENSIONS:
-        from streamq import _dispatch
-
-        impls.insert(
-            0,
-            pytest.param(
-                ("cython", _dispatch.PartitionOffsets), id="cython", marks=pytest.mark.cython
-            ),
-        )
-    return impls
-
-
-@pytest.fixture(scope="session", params=_core_impls())
-def offsets_impl(request: pytest.FixtureRequest) -> type:
-    """The offset tracker of one partition, once per implementation."""
-    return request.param[1]
 
 
 @pytest.fixture

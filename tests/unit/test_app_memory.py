@@ -13,8 +13,8 @@ from pydantic import BaseModel
 import streamq
 from streamq import Message, PartitionHalted, Producer, ShutdownTimeout, TopicPartition
 from streamq.brokers.memory import get_log, parse_url
-from streamq.runtime import group as group_mod
 from streamq.runtime.worker import Worker
+from tests.core import Core
 
 
 class Order(BaseModel):
@@ -23,8 +23,8 @@ class Order(BaseModel):
 
 
 @pytest.fixture(autouse=True)
-def both_cores(dispatch_impl: type, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(group_mod, "Dispatcher", dispatch_impl)
+def whole_core(core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    core.install(monkeypatch)
 
 
 def make_app(url: str, **settings) -> streamq.App:

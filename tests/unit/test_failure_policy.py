@@ -7,14 +7,14 @@ import asyncio
 import pytest
 
 from streamq import ConfigError, Message, PartitionHalted, Producer, TopicPartition
-from streamq.runtime import group as group_mod
+from tests.core import Core
 
 from .test_app_memory import committed, dlq_records, make_app
 
 
 @pytest.fixture(autouse=True)
-def both_cores(dispatch_impl: type, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(group_mod, "Dispatcher", dispatch_impl)
+def whole_core(core: Core, monkeypatch: pytest.MonkeyPatch) -> None:
+    core.install(monkeypatch)
 
 
 def send(url: str, n: int, topic: str = "t") -> None:

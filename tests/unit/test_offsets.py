@@ -6,10 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamq import offsets as offsets_mod
-from streamq._native import NO_EXTENSIONS
 from streamq.message import Message, TopicPartition
 from streamq.offsets import OffsetTracker
+from tests.core import COMPILED, PURE_PYTHON, Core
 
 TP = TopicPartition("t", 0)
 
@@ -32,9 +31,9 @@ def sparse_offsets(draw: st.DrawFn) -> list[int]:
 @settings(max_examples=300)
 @given(offsets=sparse_offsets(), seed=st.integers(), chunk=st.integers(min_value=1, max_value=7))
 def test_position_is_first_unfinished(
-    offsets_impl: type, offsets: list[int], seed: int, chunk: int
+    core: Core, offsets: list[int], seed: int, chunk: int
 ) -> None:
-    part = offsets_impl(epoch=1)
+    part = core.PartitionOffsets(epoch=1)
     for i in range(0, len(offsets), chunk):
         part.track(offsets[i : i + chunk])
     order = offsets[:]
@@ -54,8 +53,8 @@ def test_position_is_first_unfinished(
     assert part.held == 0 and part.in_flight == 0
 
 
-def test_position_none_until_tracked_then_one_past_last(offsets_impl: type) -> None:
-    part = offsets_impl(epoch=1)
+def test_position_none_until_tracked_then_one_past_last(core: Core) -> None:
+    part = core.PartitionOffsets(epoch=1)
     assert part.position is None
     part.track([5, 9])
     assert part.position == 5
@@ -65,16 +64,16 @@ def test_position_none_until_tracked_then_one_past_last(offsets_impl: type) -> N
     assert part.position == 10
 
 
-def test_stale_and_unknown_completions_are_ignored(offsets_impl: type) -> None:
-    part = offsets_impl(epoch=1)
+def test_stale_and_unknown_completions_are_ignored(core: Core) -> None:
+    part = core.PartitionOffsets(epoch=1)
     part.track([10, 11])
     assert not part.done(3)  # behind the position
     assert not part.done(99)  # never tracked
     assert part.position == 10
 
 
-def test_a_gap_offset_is_not_in_flight(offsets_impl: type) -> None:
-    part = offsets_impl(epoch=1)
+def test_a_gap_offset_is_not_in_flight(core: Core) -> None:
+    part = core.PartitionOffsets(epoch=1)
     part.track([10, 20])  # 11..19 are a gap: compacted away, or transaction markers
     assert not part.done(15)
     assert part.in_flight == 2
@@ -82,16 +81,16 @@ def test_a_gap_offset_is_not_in_flight(offsets_impl: type) -> None:
     assert part.done(10) and part.position == 21
 
 
-def test_tracking_backwards_with_work_in_flight_is_refused(offsets_impl: type) -> None:
-    part = offsets_impl(epoch=1)
+def test_tracking_backwards_with_work_in_flight_is_refused(core: Core) -> None:
+    part = core.PartitionOffsets(epoch=1)
     part.track([10, 11])
     with pytest.raises(ValueError, match="in flight"):
         part.track([5])
     assert part.held == 2 and part.position == 10
 
 
-def test_rewind_after_everything_is_done(offsets_impl: type) -> None:
-    part = offsets_impl(epoch=1)
+def test_rewind_after_everything_is_done(core: Core) -> None:
+    part = core.PartitionOffsets(epoch=1)
     part.track([10, 11])
     part.done(10)
     part.done(11)
@@ -127,9 +126,9 @@ def test_counts_ignore_duplicate_completions() -> None:
     assert tracker.in_flight_records == 0 and tracker.in_flight_bytes == 0
 
 
-def test_message_helpers_count_bytes_once(offsets_impl: type) -> None:
-    part = offsets_impl(epoch=1)
-    batch = [Message("t", 0, o, None, None if o == 2 else b"x" * 10) for o in range(4)]
+def test_message_helpers_count_bytes_once(core: Core) -> None:
+    part = core.PartitionOffsets(epoch=1)
+    batch = [core.Message("t", 0, o, None, None if o == 2 else b"x" * 10) for o in range(4)]
     assert part.track_messages(batch) == 30
     assert part.bytes == 30
     assert part.complete_messages(batch[1:3]) == (2, 10)
@@ -147,13 +146,12 @@ ops = st.lists(
 )
 
 
-@pytest.mark.skipif(NO_EXTENSIONS, reason="STREAMQ_NO_EXTENSIONS=1: no compiled core")
+@pytest.mark.cython
 @settings(max_examples=300)
 @given(history=ops, gap=st.integers(min_value=1, max_value=3))
 def test_cython_and_python_trackers_agree(history: list, gap: int) -> None:
-    from streamq._dispatch import PartitionOffsets as Compiled
-
-    py, cy = offsets_mod._PartitionOffsetsPy(1), Compiled(1)
+    assert COMPILED is not None
+    py, cy = PURE_PYTHON.PartitionOffsets(1), COMPILED.PartitionOffsets(1)
     next_offset = 0
     for op, arg in history:
         if op == "track":

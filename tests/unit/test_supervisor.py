@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from streamq._native import NO_EXTENSIONS
 from streamq.runtime.supervisor import supervise
 
 T = "tests.unit.supervised"
@@ -102,7 +101,7 @@ def test_a_frozen_child_is_killed_when_it_outlives_the_stop(tmp_path: Path) -> N
     assert not any(_alive(pid) for pid in pids)
 
 
-@pytest.mark.skipif(NO_EXTENSIONS, reason="only the compiled watcher runs without the GIL")
+@pytest.mark.cython  # only the compiled watcher runs without the GIL
 def test_a_frozen_child_exits_after_its_supervisor_was_killed(tmp_path: Path) -> None:
     """PR_SET_PDEATHSIG's SIGTERM cannot run in a frozen child; its GIL-free watcher can."""
     import subprocess
