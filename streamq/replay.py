@@ -16,18 +16,31 @@ from __future__ import annotations
 import re
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from .brokers.base import Backend, Lease, Rebalance
-from .brokers.view import LogView
+from .brokers.view import LogView, integer_offset
 from .errors import ConfigError, UnknownTopicOrPartition
 from .message import Message, TopicPartition
 
-__all__ = ["PartitionRange", "RangeBackend", "parse_offsets", "parse_time", "plan"]
+__all__ = [
+    "PartitionRange",
+    "RangeBackend",
+    "parse_offsets",
+    "parse_time",
+    "plan",
+    "positions_from",
+    "refuse_past_end",
+]
 
-_OFFSETS = re.compile(r"^\d+:\d+(,\d+:\d+)*$")
+Bounds = dict[int, tuple[int, int]]  # partition -> (first offset, one past the last)
+
+# The shape only; what one N may be is the broker's to say (``LogView.offset_from_text``).
+_N = r"[^,:\s]+"
+_ONE = re.compile(_N)
+_PER_PARTITION = re.compile(rf"[0-9]+:{_N}(?:,[0-9]+:{_N})*")
 
 
 def parse_time(text: str, option: str) -> int:
@@ -44,20 +57,29 @@ def parse_time(text: str, option: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def parse_offsets(text: str, option: str) -> int | dict[int, int]:
-    """``N`` (every partition) or ``P:N[,P:N...]``."""
+def parse_offsets(
+    text: str, option: str, offset_of: Callable[[str], int] = integer_offset
+) -> int | dict[int, int]:
+    """``N`` (every partition) or ``P:N[,P:N...]``, each N read by the broker's ``offset_of``."""
     raw = text.strip()
-    if raw.isdigit():
-        return int(raw)
-    if _OFFSETS.match(raw):
-        out: dict[int, int] = {}
-        for pair in raw.split(","):
-            p, n = pair.split(":")
-            if int(p) in out:
-                raise ConfigError(f"{option}: partition {p} given twice")
-            out[int(p)] = int(n)
-        return out
-    raise ConfigError(f"{option}: expected N or P:N[,P:N...], got {text!r}")
+    if _ONE.fullmatch(raw):
+        return _offset(raw, option, offset_of)
+    if not _PER_PARTITION.fullmatch(raw):
+        raise ConfigError(f"{option}: expected N or P:N[,P:N...], got {text!r}")
+    out: dict[int, int] = {}
+    for pair in raw.split(","):
+        p, _, n = pair.partition(":")
+        if int(p) in out:
+            raise ConfigError(f"{option}: partition {p} given twice")
+        out[int(p)] = _offset(n, option, offset_of)
+    return out
+
+
+def _offset(text: str, option: str, offset_of: Callable[[str], int]) -> int:
+    try:
+        return offset_of(text)
+    except ValueError as exc:
+        raise ConfigError(f"{option}: {exc}") from None
 
 
 @dataclass
@@ -77,7 +99,7 @@ def positions_from(
     at_time: str | None = None,
     earliest: bool = False,
     latest: bool = False,
-    bounds: dict[int, tuple[int, int]] | None = None,
+    bounds: Bounds | None = None,
 ) -> dict[int, int]:
     """One position per partition from exactly one of the ways to name it."""
     bounds = bounds if bounds is not None else view.bounds(topic)
@@ -90,7 +112,7 @@ def positions_from(
         found = view.offsets_for_time(topic, ms)
         return {p: bounds[p][1] if found.get(p) is None else int(found[p] or 0) for p in bounds}
     assert offsets is not None
-    parsed = parse_offsets(offsets, option)
+    parsed = parse_offsets(offsets, option, view.offset_from_text)
     if isinstance(parsed, int):
         return dict.fromkeys(bounds, parsed)
     unknown = sorted(set(parsed) - set(bounds))
@@ -122,19 +144,15 @@ def plan(
         if p not in bounds:
             raise ConfigError(f"--partition: {topic} has no partition {p} "
                               f"(partitions 0..{len(bounds) - 1})")  # fmt: skip
-    starts = positions_from(view, topic, option="--from-offset" if from_offset else "--from-time",
-                            offsets=from_offset, at_time=from_time, earliest=from_beginning,
-                            bounds=bounds)  # fmt: skip
+    by = "--from-offset" if from_offset is not None else "--from-time"
+    starts = positions_from(view, topic, option=by, offsets=from_offset, at_time=from_time,
+                            earliest=from_beginning, bounds=bounds)  # fmt: skip
     if from_offset is not None:
-        for p, start in starts.items():
-            if start > bounds[p][1]:
-                raise ConfigError(
-                    f"--from-offset: {start} is beyond the end of {topic}[{p}] "
-                    f"(offsets {bounds[p][0]}..{bounds[p][1] - 1})"
-                )
+        refuse_past_end(view, "--from-offset", topic, starts, bounds)
     if to_offset is not None or to_time is not None:
-        ends = positions_from(view, topic, option="--to-offset" if to_offset else "--to-time",
-                              offsets=to_offset, at_time=to_time, bounds=bounds)  # fmt: skip
+        by = "--to-offset" if to_offset is not None else "--to-time"
+        ends = positions_from(view, topic, option=by, offsets=to_offset, at_time=to_time,
+                              bounds=bounds)  # fmt: skip
     else:
         ends = {p: end for p, (_, end) in bounds.items()}
     chosen = list(partitions) or sorted(starts)
@@ -150,6 +168,17 @@ def plan(
     if not out:
         raise ConfigError("nothing to replay: no partition matches")
     return out
+
+
+def refuse_past_end(
+    view: LogView, option: str, topic: str, positions: dict[int, int], bounds: Bounds
+) -> None:
+    """A position may be the end itself (nothing left), never past it: a typo, not a wish."""
+    for p, position in positions.items():
+        end = bounds[p][1]
+        if position > end:
+            raise ConfigError(f"{option}: {view.offset_text(position)} is beyond the end of "
+                              f"{topic}[{p}] (end {view.offset_text(end)})")  # fmt: skip
 
 
 class RangeBackend(Backend):

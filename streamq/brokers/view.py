@@ -7,10 +7,15 @@ ways in from a URL.
 
 An end is always "one past the last offset" and is found from offsets seen, never by
 waiting for quiet: a read stops once it handled the record just before the end.
+
+Offsets are integers inside streamq; people see and type them in the broker's own form
+(``offset_text`` and its inverse ``offset_from_text``: Redis entry IDs, Kafka integers), so
+whatever an output prints, an option takes back.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,7 +25,9 @@ from ..errors import ConfigError
 from ..message import Message
 from ..settings import Settings
 
-__all__ = ["GroupPosition", "LogView", "open_view", "read_topic"]
+__all__ = ["GroupPosition", "LogView", "integer_offset", "open_view", "read_topic"]
+
+_ENTRY_ID = re.compile(r"[0-9]+-[0-9]+")
 
 
 @dataclass
@@ -94,7 +101,24 @@ class LogView(Protocol):
         """An offset as people know it on this broker (on Redis, the entry ID ``ms-seq``)."""
         return str(offset)
 
+    def offset_from_text(self, text: str) -> int:
+        """The inverse of ``offset_text``: an offset as a person typed it.
+
+        Raises:
+            ValueError: ``text`` is no offset on this broker; the message says what is.
+        """
+        return integer_offset(text)
+
     def close(self) -> None: ...
+
+
+def integer_offset(text: str) -> int:
+    """An offset typed as a plain integer, the form of every broker but Redis."""
+    if text.isascii() and text.isdigit():
+        return int(text)
+    if _ENTRY_ID.fullmatch(text):
+        raise ValueError(f"{text} is a Redis entry ID; this broker's offsets are integers")
+    raise ValueError(f"{text!r} is not an offset (an integer, 0 or more)")
 
 
 def open_view(url: str, settings: Settings) -> LogView:

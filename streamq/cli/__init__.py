@@ -11,7 +11,7 @@ interrupted.
 This module assembles the command tree; each command family lives in its own module:
 ``run`` (consume), ``topics`` (create, list, produce, tail), ``dlq`` (list, show, redrive),
 ``replay`` (replay, offsets reset), ``inspect`` (lag, status) and ``bench``. What they share
-(errors as exit codes, the app loader, the broker URL) is ``common``.
+(errors as exit codes, the options several commands take, the broker URL) is ``common``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,11 @@
-"""What every ``streamq`` command shares: errors as exit codes, the broker URL, previews.
+"""What every ``streamq`` command shares: errors as exit codes, options, the broker URL.
 
 Every failure a user can cause ends here as one line on stderr and a documented exit code
 (see the package docstring), so the command modules raise streamq's errors and never print
 tracebacks or call ``sys.exit`` for an error themselves.
+
+An option that several commands take is declared here once, so its name, type and help read
+the same in every ``streamq <command> --help``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,37 @@ from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, StreamqError, ex
 from ..settings import load_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+broker_option = click.option(
+    "--broker",
+    help="Broker URL; beats STREAMQ_BROKER and any broker the app sets.",
+)
+app_argument = click.argument("app_spec", metavar="MODULE:APP")
+group_option = click.option("--group", required=True, help="The consumer group.")
+partitions_option = click.option(
+    "--partition",
+    "partitions",
+    type=click.IntRange(min=0),
+    multiple=True,
+    help="Only this partition (repeat for several); default every partition.",
+)
+rate_option = click.option(
+    "--rate", type=click.FloatRange(min=0, min_open=True), help="Records per second."
+)
+
+
+def offsets_option(name: str, what: str) -> Callable[[F], F]:
+    """Positions typed the way the broker's view prints them (``LogView.offset_text``)."""
+    return click.option(
+        name,
+        metavar="N|P:N,...",
+        help=f"{what}: N for every partition or P:N[,P:N...]; N is a Kafka offset, or a Redis "
+        "entry ID MS-SEQ as tail and lag print it (its integer form works too).",
+    )
+
+
+def time_option(name: str, what: str) -> Callable[[F], F]:
+    return click.option(name, metavar="TIME", help=f"{what}: ISO-8601 (naive = local) or epoch ms.")
 
 
 def say_error(message: str) -> None:

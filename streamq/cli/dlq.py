@@ -2,27 +2,32 @@
 
 The provenance comes from the ``streamq-*`` headers the worker adds when it dead-letters a
 record (original topic, partition and offset, attempts, error type and message); a redrive
-strips them and sends the original key, value and headers.
+strips them and sends the original key, value and headers. Offsets are printed as the
+broker's view prints them (Redis: entry IDs), the header's integer included.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import click
 from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
+from ..brokers import in_process
 from ..brokers.view import read_topic
 from ..errors import EXIT_RUNTIME, ConfigError
 from ..message import Message
 from ..producer import Producer
 from ..settings import load_settings
-from .common import broker_url, errors_as_exit_codes, fail, preview
+from .common import broker_option, broker_url, errors_as_exit_codes, fail, preview, view_of
+
+OffsetText = Callable[[int], str]
 
 
 @click.group()
@@ -30,9 +35,21 @@ def dlq() -> None:
     """Inspect and redrive dead-letter topics."""
 
 
-def _dlq_records(topic: str, broker: str | None) -> Iterator[Message]:
+@contextlib.contextmanager
+def _dlq_records(topic: str, broker: str | None) -> Iterator[tuple[Iterator[Message], OffsetText]]:
+    """The records of ``topic``, and how its broker shows offsets (memory://: as integers)."""
     url = broker_url(broker)
-    return read_topic(url, topic, load_settings(broker=url))
+    if in_process(url):
+        yield read_topic(url, topic, load_settings(broker=url)), str
+        return
+    view = view_of(url)
+    records = view.read_topic(topic)
+    try:
+        yield records, view.offset_text
+    finally:
+        if isinstance(records, Generator):  # a read stopped early (-n, an error) ends first:
+            records.close()  # on Kafka it unassigns, which a closed consumer cannot
+        view.close()
 
 
 def _provenance(msg: Message) -> dict[str, str]:
@@ -43,15 +60,23 @@ def _provenance(msg: Message) -> dict[str, str]:
     }
 
 
+def _origin(p: dict[str, str], offset_text: OffsetText) -> str:
+    offset = p.get("original-offset", "?")
+    if offset.isascii() and offset.isdigit():
+        offset = offset_text(int(offset))
+    return f"{p.get('original-topic', '?')}[{p.get('original-partition', '?')}]@{offset}"
+
+
 @dlq.command("list")
 @click.argument("topic")
-@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@broker_option
 @errors_as_exit_codes
 def dlq_list(topic: str, broker: str | None) -> None:
     """Count the records of dead-letter TOPIC by error type."""
     counts: Counter[str] = Counter()
-    for msg in _dlq_records(topic, broker):
-        counts[_provenance(msg).get("error-type", "(no streamq headers)")] += 1
+    with _dlq_records(topic, broker) as (records, _):
+        for msg in records:
+            counts[_provenance(msg).get("error-type", "(no streamq headers)")] += 1
     table = Table(title=f"{topic}: {sum(counts.values())} records")
     table.add_column("error type")
     table.add_column("records", justify="right")
@@ -63,18 +88,16 @@ def dlq_list(topic: str, broker: str | None) -> None:
 @dlq.command("show")
 @click.argument("topic")
 @click.option("-n", "limit", type=click.IntRange(min=1), default=20, show_default=True)
-@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@broker_option
 @errors_as_exit_codes
 def dlq_show(topic: str, limit: int, broker: str | None) -> None:
     """Print the first records of dead-letter TOPIC with where they came from and why."""
-    for msg in itertools.islice(_dlq_records(topic, broker), limit):
-        p = _provenance(msg)
-        click.echo(
-            f"{p.get('original-topic', '?')}[{p.get('original-partition', '?')}]"
-            f"@{p.get('original-offset', '?')} attempts={p.get('attempts', '?')} "
-            f"{p.get('error-type', '?')}: {p.get('error-message', '')}"
-        )
-        click.echo(f"    key={msg.key!r} value={preview(msg.value)}")
+    with _dlq_records(topic, broker) as (records, offset_text):
+        for msg in itertools.islice(records, limit):
+            p = _provenance(msg)
+            click.echo(f"{_origin(p, offset_text)} attempts={p.get('attempts', '?')} "
+                       f"{p.get('error-type', '?')}: {p.get('error-message', '')}")  # fmt: skip
+            click.echo(f"    key={msg.key!r} value={preview(msg.value)}")
 
 
 @dlq.command("redrive")
@@ -82,7 +105,7 @@ def dlq_show(topic: str, limit: int, broker: str | None) -> None:
 @click.option("--to", "target", help="Topic to publish to; default each record's original.")
 @click.option("--where", "where", help="Only records matching error-type=NAME.")
 @click.option("--dry-run", is_flag=True, help="Count what would be sent; send nothing.")
-@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@broker_option
 @errors_as_exit_codes
 def dlq_redrive(
     topic: str, target: str | None, where: str | None, dry_run: bool, broker: str | None
@@ -95,15 +118,17 @@ def dlq_redrive(
             raise ConfigError(f"--where: expected error-type=NAME, got {where!r}")
     url = broker_url(broker)
     selected = []
-    for msg in _dlq_records(topic, broker):
-        p = _provenance(msg)
-        error_type = p.get("error-type", "")
-        if wanted is not None and wanted not in (error_type, error_type.rsplit(".", 1)[-1]):
-            continue
-        destination = target or p.get("original-topic")
-        if not destination:
-            raise ConfigError(f"{topic}@{msg.offset}: no streamq-original-topic header; use --to")
-        selected.append((destination, msg))
+    with _dlq_records(topic, broker) as (records, offset_text):
+        for msg in records:
+            p = _provenance(msg)
+            error_type = p.get("error-type", "")
+            if wanted is not None and wanted not in (error_type, error_type.rsplit(".", 1)[-1]):
+                continue
+            destination = target or p.get("original-topic")
+            if not destination:
+                raise ConfigError(f"{topic}[{msg.partition}]@{offset_text(msg.offset)}: no "
+                                  "streamq-original-topic header; use --to")  # fmt: skip
+            selected.append((destination, msg))
     if dry_run:
         for name, n in Counter(d for d, _ in selected).items():
             click.echo(f"would send {n} records to {name}")

@@ -17,14 +17,14 @@ from rich.table import Table
 from ..brokers.view import LogView
 from ..errors import ConfigError
 from ..settings import load_settings
-from .common import broker_url, errors_as_exit_codes, view_of
+from .common import broker_option, broker_url, errors_as_exit_codes, group_option, view_of
 
 
 @click.command()
-@click.option("--group", required=True)
+@group_option
 @click.option("--topic", help="Default: every topic the group has a position on.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of a table.")
-@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@broker_option
 @errors_as_exit_codes
 def lag(group: str, topic: str | None, as_json: bool, broker: str | None) -> None:
     """Per partition: the group's committed position, the end, the lag, and pending (Redis)."""
@@ -58,7 +58,7 @@ def lag(group: str, topic: str | None, as_json: bool, broker: str | None) -> Non
 
 
 @click.command()
-@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@broker_option
 @click.option("--group", "only", help="One group; default every group the broker knows.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tables.")
 @errors_as_exit_codes

@@ -23,23 +23,33 @@ from rich.table import Table
 
 from ..brokers.view import open_view
 from ..errors import ConfigError
-from ..replay import RangeBackend, plan, positions_from
+from ..replay import RangeBackend, plan, positions_from, refuse_past_end
 from ..runtime.launch import load_app
 from ..runtime.worker import Worker, run_worker
-from .common import errors_as_exit_codes, view_of
+from .common import (
+    app_argument,
+    broker_option,
+    errors_as_exit_codes,
+    group_option,
+    offsets_option,
+    partitions_option,
+    rate_option,
+    time_option,
+    view_of,
+)
 
 
 @click.command()
-@click.argument("app_spec", metavar="MODULE:APP")
+@app_argument
 @click.option("--topic", required=True, help="The topic whose handler to replay.")
 @click.option("--from-beginning", is_flag=True)
-@click.option("--from-offset", help="N (every partition) or P:N[,P:N...].")
-@click.option("--from-time", help="ISO-8601 time (naive = local) or epoch ms.")
-@click.option("--to-offset", help="Exclusive end: N or P:N[,P:N...]; default the end now.")
-@click.option("--to-time", help="Exclusive end as a time.")
-@click.option("--partition", "partitions", type=click.IntRange(min=0), multiple=True)
+@offsets_option("--from-offset", "First record")
+@time_option("--from-time", "Start at this time")
+@offsets_option("--to-offset", "Exclusive end (default: the end now)")
+@time_option("--to-time", "Exclusive end time")
+@partitions_option
 @click.option("--group", help="Which of the app's groups, if several handle the topic.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Records per second.")
+@rate_option
 @click.option(
     "--dedup/--no-dedup",
     default=False,
@@ -47,7 +57,7 @@ from .common import errors_as_exit_codes, view_of
     help="Keep the handler's dedup store (which skips records already handled).",
 )
 @click.option("--dry-run", is_flag=True, help="Print the ranges and counts; handle nothing.")
-@click.option("--broker", help="Broker URL; overrides the app and STREAMQ_BROKER.")
+@broker_option
 @errors_as_exit_codes
 def replay(
     app_spec: str,
@@ -136,14 +146,14 @@ def offsets() -> None:
 
 
 @offsets.command("reset")
-@click.option("--group", required=True)
+@group_option
 @click.option("--topic", required=True)
 @click.option("--to-earliest", is_flag=True)
 @click.option("--to-latest", is_flag=True)
-@click.option("--to-offset", help="N (every partition) or P:N[,P:N...].")
-@click.option("--to-time", help="ISO-8601 time (naive = local) or epoch ms.")
+@offsets_option("--to-offset", "The next record the group reads")
+@time_option("--to-time", "Move the group to this time")
 @click.option("--dry-run", is_flag=True, help="Print the moves; change nothing.")
-@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@broker_option
 @errors_as_exit_codes
 def offsets_reset(
     group: str,
@@ -161,15 +171,11 @@ def offsets_reset(
     view = view_of(broker)
     try:
         bounds = view.bounds(topic)
-        target = positions_from(view, topic, option="--to-offset" if to_offset else "--to-time",
-                                offsets=to_offset, at_time=to_time, earliest=to_earliest,
-                                latest=to_latest, bounds=bounds)  # fmt: skip
-        for p, position in target.items():
-            low, end = bounds[p]
-            if position > end:
-                raise ConfigError(f"--to-offset: {position} is beyond the end of {topic}[{p}] "
-                                  f"(end {end})")  # fmt: skip
-            target[p] = max(position, low)
+        by = "--to-offset" if to_offset is not None else "--to-time"
+        target = positions_from(view, topic, option=by, offsets=to_offset, at_time=to_time,
+                                earliest=to_earliest, latest=to_latest, bounds=bounds)  # fmt: skip
+        refuse_past_end(view, by, topic, target, bounds)
+        target = {p: max(position, bounds[p][0]) for p, position in target.items()}
         current = {pos.partition: pos for pos in view.positions(group, topic)}
         table = Table(title=f"{group} on {topic}" + (" (dry run)" if dry_run else ""))
         for column in ("partition", "current", "new", "end"):

@@ -12,12 +12,12 @@ import click
 
 from ..metrics import serving
 from ..runtime.launch import launch, load_app
-from .common import errors_as_exit_codes, say_error
+from .common import app_argument, broker_option, errors_as_exit_codes, say_error
 
 
 @click.command()
-@click.argument("app_spec", metavar="MODULE:APP")
-@click.option("--broker", help="Broker URL; overrides the app and STREAMQ_BROKER.")
+@app_argument
+@broker_option
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
     "--until-idle",

@@ -22,12 +22,22 @@ import orjson
 from rich.console import Console
 from rich.progress import Progress
 
-from ..brokers import connect
+from ..brokers import connect, in_process
 from ..errors import EXIT_RUNTIME, ConfigError
 from ..message import Message
 from ..producer import Producer
 from ..replay import parse_time
-from .common import broker_url, errors_as_exit_codes, fail, preview, view_of
+from .common import (
+    broker_option,
+    broker_url,
+    errors_as_exit_codes,
+    fail,
+    partitions_option,
+    preview,
+    rate_option,
+    time_option,
+    view_of,
+)
 
 
 @click.group()
@@ -38,7 +48,7 @@ def topics() -> None:
 @topics.command("create")
 @click.argument("name")
 @click.option("--partitions", type=click.IntRange(min=1), required=True)
-@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@broker_option
 @errors_as_exit_codes
 def topics_create(name: str, partitions: int, broker: str | None) -> None:
     """Create topic NAME with P partitions."""
@@ -53,7 +63,7 @@ def topics_create(name: str, partitions: int, broker: str | None) -> None:
 
 
 @topics.command("list")
-@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@broker_option
 @errors_as_exit_codes
 def topics_list(broker: str | None) -> None:
     """List topics and their partition counts."""
@@ -67,14 +77,14 @@ def topics_list(broker: str | None) -> None:
 
 @click.command()
 @click.argument("topic")
-@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@broker_option
 @click.option("--key-field", help="Use this field of each JSON object as the record key.")
 @click.option(
     "--envelope",
     is_flag=True,
     help="Each line is {value, key?, headers?} (what `streamq tail --json` prints).",
 )
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Records per second.")
+@rate_option
 @click.option(
     "--file", "source", type=click.File("rb"), default="-", help="JSONL input; default stdin."
 )
@@ -176,7 +186,7 @@ def _key_of(obj: Any, field: str, where: str) -> str:
 
 
 def _warn_memory(url: str) -> None:
-    if url.startswith("memory:"):
+    if in_process(url):
         click.echo(
             "streamq: warning: memory:// lives only inside this process; "
             "what this command writes is gone when it exits",
@@ -188,10 +198,10 @@ def _warn_memory(url: str) -> None:
 @click.argument("topic")
 @click.option("-n", "count", type=click.IntRange(min=0), default=10, show_default=True)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new records until Ctrl-C.")
-@click.option("--partition", "partitions", type=click.IntRange(min=0), multiple=True)
-@click.option("--from-time", help="Start at this time instead of the last N records.")
+@partitions_option
+@time_option("--from-time", "Start at this time instead of the last N records")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per record.")
-@click.option("--broker", help="Broker URL; default STREAMQ_BROKER.")
+@broker_option
 @errors_as_exit_codes
 def tail(
     topic: str,

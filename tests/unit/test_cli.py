@@ -10,6 +10,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import click
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -173,3 +174,57 @@ def test_metrics_and_log_options_refuse_bad_values() -> None:
         port = str(busy.getsockname()[1])
         result = streamq("run", "x:app", "--metrics-port", port)  # checked before the app
     assert_clean_error(result, 2, f"--metrics-port {port}: cannot listen on 127.0.0.1")
+
+
+def _commands() -> dict[str, click.Command]:
+    """Every leaf command by its full name (``dlq show``), walked from the root group."""
+    from streamq.cli import cli
+
+    out: dict[str, click.Command] = {}
+
+    def walk(prefix: str, command: click.Command) -> None:
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                walk(f"{prefix} {name}".strip(), sub)
+        else:
+            out[prefix] = command
+
+    walk("", cli)
+    return out
+
+
+def _options(opt: str) -> dict[str, click.Parameter]:
+    return {name: p for name, c in _commands().items() for p in c.params if opt in p.opts}
+
+
+def test_shared_options_are_one_declaration_with_one_help() -> None:
+    brokers = _options("--broker")
+    del brokers["bench"]  # the broker to measure, memory://bench by default: another option
+    assert len(brokers) == 12
+    assert {(p.help, p.required) for p in brokers.values()} == {
+        ("Broker URL; beats STREAMQ_BROKER and any broker the app sets.", False)
+    }
+    for opt in ("--partition", "--rate"):
+        found = _options(opt)
+        assert len(found) == 2 and len({(p.help, repr(p.type)) for p in found.values()}) == 1
+    assert {name for name, p in _options("--group").items() if p.required} == {
+        "lag",
+        "offsets reset",
+    }
+
+
+def test_every_typed_offset_says_what_each_broker_takes() -> None:
+    typed = {(name, opt) for opt in ("--from-offset", "--to-offset") for name in _options(opt)}
+    assert typed == {("replay", "--from-offset"), ("replay", "--to-offset"),
+                     ("offsets reset", "--to-offset")}  # fmt: skip
+    for opt in ("--from-offset", "--to-offset"):
+        for p in _options(opt).values():
+            assert p.help is not None
+            assert "Kafka offset" in p.help and "Redis entry ID MS-SEQ" in p.help, p.help
+
+
+@pytest.mark.parametrize("command", ["replay", "offsets reset", "tail", "lag", "dlq show"])
+def test_help_reads_in_one_piece(command: str) -> None:
+    result = streamq(*command.split(), "--help")
+    assert result.returncode == 0, result.stderr
+    assert b"--broker TEXT" in result.stdout and b"beats STREAMQ_BROKER" in result.stdout

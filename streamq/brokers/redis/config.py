@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 from ...credentials import redact_url, redis_client, scrub
 from ...errors import BrokerUnavailable, ConfigError, UnknownTopicOrPartition
+from ...message import TopicPartition
+from ...murmur2 import partition_for_key
 from ...settings import Settings
 from ..base import Broker
 from .admin import RedisAdmin
 from .client import redis
 from .consumer import RedisConsumer
 from .errors import UNAVAILABLE
-from .keys import topic_key
+from .keys import stream_key, topic_key
 from .producer import RedisProducer
 from .view import RedisView
 
@@ -39,6 +42,7 @@ class RedisBroker(Broker):
         self._client_url = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         self._partitions: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._round_robin = itertools.count(1)
 
     @property
     def client_url(self) -> str:
@@ -76,6 +80,23 @@ class RedisBroker(Broker):
         with self._lock:
             self._partitions[topic] = int(raw)
         return int(raw)
+
+    def stream_for(
+        self, client: redis.Redis, topic: str, key: bytes | None, partition: int | None = None
+    ) -> str:
+        """The stream a record goes to: Kafka's murmur2 partition of its key, else in turn."""
+        count = self.partitions(client, topic, create=True)
+        if partition is None:
+            partition = (
+                partition_for_key(key, count)
+                if key is not None
+                else next(self._round_robin) % count
+            )
+        elif not 0 <= partition < count:
+            raise UnknownTopicOrPartition(
+                f"{topic} has {count} partitions; no partition {partition}"
+            )
+        return stream_key(TopicPartition(topic, partition))
 
     def consumer(self, group: str, settings: Settings) -> RedisConsumer:
         return RedisConsumer(self, group)

@@ -29,9 +29,11 @@ from .client import ResponseError
 from .entries import SEQ_BITS, decode_headers, id_to_offset, offset_to_id
 from .errors import UNAVAILABLE, wait_for_redis
 from .keys import lease_key, members_key, stream_key
+from .transactions import Transactions
 from .trims import TrimWatch
 
 if TYPE_CHECKING:
+    from ...pipeline import Output
     from .config import RedisBroker
 
 __all__ = ["RedisConsumer"]
@@ -70,6 +72,9 @@ class RedisConsumer(Backend):
         self._renew = self._r.register_script(script("renew.lua"))
         self._release = self._r.register_script(script("release.lua"))
         self._ack = self._r.register_script(script("ack.lua"))
+        self._transactions = Transactions(
+            broker, self._r, group, self._r.register_script(script("commit.lua"))
+        )
         self._topics: dict[str, int] = {}
         self._owned: dict[TopicPartition, _Owned] = {}
         self._waiting: set[TopicPartition] = set()
@@ -423,6 +428,16 @@ class RedisConsumer(Backend):
         except UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis: XACK: {exc}") from None
         return True
+
+    transactional = True
+
+    def commit_transaction(
+        self, offsets: Mapping[TopicPartition, int], outputs: Sequence[Output]
+    ) -> None:
+        lost = self._transactions.commit(self._owned, offsets, outputs)
+        if lost:
+            self._lost_by_fence.extend(lost)
+            raise CommitFailed(f"group {self._group}: no longer owns {sorted(lost)}")
 
     def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         raise BrokerError("redis streams have no committed offsets; see pending entries")

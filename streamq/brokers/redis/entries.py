@@ -1,7 +1,8 @@
 """Stream entries as records: the entry fields, and entry IDs as integer offsets.
 
 Offsets: an entry ID ``ms-seq`` maps to the integer ``ms << 20 | seq``, so the worker's offset
-tracker orders Redis entries exactly like Kafka offsets.
+tracker orders Redis entries exactly like Kafka offsets. People see the entry ID
+(``offset_to_id``) and may type either form (``offset_from_text``).
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ __all__ = [
     "SEQ_BITS",
     "decode_headers",
     "encode_headers",
+    "entry_fields",
     "entry_to_message",
     "id_text",
     "id_to_offset",
+    "offset_from_text",
     "offset_to_id",
 ]
 
@@ -33,6 +36,48 @@ def id_to_offset(entry_id: bytes | str) -> int:
 
 def offset_to_id(offset: int) -> str:
     return f"{offset >> SEQ_BITS}-{offset & _SEQ_MASK}"
+
+
+def offset_from_text(text: str) -> int:
+    """An offset as a person typed it: the entry ID, or the integer ``--json`` output carries.
+
+    Unlike ``id_to_offset``, which reads IDs Redis gave out, this checks the text: a sequence
+    number wider than ``SEQ_BITS`` would silently carry into the millisecond.
+
+    Raises:
+        ValueError: ``text`` is neither; the message shows the entry ID form.
+    """
+    if text.isascii() and text.isdigit():
+        return int(text)
+    ms, dash, seq = text.partition("-")
+    if not (dash and ms.isascii() and ms.isdigit() and seq.isascii() and seq.isdigit()):
+        raise ValueError(
+            f"{text!r} is not an entry ID (MS-SEQ, as 1764590000000-3) or its integer form"
+        )
+    if int(seq) > _SEQ_MASK:
+        raise ValueError(f"{text}: streamq's offsets hold sequence numbers up to {_SEQ_MASK}")
+    return id_to_offset(text)
+
+
+def entry_fields(
+    value: bytes | None,
+    key: bytes | None,
+    headers: Headers | None,
+    timestamp: int | None = None,
+) -> dict[str, bytes]:
+    """A record as the fields of its stream entry (the layout is in ``keys``)."""
+    fields: dict[str, bytes] = {}
+    if value is not None:
+        fields["v"] = value
+    if key is not None:
+        fields["k"] = key
+    if headers:
+        fields["h"] = encode_headers(headers)
+    if timestamp is not None:
+        fields["t"] = str(timestamp).encode()
+    if not fields:
+        fields["v0"] = b""  # XADD needs one field: a tombstone with no key
+    return fields
 
 
 def encode_headers(headers: Headers) -> bytes:

@@ -8,13 +8,11 @@ import time
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from ...errors import BrokerError, BrokerUnavailable, UnknownTopicOrPartition
-from ...message import Headers, TopicPartition
-from ...murmur2 import partition_for_key
+from ...errors import BrokerError, BrokerUnavailable
+from ...message import Headers
 from ..base import ProducerBackend, RecordMetadata
-from .entries import encode_headers, id_to_offset
+from .entries import entry_fields, id_to_offset
 from .errors import UNAVAILABLE
-from .keys import stream_key
 
 if TYPE_CHECKING:
     from .config import RedisBroker
@@ -32,7 +30,6 @@ class RedisProducer(ProducerBackend):
         self._queue = queue.Queue()
         self._idle = threading.Condition()
         self._outstanding = 0
-        self._round_robin = 0
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="streamq-redis-producer",
                                         daemon=True)  # fmt: skip
@@ -47,32 +44,12 @@ class RedisProducer(ProducerBackend):
         partition: int | None = None,
         timestamp: int | None = None,
     ) -> Future[RecordMetadata]:
-        count = self._broker.partitions(self._r, topic, create=True)
-        if partition is None:
-            if key is not None:
-                partition = partition_for_key(key, count)
-            else:
-                self._round_robin += 1
-                partition = self._round_robin % count
-        elif not 0 <= partition < count:
-            raise UnknownTopicOrPartition(
-                f"{topic} has {count} partitions; no partition {partition}"
-            )
-        fields: dict[str, bytes] = {}
-        if value is not None:
-            fields["v"] = value
-        if key is not None:
-            fields["k"] = key
-        if headers:
-            fields["h"] = encode_headers(headers)
-        if timestamp is not None:
-            fields["t"] = str(timestamp).encode()
-        if not fields:
-            fields["v0"] = b""  # XADD needs one field: a tombstone with no key
+        stream = self._broker.stream_for(self._r, topic, key, partition)
+        fields = entry_fields(value, key, headers, timestamp)
         fut: Future[RecordMetadata] = Future()
         with self._idle:
             self._outstanding += 1
-        self._queue.put((stream_key(TopicPartition(topic, partition)), fields, fut, topic))
+        self._queue.put((stream, fields, fut, topic))
         return fut
 
     def _serve(self) -> None:

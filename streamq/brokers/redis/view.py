@@ -3,7 +3,7 @@
 XRANGE/XREVRANGE for bounds and ranges, ``<ms>-0`` IDs for times, XINFO GROUPS (through
 ``admin.group_infos``) for the group's position and pending count, the member registry for
 members, the leases for owners, and XGROUP SETID for resets. Offsets are streamq's integer
-form of entry IDs (``entries``).
+form of entry IDs (``entries``); operators see and type the entry IDs themselves.
 """
 
 from __future__ import annotations
@@ -12,11 +12,12 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from ...crashes import crash_key
 from ...message import Message, TopicPartition
 from ..view import GroupPosition, LogView
 from .admin import RedisAdmin, group_infos
 from .client import ResponseError
-from .entries import entry_to_message, id_to_offset, offset_to_id
+from .entries import entry_to_message, id_to_offset, offset_from_text, offset_to_id
 from .errors import wait_for_redis
 from .keys import lease_key, members_pattern, stream_key
 
@@ -155,7 +156,7 @@ class RedisView(LogView):
             except ResponseError:  # the group does not exist on this stream yet
                 self._r.xgroup_create(key, group, last, mkstream=True)
             # the crash counter's in-flight range belongs to the old position
-            self._r.delete(f"streamq:crash:{group}:{topic}:{p}")
+            self._r.delete(crash_key(group, topic, p))
             while True:
                 pending = self._r.xpending_range(key, group, "-", "+", 1000)
                 if not pending:
@@ -209,6 +210,9 @@ class RedisView(LogView):
 
     def offset_text(self, offset: int) -> str:
         return offset_to_id(offset)
+
+    def offset_from_text(self, text: str) -> int:
+        return offset_from_text(text)
 
     def close(self) -> None:
         self._r.close()
