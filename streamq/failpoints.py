@@ -10,6 +10,8 @@ Points, in the order a record meets them:
 ``after_handle``  a slice of records handled, not yet marked or reported (loop thread)
 ``after_mark``    their dedup keys marked, not yet reported for commit (loop thread)
 ``after_dlq``     a DLQ record acknowledged, not yet reported (loop thread)
+``in_transaction`` exactly once: outputs and offsets sent in a transaction not yet committed
+                  (Kafka), or about to run the commit script (Redis) (poll thread)
 ``after_commit``  a commit sent (acknowledged, when synchronous) (poll thread)
 ``in_revoke``     inside a revoke, before its synchronous commit (poll thread)
 """
@@ -22,7 +24,15 @@ import threading
 
 __all__ = ["ACTIVE", "POINTS", "hit"]
 
-POINTS = ("after_poll", "after_handle", "after_mark", "after_dlq", "after_commit", "in_revoke")
+POINTS = (
+    "after_poll",
+    "after_handle",
+    "after_mark",
+    "after_dlq",
+    "in_transaction",
+    "after_commit",
+    "in_revoke",
+)
 EXIT_CODE = 137
 
 

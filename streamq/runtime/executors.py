@@ -256,9 +256,10 @@ class ProcessesExecutor(PoolExecutor):
         pool = self._pools.processes()
         marker = deadline_marker() if spec.timeout is not None else None
         try:
-            done, exc = await self._loop.run_in_executor(
-                pool, process_chunk, spec.fn, spec.batch, records, spec.timeout, marker
-            )
+            done, exc, outputs = await self._loop.run_in_executor(
+                pool, process_chunk, spec.fn, spec.batch, records, spec.timeout, marker,
+                spec.produces,
+            )  # fmt: skip
         except BrokenProcessPool as broken:
             self._pools.replace_broken_processes(pool)
             stack = read_deadline_marker(marker)
@@ -276,6 +277,10 @@ class ProcessesExecutor(PoolExecutor):
             return 0, PoolProcessDied(f"a process of the handler pool died: {broken}")
         finally:
             read_deadline_marker(marker, remove=True)
+        if outputs is not None and spec.sink is not None:
+            last = records[-1:] if spec.batch else records  # a batch's outputs: its last input
+            for msg, produced in zip(last, outputs, strict=False):
+                spec.sink(msg, produced)
         return int(done), exc
 
 

@@ -20,10 +20,13 @@ import tempfile
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..dispatch import Lease, call_each, call_each_until
 from ..message import Message
+
+if TYPE_CHECKING:
+    from ..pipeline import Output
 
 __all__ = [
     "BrokenProcessPool",
@@ -105,8 +108,11 @@ def process_chunk(
     records: Any,
     timeout: float | None = None,
     marker: str | None = None,
-) -> tuple[int, BaseException | None]:
-    """Run ``fn`` over a chunk; return how many finished and the exception that stopped it.
+    produces: bool = False,
+) -> tuple[int, BaseException | None, list[list[Output]] | None]:
+    """Run ``fn`` over a chunk: how many finished, what stopped it, and what each produced.
+
+    With ``produces``, the encoded outputs of each finished call (``streamq.pipeline``).
 
     ``batch`` handlers get the whole list in one call (0 or all finished). With a
     ``timeout``, a timer that needs no GIL (``faulthandler``, as in ``streamq.deadline``)
@@ -121,14 +127,30 @@ def process_chunk(
 
         invoke, _ = build_invoker(fn, batch=batch)
         _invokers[(fn, batch)] = invoke
+    outputs: list[list[Output]] | None = None
+    if produces:
+        outputs = []
+        invoke = _collecting(invoke, batch, outputs)
     if timeout is None or marker is None:
-        return _run_chunk(invoke, batch, records)
+        return (*_run_chunk(invoke, batch, records), outputs)
     with open(marker, "w") as out:  # faulthandler writes to a file descriptor
         faulthandler.dump_traceback_later(timeout, exit=True, file=out)
         try:
-            return _run_chunk(invoke, batch, records)
+            return (*_run_chunk(invoke, batch, records), outputs)
         finally:
             faulthandler.cancel_dump_traceback_later()
+
+
+def _collecting(
+    invoke: Callable[[Any], Any], batch: bool, outputs: list[list[Output]]
+) -> Callable[[Any], None]:
+    """Encode each call's result here, so the parent gets bytes, not the user's objects."""
+    from ..pipeline import outputs_of
+
+    def collect(arg: Any) -> None:
+        outputs.append(outputs_of(invoke(arg), None if batch else arg.key))
+
+    return collect
 
 
 def _run_chunk(

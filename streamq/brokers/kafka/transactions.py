@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ... import failpoints
 from ...errors import CommitFailed, MemberFenced
 from ...logs import get_logger
 from ...message import TopicPartition
@@ -70,6 +71,8 @@ class Transactions:
                 consumer.consumer_group_metadata(),
                 self._timeout,
             )
+            if failpoints.ACTIVE:
+                failpoints.hit("in_transaction")
             self._commit_transaction()
         except KafkaException as exc:
             err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ... import failpoints
 from ...errors import BrokerUnavailable, CommitFailed
 from ...logs import get_logger
 from ...message import TopicPartition
@@ -75,6 +76,8 @@ class Transactions:
             args.append(2 * len(fields))
             for name, value in fields.items():
                 args += (name, value)
+        if failpoints.ACTIVE:
+            failpoints.hit("in_transaction")
         try:
             result = self._commit(keys=keys + out_keys, args=args)
         except UNAVAILABLE as exc:
