@@ -307,3 +307,22 @@ def test_bound_invoke_puts_under_the_lanes_epoch(memory_url: str) -> None:
     spec.invoke(msg(0))
     spec.invoke(msg(1))
     assert box.take({tp: 2}) == [Output("out", b"{}", b"k", None)]
+
+
+@pytest.mark.parametrize("guarantee", GUARANTEES)
+def test_the_readme_example_runs(guarantee: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "STREAMQ_GUARANTEE": guarantee}
+    env.pop("STREAMQ_BROKER", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.pipeline"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "emails 999, audit 999, orders.dlq 1" in result.stdout
