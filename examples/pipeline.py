@@ -41,7 +41,7 @@ class Invoice(BaseModel):
     total: float
 
 
-@app.handler("orders")
+@app.handler("orders", outputs=["invoices"])
 def invoice(order: Order) -> streamq.Out:
     """Stage 1: one invoice per order (VAT added); a bad order goes to orders.dlq instead."""
     if order.amount <= 0:
@@ -50,7 +50,7 @@ def invoice(order: Order) -> streamq.Out:
                                            total=round(order.amount * 1.2, 2)))  # fmt: skip
 
 
-@app.handler("invoices", group="mailer")
+@app.handler("invoices", group="mailer", outputs=["emails", "audit"])
 def email(inv: Invoice) -> Iterator[streamq.Out]:
     """Stage 2, its own consumer group: fan-out to the customer's email and the audit log."""
     yield streamq.Out("emails", {"to": inv.customer, "subject": f"Invoice {inv.order}",

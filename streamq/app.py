@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 from .credentials import redact_url
@@ -81,6 +81,7 @@ class App:
         dlq_limit: int | None = None,
         dedup_key: Callable[[Message], str] | None = None,
         executor: Literal["inline", "threads", "asyncio", "processes"] | None = None,
+        outputs: Sequence[str] | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function as the handler of ``topic``.
 
@@ -125,6 +126,10 @@ class App:
                 default and the cheapest), ``"threads"`` (sync, blocking I/O),
                 ``"asyncio"`` (async def, the default for those) or ``"processes"`` (sync,
                 CPU-bound, module-level function). Lanes keep their order in every one.
+            outputs: The topics this handler produces to (``streamq.Out``): shown as the
+                pipeline's stages by ``streamq topics list --app`` and ``status --app``, and
+                an ``Out`` to any other topic fails the call (a typo is caught at the first
+                record, not found later in the wrong topic).
 
         Raises:
             ConfigError: Invalid options or a signature that cannot be served, all listed,
@@ -157,6 +162,7 @@ class App:
                 dedup_ttl=self.settings.dedup_ttl,
                 redis_password=self.settings.redis_secret,
                 executor=executor,
+                outputs=outputs,
             )
             key = (spec.group, spec.topic)
             if key in self.handlers:

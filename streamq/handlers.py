@@ -104,6 +104,7 @@ class HandlerSpec:
     # takes outputs a pool process sent back (``streamq.runtime.outbox``).
     produces: bool = False
     sink: Sink | None = None
+    outputs: frozenset[str] | None = None  # declared output topics; None: any
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether ``exc`` earns retries; the rest are dead-lettered at once."""
@@ -145,6 +146,7 @@ def build_spec(
     dedup_ttl: float = 7 * 86400.0,
     redis_password: str | None = None,
     executor: str | None = None,
+    outputs: Any = None,
 ) -> HandlerSpec:
     name = getattr(fn, "__qualname__", repr(fn))
     problems: list[str] = []
@@ -180,6 +182,13 @@ def build_spec(
         not isinstance(dlq_limit, int) or isinstance(dlq_limit, bool) or dlq_limit < 1
     ):
         problems.append("dlq_limit: must be an integer >= 1, or None")
+    outputs_v: frozenset[str] | None = None
+    if outputs is not None:
+        names = [outputs] if isinstance(outputs, str) else list(outputs)
+        if not names or not all(isinstance(t, str) and t for t in names):
+            problems.append("outputs: must be a list of topic names")
+        else:
+            outputs_v = frozenset(names)
     flat = (max_retries, retry_backoff, retry_backoff_max, bool(retry_jitter))
     if retry is None:
         try:
@@ -240,6 +249,7 @@ def build_spec(
         dedup=store,
         dedup_key=dedup_key or coordinates,
         produces=may_produce(fn),
+        outputs=outputs_v,
     )
 
 

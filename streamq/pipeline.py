@@ -48,29 +48,36 @@ class Output(NamedTuple):
     headers: Headers | None
 
 
-def outputs_of(result: Any, input_key: bytes | None) -> list[Output]:
+def outputs_of(
+    result: Any, input_key: bytes | None, allowed: frozenset[str] | None = None
+) -> list[Output]:
     """Encode what a handler returned; raises TypeError or ConfigError for anything else.
 
     Called inside the handler's call, so a generator's body runs here and its errors are the
-    handler's.
+    handler's. ``allowed``: the handler's declared ``outputs``.
     """
     if result is None:
         return []
     if isinstance(result, Out):
-        return [_encode(result, input_key)]
+        return [_encode(result, input_key, allowed)]
     if isinstance(result, str | bytes | Mapping) or not isinstance(result, Iterable):
         raise TypeError(_bad_result(result))
     out = []
     for item in result:
         if not isinstance(item, Out):
             raise TypeError(_bad_result(item, inside=True))
-        out.append(_encode(item, input_key))
+        out.append(_encode(item, input_key, allowed))
     return out
 
 
-def _encode(out: Out, input_key: bytes | None) -> Output:
+def _encode(out: Out, input_key: bytes | None, allowed: frozenset[str] | None) -> Output:
     if not isinstance(out.topic, str) or not out.topic:
         raise ConfigError(f"Out.topic: must be a non-empty string, got {out.topic!r}")
+    if allowed is not None and out.topic not in allowed:
+        raise ConfigError(
+            f"Out.topic: {out.topic!r} is not among the handler's outputs "
+            f"({', '.join(sorted(allowed))})"
+        )
     key = input_key if out.key is None else encode_key(out.key)
     return Output(out.topic, encode_value(out.value), key, encode_headers(out.headers))
 

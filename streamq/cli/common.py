@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -20,6 +20,9 @@ from ..brokers.view import LogView, open_view
 from ..credentials import scrub
 from ..errors import EXIT_INTERRUPTED, EXIT_USAGE, ConfigError, StreamqError, exit_code_for
 from ..settings import load_settings
+
+if TYPE_CHECKING:
+    from ..app import App
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -80,6 +83,24 @@ def errors_as_exit_codes(fn: F) -> F:
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
     return wrapper  # type: ignore[return-value]
+
+
+def stages(app: App) -> dict[str, tuple[list[str], list[str]]]:
+    """Topic -> (handlers that read it, handlers that write it), as ``group/handler``.
+
+    Writers are known from the handlers' ``outputs=``; DLQ topics count as written by the
+    handler they protect.
+    """
+    edges: dict[str, tuple[list[str], list[str]]] = {}
+    for spec in app.handlers.values():
+        name = f"{spec.group}/{spec.name}"
+        edges.setdefault(spec.topic, ([], []))[0].append(name)
+        written = sorted(spec.outputs or ())
+        if spec.dlq_topic is not None:
+            written.append(spec.dlq_topic)
+        for topic in written:
+            edges.setdefault(topic, ([], []))[1].append(name)
+    return edges
 
 
 def broker_url(broker: str | None) -> str:

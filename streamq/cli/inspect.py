@@ -16,6 +16,7 @@ from rich.table import Table
 
 from ..brokers.view import LogView
 from ..errors import ConfigError
+from ..runtime.launch import load_app
 from ..settings import load_settings
 from .common import broker_option, broker_url, errors_as_exit_codes, group_option, view_of
 
@@ -61,9 +62,18 @@ def lag(group: str, topic: str | None, as_json: bool, broker: str | None) -> Non
 @broker_option
 @click.option("--group", "only", help="One group; default every group the broker knows.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document instead of tables.")
+@click.option(
+    "--app",
+    "app_spec",
+    metavar="MODULE:APP",
+    help="Name each group's pipeline stage: the topics its handlers read and write.",
+)
 @errors_as_exit_codes
-def status(broker: str | None, only: str | None, as_json: bool) -> None:
+def status(broker: str | None, only: str | None, as_json: bool, app_spec: str | None) -> None:
     """Groups, members, who owns which partition, lag, and DLQ sizes, in one place."""
+    app = load_app(app_spec) if app_spec else None
+    if broker is None and app is not None:
+        broker = app.settings.broker
     url = broker_url(broker)
     settings = load_settings(broker=url)
     view = view_of(url)
@@ -76,6 +86,13 @@ def status(broker: str | None, only: str | None, as_json: bool) -> None:
         view.close()
     if only and not report[0]["partitions"] and not report[0]["members"]:
         raise ConfigError(f"unknown group {only!r}: no members and no committed position")
+    if app is not None:
+        for g in report:
+            specs = [s for s in app.handlers.values() if s.group == g["group"]]
+            g["stage"] = {
+                "reads": sorted({s.topic for s in specs}),
+                "writes": sorted({t for s in specs for t in s.outputs or ()}),
+            }
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
@@ -85,9 +102,14 @@ def status(broker: str | None, only: str | None, as_json: bool) -> None:
     for g in report:
         lag = sum(r["lag"] or 0 for r in g["partitions"])
         members = ", ".join(g["members"]) or "none"
+        caption = f"members: {members}"
+        stage = g.get("stage")
+        if stage is not None:
+            reads = ", ".join(stage["reads"]) or "nothing of this app"
+            caption += f"; stage: reads {reads}, writes {', '.join(stage['writes']) or '-'}"
         table = Table(
             title=f"group {g['group']}: {len(g['members'])} member(s), lag {lag}",
-            caption=f"members: {members}",
+            caption=caption,
         )
         columns = ("topic", "partition", "owner", "committed", "end", "lag", "pending")
         for column in columns:

@@ -21,12 +21,14 @@ import click
 import orjson
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 from ..brokers import connect, in_process
 from ..errors import EXIT_RUNTIME, ConfigError
 from ..message import Message
 from ..producer import Producer
 from ..replay import parse_time
+from ..runtime.launch import load_app
 from .common import (
     broker_option,
     broker_url,
@@ -35,6 +37,7 @@ from .common import (
     partitions_option,
     preview,
     rate_option,
+    stages,
     time_option,
     view_of,
 )
@@ -64,15 +67,36 @@ def topics_create(name: str, partitions: int, broker: str | None) -> None:
 
 @topics.command("list")
 @broker_option
+@click.option(
+    "--app",
+    "app_spec",
+    metavar="MODULE:APP",
+    help="Show the app's pipeline stages: which handler reads each topic and which writes it "
+    "(its handlers' outputs=).",
+)
 @errors_as_exit_codes
-def topics_list(broker: str | None) -> None:
-    """List topics and their partition counts."""
-    admin = connect(broker_url(broker)).admin()
+def topics_list(broker: str | None, app_spec: str | None) -> None:
+    """List topics and their partition counts (with --app, the pipeline's stages)."""
+    app = load_app(app_spec) if app_spec else None
+    url = broker_url(broker) if app is None or broker is not None else app.settings.broker
+    admin = connect(url).admin()
     try:
-        for name, count in sorted(admin.list_topics().items()):
-            click.echo(f"{name}\t{count}")
+        known = admin.list_topics()
     finally:
         admin.close()
+    if app is None:
+        for name, count in sorted(known.items()):
+            click.echo(f"{name}\t{count}")
+        return
+    table = Table(title=f"topics of {url.split('://', 1)[0]}:// and the stages of {app_spec}")
+    for column in ("topic", "partitions", "read by", "written by"):
+        table.add_column(column, justify="right" if column == "partitions" else "left")
+    edges = stages(app)
+    for name in sorted(set(known) | set(edges)):
+        read_by, written_by = edges.get(name, ([], []))
+        partitions = str(known[name]) if name in known else "(missing)"
+        table.add_row(name, partitions, ", ".join(read_by) or "-", ", ".join(written_by) or "-")
+    Console().print(table)
 
 
 @click.command()

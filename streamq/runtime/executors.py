@@ -258,7 +258,7 @@ class ProcessesExecutor(PoolExecutor):
         try:
             done, exc, outputs = await self._loop.run_in_executor(
                 pool, process_chunk, spec.fn, spec.batch, records, spec.timeout, marker,
-                spec.produces,
+                spec.produces, spec.outputs,
             )  # fmt: skip
         except BrokenProcessPool as broken:
             self._pools.replace_broken_processes(pool)

@@ -79,16 +79,17 @@ class Outbox:
     def _bound(self, spec: HandlerSpec, sink: Callable[[Message, list[Output]], None]) -> Any:
         inner = spec.invoke
         every = self.exactly_once  # an entry per input, even without outputs (see above)
+        allowed = spec.outputs
         if spec.batch:
             if spec.is_async:
 
                 async def batch_async(batch: list[Message]) -> None:
-                    sink(batch[-1], outputs_of(await inner(batch), None))
+                    sink(batch[-1], outputs_of(await inner(batch), None, allowed))
 
                 return batch_async
 
             def batch_sync(batch: list[Message]) -> None:
-                sink(batch[-1], outputs_of(inner(batch), None))
+                sink(batch[-1], outputs_of(inner(batch), None, allowed))
 
             return batch_sync
         if spec.is_async:
@@ -96,14 +97,14 @@ class Outbox:
             async def one_async(msg: Message) -> None:
                 result = await inner(msg)
                 if result is not None or every:
-                    sink(msg, outputs_of(result, msg.key))
+                    sink(msg, outputs_of(result, msg.key, allowed))
 
             return one_async
 
         def one_sync(msg: Message) -> None:
             result = inner(msg)
             if result is not None or every:
-                sink(msg, outputs_of(result, msg.key))
+                sink(msg, outputs_of(result, msg.key, allowed))
 
         return one_sync
 

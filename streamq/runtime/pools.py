@@ -109,6 +109,7 @@ def process_chunk(
     timeout: float | None = None,
     marker: str | None = None,
     produces: bool = False,
+    allowed: frozenset[str] | None = None,
 ) -> tuple[int, BaseException | None, list[list[Output]] | None]:
     """Run ``fn`` over a chunk: how many finished, what stopped it, and what each produced.
 
@@ -130,7 +131,7 @@ def process_chunk(
     outputs: list[list[Output]] | None = None
     if produces:
         outputs = []
-        invoke = _collecting(invoke, batch, outputs)
+        invoke = _collecting(invoke, batch, outputs, allowed)
     if timeout is None or marker is None:
         return (*_run_chunk(invoke, batch, records), outputs)
     with open(marker, "w") as out:  # faulthandler writes to a file descriptor
@@ -142,13 +143,16 @@ def process_chunk(
 
 
 def _collecting(
-    invoke: Callable[[Any], Any], batch: bool, outputs: list[list[Output]]
+    invoke: Callable[[Any], Any],
+    batch: bool,
+    outputs: list[list[Output]],
+    allowed: frozenset[str] | None,
 ) -> Callable[[Any], None]:
     """Encode each call's result here, so the parent gets bytes, not the user's objects."""
     from ..pipeline import outputs_of
 
     def collect(arg: Any) -> None:
-        outputs.append(outputs_of(invoke(arg), None if batch else arg.key))
+        outputs.append(outputs_of(invoke(arg), None if batch else arg.key, allowed))
 
     return collect
 

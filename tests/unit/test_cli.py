@@ -228,3 +228,18 @@ def test_help_reads_in_one_piece(command: str) -> None:
     result = streamq(*command.split(), "--help")
     assert result.returncode == 0, result.stderr
     assert b"--broker TEXT" in result.stdout and b"beats STREAMQ_BROKER" in result.stdout
+
+
+def test_topics_list_with_an_app_shows_the_pipeline_stages() -> None:
+    result = streamq("topics", "list", "--app", "examples.pipeline:app", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr.decode()
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in result.stdout.decode().splitlines()
+        if line.startswith("│")
+    }
+    assert rows["orders"][1:] == ["billing-pipeline/invoice", "-"]
+    assert rows["invoices"][1:] == ["mailer/email", "billing-pipeline/invoice"]
+    assert rows["emails"][1:] == ["-", "mailer/email"]
+    assert rows["orders.dlq"][1:] == ["-", "billing-pipeline/invoice"]
+    assert_clean_error(streamq("topics", "list", "--app", "examples.nope:app"), 2, "nope")

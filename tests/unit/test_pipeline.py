@@ -326,3 +326,21 @@ def test_the_readme_example_runs(guarantee: str) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "emails 999, audit 999, orders.dlq 1" in result.stdout
+
+
+def test_an_out_to_an_undeclared_topic_fails_the_call(memory_url: str) -> None:
+    app = make_app(memory_url)
+
+    @app.handler("orders", outputs=["invoices"], max_retries=0)
+    def typo(v: dict) -> Out:
+        return Out("invoice", v)  # not "invoices"
+
+    produce(memory_url, 1)
+    app.run(until_idle=0.3)
+    dead = records(memory_url, "orders.dlq")
+    assert len(dead) == 1
+    message = dict(dead[0][3])["streamq-error-message"].decode()
+    assert "'invoice' is not among the handler's outputs (invoices)" in message
+    assert records(memory_url, "invoice") == []
+    with pytest.raises(ConfigError, match="outputs: must be a list of topic names"):
+        app.handler("more", outputs=[""])(typo)
