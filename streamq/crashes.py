@@ -38,6 +38,7 @@ expire with the key (``dedup_ttl``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -88,6 +89,20 @@ class Suspects:
         if self.high >= self.low:
             ends.append(self.high)
         return max(ends, default=-1)
+
+    def plan_text(self, at: Callable[[int], str] = str) -> str:
+        """How a new owner goes through this: said once, when it is assigned."""
+        parts = []
+        if self.chunked:
+            parts.append(f"those in chunks of up to {CHUNK} records")
+        elif self.high >= self.low:
+            parts.append("those one at a time")
+        if self.solo:
+            ranges = ", ".join(f"{at(a)}..{at(b)}" for a, b in self.solo)
+            parts.append(f"offsets {ranges} (running when a worker died) one at a time")
+        if self.counts:
+            parts.append(f"{len(self.counts)} record(s) that were running alone one at a time")
+        return "; ".join(parts) or "nothing"
 
     def starts(self, offset: int) -> int | None:
         """How often ``offset`` was started alone by a worker that died; None: not a suspect."""

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +28,15 @@ import orjson
 
 from .credentials import Scrub
 
-__all__ = ["JsonFormatter", "RateLimit", "about", "configure", "format_of", "get_logger"]
+__all__ = [
+    "JsonFormatter",
+    "RateLimit",
+    "about",
+    "configure",
+    "format_of",
+    "get_logger",
+    "partitions_text",
+]
 
 # The extra fields that make a line about a record (and the group it belongs to).
 RECORD_FIELDS = ("group", "topic", "partition", "offset", "handler", "attempt")
@@ -81,6 +90,11 @@ def get_logger(name: str) -> logging.Logger:
         logger.addFilter(_RATE_LIMIT)
         logger.addFilter(_SCRUB)
     return logger
+
+
+def partitions_text(tps: Iterable[Any]) -> str:
+    """``orders[0], orders[3]``: partitions as log lines name them, sorted."""
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "nothing"
 
 
 def about(handler: str, msg: Any, group: str | None = None) -> dict[str, Any]:

@@ -128,6 +128,10 @@ class Backend(Protocol):
         """False while the client knows the broker is unreachable (readiness)."""
         return True
 
+    def offset_text(self, offset: int) -> str:
+        """An offset as this broker's users know it, for log lines (Redis: the entry ID)."""
+        return str(offset)
+
     @property
     def events(self) -> Counter[tuple[str, str, str]]:
         """(event, topic, partition) -> count of broker events, exported as metrics (Redis)."""

@@ -266,9 +266,10 @@ class ProcessesExecutor(PoolExecutor):
             if stack:  # the process's own deadline ended it: the handler ran past the timeout
                 msg = records[0]
                 log.warning(
-                    "handler %s ran past timeout=%ss on %s[%d]@%d: its pool process was "
+                    "handler %s ran past timeout=%ss on %s[%d]@%s: its pool process was "
                     "killed; it was at:\n%s",
-                    spec.name, spec.timeout, msg.topic, msg.partition, msg.offset, stack,
+                    spec.name, spec.timeout, msg.topic, msg.partition,
+                    self._outcomes.at(msg.offset), stack,
                     extra=about(spec.name, msg, self._group),
                 )  # fmt: skip
                 return 0, TimeoutError(

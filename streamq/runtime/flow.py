@@ -56,6 +56,7 @@ class FlowControl:
         self.paused: set[TopicPartition] = set()
         self.halted: set[TopicPartition] = set()
         self.halted_in_run: set[TopicPartition] = set()  # survives revokes: for the outcome
+        self.held: set[TopicPartition] = set()  # outputs refused by the broker (see hold)
         # partition -> (the position it is stuck at, since when; monotonic)
         self.unfetched_since: dict[TopicPartition, tuple[int, float]] = {}
         self.unfetched_told: set[TopicPartition] = set()
@@ -70,9 +71,25 @@ class FlowControl:
         self.paused.discard(tp)  # pause state never survives reassignment (C7)
         self.halted.discard(tp)
 
+    def hold(self, tps: set[TopicPartition]) -> None:
+        """Keep exactly ``tps`` paused while the broker refuses their outputs.
+
+        Their commit cannot pass the refused output, so fetching on would only pile up
+        handled records that a restart hands out again; they resume once it was delivered.
+        """
+        if not tps and not self.held:
+            return
+        released = self.held - tps
+        self.held = set(tps)
+        if tps:
+            self.pause([tp for tp in tps if tp in self._tracker.parts])
+        if released:
+            self.resume_drained()
+
     def forget(self, tp: TopicPartition) -> None:
         self.paused.discard(tp)
         self.halted.discard(tp)
+        self.held.discard(tp)
         self.unfetched_since.pop(tp, None)
         self.unfetched_told.discard(tp)
 
@@ -83,7 +100,7 @@ class FlowControl:
         ready = []
         for tp in self.paused:
             part = self._tracker.parts.get(tp)
-            if tp in self.halted or part is None:
+            if tp in self.halted or tp in self.held or part is None:
                 continue
             if part.in_flight <= s.max_in_flight // 2 and part.bytes <= s.max_in_flight_bytes // 2:
                 ready.append(tp)

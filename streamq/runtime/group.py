@@ -30,7 +30,7 @@ import asyncio
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from .. import failpoints
 from ..brokers.base import Backend, Broker, Lease, ProducerBackend
@@ -38,7 +38,7 @@ from ..crashes import CHUNK, CrashCounter, Suspects
 from ..dispatch import Dispatcher
 from ..errors import BrokerError, MemberFenced
 from ..handlers import CommitMode, HandlerSpec, Ordering
-from ..logs import get_logger
+from ..logs import get_logger, partitions_text
 from ..message import Message, TopicPartition
 from ..offsets import OffsetTracker
 from ..settings import Settings
@@ -49,7 +49,7 @@ from .executors import executors
 from .flow import FlowControl
 from .lanes import Chunk, Completion, Probe, Reporter, Unit
 from .loop import Lanes
-from .outbox import Outbox, check_exactly_once
+from .outbox import outbox_for
 from .outcome import Outcomes
 from .pools import Pools
 
@@ -61,21 +61,6 @@ log = get_logger("streamq.worker")
 # (lag may ask the broker: Redis XINFO).
 _SAMPLE_INTERVAL = 0.5
 _LAG_INTERVAL = 2.0
-
-
-def _plan_of(suspects: Suspects) -> str:
-    """How a new owner goes through what a dead one left: said once, when it is assigned."""
-    parts = []
-    if suspects.chunked:
-        parts.append(f"those in chunks of up to {CHUNK} records")
-    elif suspects.high >= suspects.low:
-        parts.append("those one at a time")
-    if suspects.solo:
-        ranges = ", ".join(f"{a}..{b}" for a, b in suspects.solo)
-        parts.append(f"offsets {ranges} (running when a worker died) one at a time")
-    if suspects.counts:
-        parts.append(f"{len(suspects.counts)} record(s) that were running alone one at a time")
-    return "; ".join(parts) or "nothing"
 
 
 class GroupRunner:
@@ -114,16 +99,8 @@ class GroupRunner:
         self._crashes = crashes
         self._suspects: dict[TopicPartition, Suspects] = {}  # poll thread
         # The rooms. The committer and this poll side share the tracker (poll thread only);
-        # the lanes hand completions back through the reporter's deque, and outputs of
-        # handlers that produce through the outbox.
-        exactly_once = settings.guarantee == "exactly_once"
-        self._outbox = (
-            Outbox(group, producer, self._tracker, exactly_once=exactly_once)
-            if exactly_once or any(s.produces for s in specs.values())
-            else None
-        )
-        if exactly_once:
-            check_exactly_once(group, specs, self._backend)
+        # lanes hand back completions through the reporter, and outputs through the outbox.
+        self._outbox = outbox_for(group, specs, self._backend, producer, self._tracker, settings)
         self._committer = Committer(
             group,
             self._backend,
@@ -143,7 +120,8 @@ class GroupRunner:
             on_critical,
             self._tracer,
             settings.traceback_limit,
-            transactional_dlq=exactly_once,
+            transactional_dlq=settings.guarantee == "exactly_once",
+            offset_text=self._backend.offset_text,
         )
         pools = pools or Pools(settings.threads, settings.processes)
         self._lanes = Lanes(
@@ -226,6 +204,8 @@ class GroupRunner:
                     self._take_sample(now)
                 self._apply_completions()
                 self._committer.maybe_commit()
+                if self._outbox is not None:
+                    self._flow.hold(self._outbox.refused)
                 if self._flow.unfetched_due() and self._flow.check_unfetched(
                     self._assigned, self._connected
                 ):
@@ -429,17 +409,18 @@ class GroupRunner:
             self._flow.assigned(tp)
         if self._crashes is not None and tps:
             found = self._crashes.load(tps)
+            at = self._backend.offset_text
             for tp, suspects in found.items():
                 log.warning(
                     "group %s: the previous owner of %s[%d] may have died handling offsets "
-                    "%d..%d; handling %s, counting crashes (crash_limit=%d)",
-                    self.group, tp.topic, tp.partition, suspects.low, suspects.high,
-                    _plan_of(suspects), self._crashes.limit,
+                    "%s..%s; handling %s, counting crashes (crash_limit=%d)",
+                    self.group, tp.topic, tp.partition, at(suspects.low), at(suspects.high),
+                    suspects.plan_text(at), self._crashes.limit,
                 )  # fmt: skip
             self._suspects.update(found)
         self.idle_since = None
         if tps:
-            log.info("group %s: assigned %s", self.group, _fmt(tps))
+            log.info("group %s: assigned %s", self.group, partitions_text(tps))
 
     def _on_revoke(self, tps: list[TopicPartition]) -> None:
         """Drain then fence: finished work is committed, unfinished work is redelivered."""
@@ -457,7 +438,7 @@ class GroupRunner:
         if self._committer.commit(sync=True, only=tps) and drained:
             self._clear_polled(tps)
         self._forget(tps)
-        log.info("group %s: revoked %s", self.group, _fmt(tps))
+        log.info("group %s: revoked %s", self.group, partitions_text(tps))
 
     def _clear_polled(self, tps: list[TopicPartition]) -> None:
         """After a graceful revoke or stop, nothing polled from ``tps`` is a crash suspect.
@@ -480,7 +461,7 @@ class GroupRunner:
         log.warning(
             "group %s: lost %s without a revoke; their uncommitted records will be redelivered",
             self.group,
-            _fmt(tps),
+            partitions_text(tps),
         )
 
     def _count_rebalance(self, event: str, tps: list[TopicPartition]) -> None:
@@ -515,7 +496,3 @@ class GroupRunner:
             self._backend.close()
         except BrokerError as exc:
             log.warning("group %s: leaving the group failed: %s", self.group, exc)
-
-
-def _fmt(tps: Iterable[TopicPartition]) -> str:
-    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in sorted(tps)) or "nothing"

@@ -35,8 +35,9 @@ from ..logs import get_logger
 from ..message import Message, TopicPartition
 from ..offsets import OffsetTracker
 from ..pipeline import Output, outputs_of
+from ..settings import Settings
 
-__all__ = ["Outbox", "check_exactly_once"]
+__all__ = ["Outbox", "check_exactly_once", "outbox_for"]
 
 log = get_logger("streamq.worker")
 
@@ -55,15 +56,23 @@ class Outbox:
     """One group member's outputs (lanes put from any thread; the rest is the poll thread's)."""
 
     def __init__(
-        self, group: str, producer: ProducerBackend, tracker: OffsetTracker, *, exactly_once: bool
+        self,
+        group: str,
+        producer: ProducerBackend,
+        tracker: OffsetTracker,
+        *,
+        exactly_once: bool,
+        offset_text: Callable[[int], str] = str,
     ) -> None:
         self._group = group
+        self._at = offset_text
         self._producer = producer
         self._tracker = tracker
         self.exactly_once = exactly_once
         self._incoming: deque[Put] = deque()  # appends and pops are atomic: no lock
         self._held: dict[TopicPartition, dict[int, _Held]] = {}
         self._taken: list[tuple[TopicPartition, int]] = []
+        self.refused: set[TopicPartition] = set()  # with an output the broker refused
 
     # -- lanes (event loop, pool threads) -------------------------------------------------------
 
@@ -148,6 +157,7 @@ class Outbox:
                 wait_futures(pending, timeout=wait)
         for tp, position in positions.items():
             held = self._held.get(tp)
+            self.refused.discard(tp)
             if not held:
                 continue
             first_open = position
@@ -157,6 +167,8 @@ class Outbox:
                     del held[offset]
                 elif offset < first_open:
                     first_open = offset
+                if entry.tries > 1 and offset in held:
+                    self.refused.add(tp)
             positions[tp] = first_open
 
     def _settled(self, tp: TopicPartition, offset: int, entry: _Held) -> bool:
@@ -170,13 +182,14 @@ class Outbox:
             elif fut.exception() is not None:
                 settled = False
                 out = entry.outputs[i]
-                if entry.tries == 1 or entry.tries % 10 == 0:
-                    log.warning(
-                        "group %s: output to %s of %s[%d]@%d was refused (%s); sending it "
-                        "again, and the commit waits for it",
-                        self._group, out.topic, tp.topic, tp.partition, offset,
+                if tp not in self.refused and (entry.tries == 1 or entry.tries % 10 == 0):
+                    log.warning(  # once per partition and commit, however many are refused
+                        "group %s: output to %s of %s[%d]@%s was refused (%s); sending it "
+                        "again; the partition pauses and its commit waits until delivered",
+                        self._group, out.topic, tp.topic, tp.partition, self._at(offset),
                         fut.exception(),
                     )  # fmt: skip
+                    self.refused.add(tp)
                 entry.tries += 1
                 sends[i] = self._producer.send(out.topic, out.value, out.key, out.headers)
         return settled
@@ -209,11 +222,35 @@ class Outbox:
         self._drain()
         for tp in tps:
             self._held.pop(tp, None)
+            self.refused.discard(tp)
 
     def waiting(self) -> int:
         """Inputs whose outputs are not yet acknowledged or committed (for idle checks)."""
         self._drain()
         return sum(len(h) for h in self._held.values())
+
+
+def outbox_for(
+    group: str,
+    specs: dict[str, HandlerSpec],
+    backend: Backend,
+    producer: ProducerBackend,
+    tracker: OffsetTracker,
+    settings: Settings,
+) -> Outbox | None:
+    """The group's outbox, if any handler may produce or the guarantee is exactly once."""
+    exactly_once = settings.guarantee == "exactly_once"
+    if exactly_once:
+        check_exactly_once(group, specs, backend)
+    elif not any(s.produces for s in specs.values()):
+        return None
+    return Outbox(
+        group,
+        producer,
+        tracker,
+        exactly_once=exactly_once,
+        offset_text=backend.offset_text,
+    )
 
 
 def check_exactly_once(group: str, specs: dict[str, HandlerSpec], backend: Backend) -> None:

@@ -53,8 +53,10 @@ class Outcomes:
         traceback_limit: int,
         *,
         transactional_dlq: bool = False,
+        offset_text: Callable[[int], str] = str,
     ) -> None:
         self._group = group
+        self.at = offset_text  # offsets in log lines as the broker's users know them (Redis IDs)
         # exactly once: the DLQ record is an output of its input, committed with its offset
         self._transactional_dlq = transactional_dlq
         self._producer = producer
@@ -80,8 +82,8 @@ class Outcomes:
         for retry in range(1, policy.max_retries + 1):
             delay = policy.delay(retry)
             log.warning(
-                "handler %s failed on %s[%d]@%d (attempt %d of %d): %s: %s; retrying in %.2fs",
-                spec.name, msg.topic, msg.partition, msg.offset, msg.attempt,
+                "handler %s failed on %s[%d]@%s (attempt %d of %d): %s: %s; retrying in %.2fs",
+                spec.name, msg.topic, msg.partition, self.at(msg.offset), msg.attempt,
                 policy.max_retries + 1, type(exc).__name__, exc, delay,
                 extra=about(spec.name, msg, self._group),
             )  # fmt: skip
@@ -122,9 +124,10 @@ class Outcomes:
                 if self.is_critical(lane, unit[0], exc):
                     return 0
                 log.warning(
-                    "batch handler %s failed on %d records of %s[%d] from offset %d "
+                    "batch handler %s failed on %d records of %s[%d] from offset %s "
                     "(attempt %d of %d): %s: %s",
-                    spec.name, len(unit), unit[0].topic, unit[0].partition, unit[0].offset,
+                    spec.name, len(unit), unit[0].topic, unit[0].partition,
+                    self.at(unit[0].offset),
                     attempt, policy.max_retries + 1, type(exc).__name__, exc,
                     extra=about(spec.name, unit[0], self._group),
                 )  # fmt: skip
@@ -150,10 +153,10 @@ class Outcomes:
         if isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling():
             raise exc  # our own cancellation (forced shutdown): let it unwind the lane
         log.critical(
-            "handler %s raised %s on %s[%d]@%d: not dead-lettering a process-critical error; "
+            "handler %s raised %s on %s[%d]@%s: not dead-lettering a process-critical error; "
             "the partition stops uncommitted, the worker stops, and the record will be "
             "redelivered on restart",
-            lane.spec.name, type(exc).__name__, msg.topic, msg.partition, msg.offset,
+            lane.spec.name, type(exc).__name__, msg.topic, msg.partition, self.at(msg.offset),
             extra=about(lane.spec.name, msg, self._group),
         )  # fmt: skip
         self._on_critical(exc)
@@ -167,17 +170,18 @@ class Outcomes:
         if spec.dlq_limit is not None and run > spec.dlq_limit:
             log.error(
                 "handler %s: %d records of %s[%d] in a row went to the DLQ (dlq_limit=%d); "
-                "halting the partition at offset %d instead of dead-lettering more, which "
+                "halting the partition at offset %s instead of dead-lettering more, which "
                 "looks like a bad deploy rather than bad data",
-                spec.name, run - 1, msg.topic, msg.partition, spec.dlq_limit, msg.offset,
+                spec.name, run - 1, msg.topic, msg.partition, spec.dlq_limit,
+                self.at(msg.offset),
                 extra=about(spec.name, msg, self._group),
             )  # fmt: skip
             return False
         if spec.dlq_topic is None:
             log.error(
-                "handler %s gave up on %s[%d]@%d (%s: %s) and dlq=False: partition %d halts "
+                "handler %s gave up on %s[%d]@%s (%s: %s) and dlq=False: partition %d halts "
                 "here uncommitted until the worker restarts",
-                spec.name, msg.topic, msg.partition, msg.offset, type(exc).__name__, exc,
+                spec.name, msg.topic, msg.partition, self.at(msg.offset), type(exc).__name__, exc,
                 msg.partition, extra=about(spec.name, msg, self._group),
             )  # fmt: skip
             return False
@@ -199,8 +203,8 @@ class Outcomes:
         level = logging.INFO if isinstance(exc, Reject) else logging.WARNING
         log.log(
             level,
-            "handler %s: dead-lettered %s[%d]@%d to %s after %d attempt(s): %s: %s",
-            spec.name, msg.topic, msg.partition, msg.offset, spec.dlq_topic, msg.attempt,
+            "handler %s: dead-lettered %s[%d]@%s to %s after %d attempt(s): %s: %s",
+            spec.name, msg.topic, msg.partition, self.at(msg.offset), spec.dlq_topic, msg.attempt,
             type(exc).__name__, exc, extra=about(spec.name, msg, self._group),
         )  # fmt: skip
         return True
@@ -228,9 +232,9 @@ class Outcomes:
                 return True
             except Exception as dlq_exc:
                 log.warning(  # not about(): a DLQ outage repeats this, so it is rate-limited
-                    "DLQ write to %s for %s[%d]@%d failed (%s); the partition waits and "
+                    "DLQ write to %s for %s[%d]@%s failed (%s); the partition waits and "
                     "retries in %.1fs",
-                    topic, msg.topic, msg.partition, msg.offset, dlq_exc, delay,
+                    topic, msg.topic, msg.partition, self.at(msg.offset), dlq_exc, delay,
                 )  # fmt: skip
                 if not await self.sleep(lane, delay):
                     return False

@@ -14,56 +14,34 @@ import orjson
 import pytest
 
 from streamq.errors import EXIT_CRITICAL, UnknownTopicOrPartition
-from tests.integration.helpers import app_env, read_ledger, start_worker, unique
+from tests.integration.helpers import app_env, app_spec, read_ledger, start_worker, unique
 
 from .invariants import check_run
 from .observer import check_commits, observe
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
-APP = """
-import asyncio, os, time
-import streamq
-
-LEDGER = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-RAISE = {{"SystemExit": SystemExit(), "KeyboardInterrupt": KeyboardInterrupt(),
-          "CancelledError": asyncio.CancelledError(), "MemoryError": MemoryError(),
-          "": None}}[os.environ["RAISE"]]
-app = streamq.App(os.environ["GROUP"], broker=os.environ["BROKER"], poll_timeout=0.05,
-                  commit_interval=0.2, lease_ttl=3, kafka={kafka!r})
-
-@app.handler(os.environ["TOPIC"], max_retries=3, retry_backoff=0.01)
-def handle(value: dict, msg: streamq.Message) -> None:
-    coords = f"{{msg.partition}} {{msg.offset}} {{value['k']}} {{value['i']}}"
-    os.write(LEDGER, f"S {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
-    if value["i"] == {victim} and RAISE is not None:
-        raise RAISE
-    os.write(LEDGER, f"E {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
-"""
-
 VICTIM = 60
 KINDS = ("SystemExit", "KeyboardInterrupt", "CancelledError", "MemoryError")
+CRITICAL_APP = app_spec("critical", victim=VICTIM)  # tests/apps/critical.py
 
 
 def test_process_critical_errors_stop_the_worker_and_lose_nothing(broker, tmp_path: Path) -> None:
-    from tests.integration.helpers import FAST_GROUP
-
     topic = broker.topic(2)
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(200)]
     coords = broker.produce(topic, records)
     group, ledger = unique("a8"), tmp_path / "ledger"
-    (tmp_path / "a8_app.py").write_text(APP.format(kafka=FAST_GROUP, victim=VICTIM))
     env = app_env(broker.url, topic, group, ledger)
     with observe(broker, topic, group) as observer:
         for kind in KINDS:
-            worker = start_worker(tmp_path, "a8_app:app", {**env, "RAISE": kind})
+            worker = start_worker(tmp_path, CRITICAL_APP, {**env, "RAISE": kind})
             code, out = worker.finish(120)
             assert code == EXIT_CRITICAL, f"{kind}: exit {code}\n{out[-3000:]}"
             assert f"a handler raised {kind}" in out and "Traceback" not in out, out[-3000:]
             tries = [e for e in read_ledger(ledger, "S") if e.id == VICTIM]
             assert tries and tries[-1].pid == worker.pid, f"{kind}: the record was not reached"
             assert len([e for e in tries if e.pid == worker.pid]) == 1, f"{kind} was retried"
-        code, out = start_worker(tmp_path, "a8_app:app", {**env, "RAISE": ""},
+        code, out = start_worker(tmp_path, CRITICAL_APP, {**env, "RAISE": ""},
                                  "--until-idle", "2").finish(120)  # fmt: skip
         assert code == 0, out[-3000:]
 

@@ -19,11 +19,11 @@ import redis
 from tests.conftest import Broker, RedisServer, free_port
 from tests.integration.helpers import (
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -51,7 +51,7 @@ def _run(broker: Broker, store: RedisServer, tmp_path: Path) -> None:
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(TOTAL)]
     broker.produce(topic, records)
     group, ledger = unique("c8"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"lease_ttl": 3})
+    spec = ledger_app(extra={"lease_ttl": 3})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.002", DEDUP=store.url)
     assert store.proc is not None
     with observe(broker, topic, group) as observer:

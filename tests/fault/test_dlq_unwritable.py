@@ -22,11 +22,11 @@ import pytest
 from tests.conftest import Broker, own_kafka
 from tests.integration.helpers import (
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -87,7 +87,7 @@ def test_the_partition_waits_at_a_poison_record_until_the_dlq_can_be_written(
     group, ledger = unique("c9"), tmp_path / "ledger"
     # a missing topic fails a produce after 1 s instead of librdkafka's 30 s
     kafka = {"topic.metadata.propagation.max.ms": 1000}
-    spec = write_app(tmp_path, extra={"lease_ttl": 3}, kafka=kafka)
+    spec = ledger_app(extra={"lease_ttl": 3}, kafka=kafka)
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.001")
     with observe(broker, topic, group) as observer:
         worker = start_worker(tmp_path, spec, env)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -22,8 +21,8 @@ import pytest
 
 from streamq.runtime.executors import INLINE_SLICE
 from tests.integration.helpers import (
-    FAST_GROUP,
     app_env,
+    app_spec,
     read_ledger,
     start_worker,
     unique,
@@ -39,40 +38,8 @@ N = 20_000
 PARTITIONS = 4
 MAX_RETRIES = 3
 
-APP = """
-import os, time
-import pydantic
-import streamq
-
-LEDGER = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-SLEEP = float(os.environ.get("HANDLER_SLEEP", "0"))
-
-
-class Order(pydantic.BaseModel):
-    i: int
-    k: str
-    mode: str
-
-
-app = streamq.App(
-    os.environ["GROUP"], broker=os.environ["BROKER"], kafka={kafka!r}, revoke_timeout=3,
-    poll_timeout=0.05, commit_interval=0.2, lease_ttl=3, max_poll_records=200,
-)
-
-
-@app.handler(os.environ["TOPIC"], max_retries={retries}, retry_backoff=0.001,
-             retry_backoff_max=0.004, dedup=os.environ.get("DEDUP") or None)
-def handle(order: Order, msg: streamq.Message) -> None:
-    coords = f"{{msg.partition}} {{msg.offset}} {{order.k}} {{order.i}}"
-    os.write(LEDGER, f"S {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
-    if order.mode == "always":
-        raise RuntimeError(f"order {{order.i}} always fails")
-    if order.mode == "twice" and msg.attempt <= 2:
-        raise ConnectionError(f"order {{order.i}}: transient failure {{msg.attempt}}")
-    if SLEEP:
-        time.sleep(SLEEP)
-    os.write(LEDGER, f"E {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
-"""
+# The app: tests/apps/mixed.py (records that always fail, fail twice, or are fine).
+MIXED_APP = app_spec("mixed", max_retries=MAX_RETRIES)
 
 
 def mixed_log() -> tuple[list[tuple[int, bytes]], dict[int, bytes]]:
@@ -92,12 +59,6 @@ def mixed_log() -> tuple[list[tuple[int, bytes]], dict[int, bytes]]:
             value = orjson.dumps({"i": i, "k": k, "mode": "ok"})
         records.append((i, value))
     return records, poison
-
-
-def write_app(where: Path) -> str:
-    text = APP.format(kafka=FAST_GROUP, retries=MAX_RETRIES)
-    (where / "mixed_app.py").write_text(textwrap.dedent(text))
-    return "mixed_app:app"
 
 
 def check_dlq(broker, topic: str, coords: dict, poison: dict[int, bytes]) -> None:
@@ -123,7 +84,7 @@ def test_mixed_log_single_worker(broker, tmp_path: Path) -> None:
     env = app_env(broker.url, topic, group, ledger)
 
     with observe(broker, topic, group, PARTITIONS) as observer:
-        worker = start_worker(tmp_path, write_app(tmp_path), env, "--until-idle", "2")
+        worker = start_worker(tmp_path, MIXED_APP, env, "--until-idle", "2")
         code, out = worker.finish(300)
     assert code == 0, out
 
@@ -166,7 +127,7 @@ def test_workers_2_sigkilled_then_restarted_with_redis_dedup(broker, tmp_path: P
     topic = broker.topic(PARTITIONS)
     coords = broker.produce(topic, records)
     group, ledger = unique("done-w2"), tmp_path / "ledger"
-    spec = write_app(tmp_path)
+    spec = MIXED_APP
     env = app_env(broker.url, topic, group, ledger, DEDUP=broker.dedup_url,
                   HANDLER_SLEEP="0.0003")  # fmt: skip
 

@@ -13,7 +13,6 @@ and the crash could not lose anything.
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import orjson
@@ -21,14 +20,12 @@ import pytest
 
 from streamq import IMPLEMENTATION
 from tests.integration.helpers import (
-    APP_TEMPLATE,
-    FAST_GROUP,
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -54,7 +51,7 @@ def test_a_crash_at_each_failpoint_loses_nothing(
     poison = [(1000 + j, b"not json") for j in range(3)]
     coords = broker.produce(topic, good[:200] + poison + good[200:])
     group, ledger = unique("fp"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"lease_ttl": 3, "max_poll_records": 50})
+    spec = ledger_app(extra={"lease_ttl": 3, "max_poll_records": 50})
     # 4 ms a record: the crash must land while work is left, also on a machine so busy that
     # the poll thread's commits fall behind the handlers (at 1 ms, all 400 were handled
     # before the second commit once, with CI's two test passes side by side)
@@ -91,13 +88,7 @@ def test_a_crash_inside_a_revoke_before_its_commit_loses_nothing(broker, tmp_pat
     broker.produce(topic, records)
     group, ledger = unique("fp-revoke"), tmp_path / "ledger"
     # steady-state commits every 30 s: the revoke's commit is the one that matters
-    app = APP_TEMPLATE.replace("commit_interval=0.2", "commit_interval=30")
-    assert app != APP_TEMPLATE
-    extra = {"lease_ttl": 3, "max_poll_records": 50}
-    (tmp_path / "revoke_app.py").write_text(
-        textwrap.dedent(app.format(kafka=FAST_GROUP, extra=extra))
-    )
-    spec = "revoke_app:app"
+    spec = ledger_app(extra={"lease_ttl": 3, "max_poll_records": 50, "commit_interval": 30})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.002")
     with observe(broker, topic, group, 4) as observer:
         first = start_worker(tmp_path, spec, {**env, "STREAMQ_FAILPOINTS": "in_revoke:exit@1"})

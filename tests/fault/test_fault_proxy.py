@@ -34,11 +34,11 @@ from streamq.testing.kafka import BASE_SETTINGS
 from tests.conftest import Broker, free_port, own_kafka
 from tests.integration.helpers import (
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -93,7 +93,7 @@ def test_blackhole_then_reset_then_restore_loses_nothing_and_commits_resume(
     topic = broker.topic(2)
     group, ledger = unique("c4"), tmp_path / "ledger"
     coords = broker.produce(topic, _records(0, 200))
-    spec = write_app(tmp_path, extra={"lease_ttl": 3})
+    spec = ledger_app(extra={"lease_ttl": 3})
     env = app_env(proxied.worker_url, topic, group, ledger, HANDLER_SLEEP="0.01")
     during: dict[int, tuple[int, int]] = {}
 
@@ -150,7 +150,7 @@ def test_a_lost_xreadgroup_reply_is_re_read_from_the_members_own_pel(
     topic = broker.topic(1)
     group, ledger = unique("c7"), tmp_path / "ledger"
     with FaultProxy(redis_server.port) as proxy:
-        spec = write_app(tmp_path, extra={"lease_ttl": 3})
+        spec = ledger_app(extra={"lease_ttl": 3})
         env = app_env(f"redis://127.0.0.1:{proxy.port}/0", topic, group, ledger)
         worker = start_worker(tmp_path, spec, env)
         try:

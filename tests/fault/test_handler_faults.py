@@ -1,8 +1,8 @@
 """D3, D4, D6, D7: handlers that fail, hang, or fail for everything, on Kafka and Redis.
 
-Each case writes a small app of its own whose handler keeps the ledger format (``S`` at the
-start, ``E`` at the end) and adds an ``F`` line for every attempt that raised, so the fault is
-read back from the ledger before any invariant is checked.
+Each case runs its own handler of tests/apps/faulty.py, which keeps the ledger format (``S``
+at the start, ``E`` at the end) and adds an ``F`` line for every attempt that raised, so the
+fault is read back from the ledger before any invariant is checked.
 
 - D3: ``ordering="key"``; one record (N) raises on every attempt with a fixed 3 s backoff while
   the other keys of its partition run ahead; the worker is SIGKILLed right after one of N's
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -35,9 +34,10 @@ import pytest
 from streamq.errors import EXIT_HALTED
 from tests.conftest import Broker
 from tests.integration.helpers import (
-    FAST_GROUP,
+    AppSpec,
     Entry,
     app_env,
+    app_spec,
     read_ledger,
     start_worker,
     unique,
@@ -49,84 +49,10 @@ from .observer import Sample, check_commits, observe
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
-PRELUDE = """
-import os, time
-import streamq
 
-LEDGER = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-SLEEP = float(os.environ.get("HANDLER_SLEEP", "0"))
-TARGET = int(os.environ.get("TARGET", "-1"))  # the record the fault is about
-FAULT = os.environ.get("FAULT") == "1"  # unset: the fixed deploy
-
-
-def line(kind, msg, value, ns=None):
-    coords = f"{{msg.partition}} {{msg.offset}} {{value['k']}} {{value['i']}}"
-    stamp = ns or time.monotonic_ns()
-    os.write(LEDGER, f"{{kind}} {{os.getpid()}} {{coords}} {{stamp}}\\n".encode())
-
-
-app = streamq.App(
-    os.environ["GROUP"], broker=os.environ["BROKER"], kafka={kafka!r}, revoke_timeout=3,
-    poll_timeout=0.05, commit_interval=0.2, lease_ttl=3, **{extra!r},
-)
-"""
-
-D3_HANDLER = """
-@app.handler(os.environ["TOPIC"], ordering="key", max_retries=1000, retry_backoff=3,
-             retry_backoff_max=3, retry_jitter=False)
-def handle(value: dict, msg: streamq.Message) -> None:
-    line("S", msg, value)
-    if FAULT and value["i"] == TARGET:
-        line("F", msg, value)
-        raise RuntimeError(f"record {value['i']} keeps failing")
-    if SLEEP:
-        time.sleep(SLEEP)
-    line("E", msg, value)
-"""
-
-D4_HANDLER = """
-@app.handler(os.environ["TOPIC"], executor="processes", timeout=2, max_retries=1,
-             retry_backoff=0.2)
-def handle(value: dict, msg: streamq.Message) -> None:
-    line("S", msg, value)
-    if value["i"] == TARGET:
-        time.sleep(3600)
-    if SLEEP:
-        time.sleep(SLEEP)
-    line("E", msg, value)
-"""
-
-D6_HANDLER = """
-@app.handler(os.environ["TOPIC"], batch=True, max_batch=50, max_retries=2, retry_backoff=1,
-             retry_jitter=False)
-def handle(batch: list[streamq.Message]) -> None:
-    now = time.monotonic_ns()  # one stamp per call: the S lines of a call share it
-    values = [m.json() for m in batch]
-    for m, v in zip(batch, values):
-        line("S", m, v, now)
-    if any(v["i"] == TARGET for v in values):
-        for m, v in zip(batch, values):
-            line("F", m, v, now)
-        raise ValueError(f"a batch holding record {TARGET}")
-    for m, v in zip(batch, values):
-        line("E", m, v)
-"""
-
-D7_HANDLER = """
-@app.handler(os.environ["TOPIC"], max_retries=0, dlq_limit=3)
-def handle(value: dict, msg: streamq.Message) -> None:
-    line("S", msg, value)
-    if FAULT:
-        line("F", msg, value)
-        raise RuntimeError("bad deploy: every record fails")
-    line("E", msg, value)
-"""
-
-
-def _app(where: Path, handler: str, extra: dict | None = None) -> str:
-    prelude = PRELUDE.format(kafka=FAST_GROUP, extra=extra or {})
-    (where / "faulty_app.py").write_text(textwrap.dedent(prelude) + textwrap.dedent(handler))
-    return "faulty_app:app"
+def _app(case: str, extra: dict | None = None) -> AppSpec:
+    """tests/apps/faulty.py with the handler of ``case`` (d3, d4, d6 or d7)."""
+    return app_spec("faulty", case=case, extra=extra or {})
 
 
 def _records(n: int) -> list[tuple[int, bytes]]:
@@ -163,7 +89,7 @@ def test_d3_key_lane_killed_in_a_backoff_never_commits_past_it(
     n = 40  # key k0, its third record
     partition, n_off = coords[n]
     group, ledger = unique("d3"), tmp_path / "ledger"
-    spec = _app(tmp_path, D3_HANDLER)
+    spec = _app("d3")
     env = app_env(broker.url, topic, group, ledger, TARGET=str(n), HANDLER_SLEEP="0.002")
     later_other_keys = {i for i, _ in records if i > n and i % 20 != n % 20}
     with observe(broker, topic, group, partitions=1) as observer:
@@ -213,7 +139,7 @@ def test_d4_hung_pool_process_is_killed_and_the_other_partition_flows(
     coords = broker.produce(topic, records)
     hung = sorted((off, i) for i, (p, off) in coords.items() if p == 0)[5][1]
     group, ledger = unique("d4"), tmp_path / "ledger"
-    spec = _app(tmp_path, D4_HANDLER, extra={"processes": 2})
+    spec = _app("d4", extra={"processes": 2})
     env = app_env(broker.url, topic, group, ledger, TARGET=str(hung), HANDLER_SLEEP="0.01")
     with observe(broker, topic, group) as observer:
         worker = start_worker(tmp_path, spec, env)
@@ -263,7 +189,7 @@ def test_d6_batch_with_a_poison_dead_letters_only_the_poison(
     poison = 217
     poison_p, poison_off = coords[poison]
     group, ledger = unique("d6"), tmp_path / "ledger"
-    spec = _app(tmp_path, D6_HANDLER)
+    spec = _app("d6")
     env = app_env(broker.url, topic, group, ledger, TARGET=str(poison))
     with observe(broker, topic, group) as observer:
         code, out = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(180)
@@ -310,7 +236,7 @@ def test_d7_everything_failing_halts_at_the_dlq_limit_and_skips_nothing(
     dead_expected = {(p, off) for p in by_partition for off, _ in by_partition[p][:limit]}
     halt_at = {p: by_partition[p][limit][0] for p in by_partition}  # first not dead-lettered
     group, ledger = unique("d7"), tmp_path / "ledger"
-    spec = _app(tmp_path, D7_HANDLER)
+    spec = _app("d7")
     env = app_env(broker.url, topic, group, ledger)
     with observe(broker, topic, group) as observer:
         worker = start_worker(tmp_path, spec, {**env, "FAULT": "1"})

@@ -22,11 +22,11 @@ from tests.conftest import Broker, free_port
 from tests.integration.helpers import (
     app_env,
     kafka_committed,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 from tests.integration.test_observability import get
 
@@ -56,7 +56,7 @@ def test_broker_killed_and_restarted_then_frozen_loses_nothing(
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(TOTAL)]
     kafka.produce(topic, records)
     group, ledger, port = unique("outage"), tmp_path / "ledger", free_port()
-    spec = write_app(tmp_path)
+    spec = ledger_app()
     env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.004")
     observer = observe(kafka, topic, group).start()
     worker = start_worker(tmp_path, spec, env, "--metrics-port", str(port))

@@ -21,11 +21,11 @@ import streamq
 from tests.conftest import Broker
 from tests.integration.helpers import (
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -70,7 +70,7 @@ def test_partition_leader_killed_mid_run_loses_nothing(kafka_cluster3, tmp_path:
     kafka = Broker("kafka", kafka_cluster3.url, "")
     topic = kafka.topic(4)
     group, ledger = unique("leader"), tmp_path / "ledger"
-    spec = write_app(tmp_path)
+    spec = ledger_app()
     observer = observe(kafka, topic, group, 4).start()
     worker = start_worker(tmp_path, spec, app_env(kafka.url, topic, group, ledger))
     feeder = Feeder(kafka.url, topic)

@@ -24,11 +24,11 @@ from tests.integration.helpers import (
     KIP848,
     app_env,
     kafka_committed,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -70,7 +70,7 @@ def test_partitions_moved_while_paused_are_drained(
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 40}"})) for i in range(TOTAL)]
     broker.produce(topic, records)
     group, ledger = unique("churn"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"max_in_flight": 64, "max_poll_records": 100})
+    spec = ledger_app(extra={"max_in_flight": 64, "max_poll_records": 100})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.001", DEDUP=broker.dedup_url)
     observer = observe(broker, topic, group, 4).start()
     run = start_worker(tmp_path, spec, env, "--workers", "2", "--until-idle", "5")

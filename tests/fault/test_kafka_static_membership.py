@@ -31,11 +31,11 @@ from tests.integration.helpers import (
     Entry,
     app_env,
     group_settings,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -73,7 +73,7 @@ def test_a_static_member_restarted_in_time_gets_its_partitions_without_a_rebalan
     kafka.produce(topic, records)
     group, ledger = unique("static"), tmp_path / "ledger"
     # 30 s (KIP-848: the broker's 6 s): the restart below takes a few seconds
-    spec = write_app(tmp_path, kafka=group_settings(30000))
+    spec = ledger_app(kafka=group_settings(30000))
     env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.003")
     first = start_worker(tmp_path, spec, {**env, "STREAMQ_INSTANCE_ID": "member-a"})
     other = start_worker(tmp_path, spec, {**env, "STREAMQ_INSTANCE_ID": "member-b"})
@@ -115,7 +115,7 @@ def test_a_second_process_with_the_same_instance_id_is_fenced(kafka, tmp_path: P
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(2000)]
     kafka.produce(topic, records)
     group, ledger = unique("twin"), tmp_path / "ledger"
-    spec = write_app(tmp_path, kafka=group_settings(30000))
+    spec = ledger_app(kafka=group_settings(30000))
     env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.004",
                   STREAMQ_INSTANCE_ID="the-one")  # fmt: skip
     first = start_worker(tmp_path, spec, env)

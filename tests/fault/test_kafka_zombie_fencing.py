@@ -20,11 +20,11 @@ import pytest
 
 from tests.integration.helpers import (
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 from tests.integration.helpers import (
     kafka_committed as committed,
@@ -46,7 +46,7 @@ def test_a_member_frozen_past_its_session_is_fenced_when_it_wakes(
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(3000)]
     kafka.produce(topic, records)
     group, ledger = unique("zombie"), tmp_path / "ledger"
-    spec = write_app(tmp_path)  # session.timeout.ms=6000
+    spec = ledger_app()  # session.timeout.ms=6000
     env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.02")
     observer = observe(kafka, topic, group).start()
     zombie = start_worker(tmp_path, spec, env)

@@ -22,11 +22,11 @@ from streamq import IMPLEMENTATION
 from streamq.runtime.executors import INLINE_SLICE
 from tests.integration.helpers import (
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -41,7 +41,7 @@ def test_sigkill_mid_batch_then_restart(broker, dedup: bool, tmp_path: Path) -> 
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(1500)]
     broker.produce(topic, records)
     group, ledger = unique("a1"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"lease_ttl": 3, "max_poll_records": 100})
+    spec = ledger_app(extra={"lease_ttl": 3, "max_poll_records": 100})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.002",
                   DEDUP=broker.dedup_url if dedup else "")  # fmt: skip
     with observe(broker, topic, group) as observer:

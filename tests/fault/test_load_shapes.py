@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import signal
 import statistics
-import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -45,17 +44,18 @@ import pytest
 import streamq
 from tests.conftest import Broker, free_port
 from tests.integration.helpers import (
-    FAST_GROUP,
+    AppSpec,
     Entry,
     Scrape,
     Worker,
     app_env,
+    app_spec,
     check_per_key_order,
     duplicates,
+    ledger_app,
     read_ledger,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -150,7 +150,7 @@ def _drained(port: int, ledger: Path, partitions: int, total: int) -> bool:
 def _drain(
     broker: Broker,
     tmp_path: Path,
-    spec: str,
+    spec: AppSpec,
     topic: str,
     partitions: int,
     warmup: list[Item],
@@ -265,7 +265,7 @@ def test_a_backlog_behind_a_slow_handler_is_paused_bounded_and_drained(
                for i in range(4, 4 + F1_RECORDS)]  # fmt: skip
     total = len(warmup) + len(records)
     backlog = sum(len(v) for _, v in records)
-    spec = write_app(tmp_path, extra={"lease_ttl": 3, **F1_CAPS})
+    spec = ledger_app(extra={"lease_ttl": 3, **F1_CAPS})
     drain, _ = _drain(broker, tmp_path, spec, topic, 4, warmup,
                       lambda: broker.produce(topic, records), total,
                       HANDLER_SLEEP="0.002")  # fmt: skip
@@ -307,7 +307,7 @@ def test_sixty_four_partitions_on_one_worker_stay_bounded_and_ordered(
              for n in range(F3_PARTITIONS, F3_PARTITIONS * (1 + F3_PER_PARTITION))]  # fmt: skip
     total = len(warmup) + len(items)
     backlog = sum(len(v) for *_, v in items)
-    spec = write_app(tmp_path, extra={"lease_ttl": 3, **F3_CAPS})
+    spec = ledger_app(extra={"lease_ttl": 3, **F3_CAPS})
     drain, (coords, _) = _drain(
         broker, tmp_path, spec, topic, F3_PARTITIONS, warmup,
         lambda: _send(broker.url, topic, items), total, HANDLER_SLEEP="0.0005",
@@ -332,31 +332,7 @@ def test_sixty_four_partitions_on_one_worker_stay_bounded_and_ordered(
 
 # -- F5 ----------------------------------------------------------------------------------------
 
-HOT_APP = """
-import os, time
-import streamq
-
-LEDGER = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-SLEEP = float(os.environ["HANDLER_SLEEP"])
-
-app = streamq.App(
-    os.environ["GROUP"],
-    broker=os.environ["BROKER"],
-    kafka={kafka!r},
-    revoke_timeout=3,
-    poll_timeout=0.05,
-    commit_interval=0.2,
-    lease_ttl=3,
-)
-
-@app.handler(os.environ["TOPIC"], ordering="key")
-def handle(value: dict, msg: streamq.Message) -> None:
-    coords = f"{{msg.partition}} {{msg.offset}} {{value['k']}} {{value['i']}}"
-    os.write(LEDGER, f"S {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
-    time.sleep(SLEEP)
-    os.write(LEDGER, f"E {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
-"""
-
+HOT_APP = app_spec("hot_key")  # tests/apps/hot_key.py: a sync key-ordered handler
 HOT_RECORDS = 3600
 COLD_KEYS = 40
 COLD_PER_KEY = 10
@@ -369,8 +345,7 @@ def test_a_hot_key_does_not_starve_the_other_keys(broker: Broker, tmp_path: Path
     items = [_record(i, "hot", pad="") for i in range(HOT_RECORDS)]
     items += [_record(HOT_RECORDS + n, f"c{n % COLD_KEYS}", pad="")
               for n in range(COLD_KEYS * COLD_PER_KEY)]  # fmt: skip
-    (tmp_path / "hot_app.py").write_text(textwrap.dedent(HOT_APP.format(kafka=FAST_GROUP)))
-    drain, (coords, sent) = _drain(broker, tmp_path, "hot_app:app", topic, 2, [],
+    drain, (coords, sent) = _drain(broker, tmp_path, HOT_APP, topic, 2, [],
                                    lambda: _send(broker.url, topic, items), len(items),
                                    HANDLER_SLEEP="0.002")  # fmt: skip
 

@@ -16,11 +16,11 @@ import pytest
 
 from tests.integration.helpers import (
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -36,7 +36,7 @@ def test_members_join_one_by_one_then_leave_with_a_backlog(broker, tmp_path: Pat
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 60}"})) for i in range(TOTAL)]
     broker.produce(topic, records)
     group, ledger = unique("b1"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"lease_ttl": 3})
+    spec = ledger_app(extra={"lease_ttl": 3})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.003")
 
     def pids() -> set[int]:

@@ -34,7 +34,6 @@ partition waits at the poison, uncommitted, retrying, for as long as the worker 
 from __future__ import annotations
 
 import json
-import textwrap
 import threading
 import time
 import uuid
@@ -51,9 +50,10 @@ from streamq.brokers.view import read_topic
 from streamq.settings import load_settings
 from tests.conftest import Broker, free_port, own_kafka
 from tests.integration.helpers import (
-    FAST_GROUP,
+    AppSpec,
     Scrape,
     app_env,
+    app_spec,
     read_ledger,
     start_worker,
     unique,
@@ -67,54 +67,11 @@ pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
 MAX_RETRIES = 1
 
-# The ledger app of tests/integration/helpers.py, plus: a side file where the handler writes
-# what it saw of each record (key, headers, timestamp, size); ids that raise; one id whose
-# handler waits for a release file, so the test can look at the worker meanwhile.
-APP = """
-import json, os, time
-import streamq
 
-LEDGER = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-SEEN = os.open(os.environ["SEEN"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-FAIL = {{int(i) for i in os.environ.get("FAIL_IDS", "").split(",") if i}}
-ERROR_BYTES = int(os.environ.get("ERROR_BYTES", "16"))
-HOLD_ID = int(os.environ.get("HOLD_ID", "-1"))
-HOLD_ATTEMPT = int(os.environ.get("HOLD_ATTEMPT", "1"))
-RELEASE = os.environ.get("RELEASE", "")
-
-app = streamq.App(
-    os.environ["GROUP"], broker=os.environ["BROKER"], kafka={kafka!r}, revoke_timeout=3,
-    poll_timeout=0.05, commit_interval=0.2, lease_ttl=3, **{extra!r}
-)
-
-@app.handler(os.environ["TOPIC"], max_retries={retries}, retry_backoff=0.05)
-def handle(value: dict, msg: streamq.Message) -> None:
-    i = value["i"]
-    coords = f"{{msg.partition}} {{msg.offset}} {{value['k']}} {{i}}"
-    os.write(LEDGER, f"S {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
-    error = f"record {{i}} is poison: " + "z" * ERROR_BYTES if i in FAIL else None
-    seen = {{
-        "i": i, "attempt": msg.attempt, "timestamp": msg.timestamp, "size": len(msg.value),
-        "key": None if msg.key is None else msg.key.hex(),
-        "headers": [[name, v.hex()] for name, v in msg.raw_headers or ()],
-        "error_bytes": None if error is None else len(error),
-    }}
-    os.write(SEEN, (json.dumps(seen) + "\\n").encode())
-    if i == HOLD_ID and msg.attempt == HOLD_ATTEMPT:
-        deadline = time.monotonic() + 120
-        while not os.path.exists(RELEASE) and time.monotonic() < deadline:
-            time.sleep(0.05)
-    if error is not None:
-        raise ValueError(error)
-    os.write(LEDGER, f"E {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
-"""
-
-
-def _write_app(where: Path, kafka: dict | None = None, extra: dict | None = None) -> str:
-    text = APP.format(kafka={**FAST_GROUP, **(kafka or {})}, extra=extra or {},
-                      retries=MAX_RETRIES)  # fmt: skip
-    (where / "odd_app.py").write_text(textwrap.dedent(text))
-    return "odd_app:app"
+def _app(extra: dict | None = None) -> AppSpec:
+    """tests/apps/oddities.py: the ledger app, plus a side file where the handler writes what
+    it saw of each record; ids that raise; one id whose handler waits for a release file."""
+    return app_spec("oddities", extra=extra or {}, max_retries=MAX_RETRIES)
 
 
 def _env(broker: Broker, topic: str, group: str, tmp_path: Path, **more: str) -> dict[str, str]:
@@ -197,7 +154,7 @@ def test_odd_keys_headers_and_timestamps_are_handled_or_dead_lettered_byte_exact
             assert stored[i].timestamp == ts, f"id {i}: timestamp {stored[i].timestamp}"
 
     group, ledger = unique("e4"), tmp_path / "ledger"
-    spec = _write_app(tmp_path)
+    spec = _app()
     env = _env(broker, topic, group, tmp_path, FAIL_IDS=",".join(map(str, sorted(RAISES))))
     with observe(broker, topic, group) as observer:
         code, out = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(120)
@@ -317,7 +274,7 @@ def test_a_5mb_record_passes_1mb_in_flight_caps_alone_and_in_order(
 
     group, ledger = unique("e5"), tmp_path / "ledger"
     caps = {"max_in_flight_bytes": CAP, "worker_max_in_flight_bytes": CAP}
-    spec = _write_app(tmp_path, extra=caps)
+    spec = _app(extra=caps)
     env = _env(broker, topic, group, tmp_path, HOLD_ID=str(big_id))
     port = free_port()
     with observe(broker, topic, group) as observer:
@@ -428,7 +385,7 @@ def test_a_near_limit_poison_with_a_huge_error_reaches_the_dlq_or_waits(
 
     good = {i for i, _ in records} - {poison}
     group, ledger = unique("e6"), tmp_path / "ledger"
-    spec = _write_app(tmp_path)
+    spec = _app()
     # the poison's last attempt waits for the test, which looks at the commits meanwhile
     env = _env(broker, topic, group, tmp_path, FAIL_IDS=str(poison), ERROR_BYTES=str(ERROR_BYTES),
                HOLD_ID=str(poison), HOLD_ATTEMPT=str(MAX_RETRIES + 1))  # fmt: skip

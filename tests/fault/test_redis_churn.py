@@ -29,11 +29,11 @@ import redis
 from tests.conftest import Broker
 from tests.integration.helpers import (
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_leases, check_run
@@ -77,7 +77,7 @@ def test_members_racing_for_leases_and_churning_under_back_pressure(
     broker = Broker("redis", redis_server.url, redis_server.url)
     topic = broker.topic(PARTITIONS)
     group, ledger = unique("b3"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"lease_ttl": 3, "max_in_flight": 64,
+    spec = ledger_app(extra={"lease_ttl": 3, "max_in_flight": 64,
                                       "max_poll_records": 100})  # fmt: skip
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.002")
     rng = random.Random(SEED)

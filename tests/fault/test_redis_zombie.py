@@ -22,11 +22,11 @@ from streamq.brokers.redis.entries import id_to_offset
 from tests.conftest import Broker
 from tests.integration.helpers import (
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -43,7 +43,7 @@ def test_a_zombies_acks_are_refused_after_its_heir_died_unhandled(
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(400)]
     broker.produce(topic, records)
     group, ledger = unique("b9"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"lease_ttl": 3, "max_poll_records": 20})
+    spec = ledger_app(extra={"lease_ttl": 3, "max_poll_records": 20})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.05")
     client = redis.Redis.from_url(broker.url)
 

@@ -18,11 +18,11 @@ from streamq.errors import EXIT_SHUTDOWN_TIMEOUT
 from tests.integration.helpers import (
     app_env,
     duplicates,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -36,7 +36,7 @@ def test_sigterm_mid_stream_then_the_next_run_rehandles_nothing(broker, tmp_path
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(2000)]
     broker.produce(topic, records)
     group, ledger = unique("a5"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"lease_ttl": 3})
+    spec = ledger_app(extra={"lease_ttl": 3})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.002")
     with observe(broker, topic, group, 4) as observer:
         worker = start_worker(tmp_path, spec, env)
@@ -62,7 +62,7 @@ def test_sigterm_while_a_handler_hangs_exits_3_and_the_record_comes_back(
     broker.produce(topic, records)
     hung = 150
     group, ledger = unique("a6"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"lease_ttl": 3, "shutdown_timeout": 2})
+    spec = ledger_app(extra={"lease_ttl": 3, "shutdown_timeout": 2})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.001")
     with observe(broker, topic, group) as observer:
         worker = start_worker(tmp_path, spec, {**env, "SLOW_ID": str(hung), "SLOW_FOR": "120"})

@@ -24,11 +24,11 @@ import pytest
 from tests.conftest import Broker
 from tests.integration.helpers import (
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -83,7 +83,7 @@ def _drain(
 def test_stops_while_the_group_rebalances_never_hang(broker, tmp_path: Path) -> None:
     topic, ids = _produce(broker, 4)
     group, ledger = unique("stops"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"shutdown_timeout": SHUTDOWN, "lease_ttl": 3})
+    spec = ledger_app(extra={"shutdown_timeout": SHUTDOWN, "lease_ttl": 3})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.002")
     observer = observe(broker, topic, group, 4).start()
     older = start_worker(tmp_path, spec, env)
@@ -114,7 +114,7 @@ def test_stops_during_a_kafka_outage_never_hang(private_kafka, tmp_path: Path) -
     kafka = Broker("kafka", private_kafka.url, "")
     topic, ids = _produce(kafka, 2)
     group, ledger = unique("stops-out"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"shutdown_timeout": SHUTDOWN})
+    spec = ledger_app(extra={"shutdown_timeout": SHUTDOWN})
     env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.002")
     observer = observe(kafka, topic, group).start()
     for round_ in range(3):
@@ -139,7 +139,7 @@ def test_stops_during_a_redis_outage_never_hang(redis_server, tmp_path: Path) ->
     redis = Broker("redis", redis_server.url, redis_server.url)
     topic, ids = _produce(redis, 2)
     group, ledger = unique("stops-out"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"shutdown_timeout": SHUTDOWN, "lease_ttl": 3})
+    spec = ledger_app(extra={"shutdown_timeout": SHUTDOWN, "lease_ttl": 3})
     env = app_env(redis.url, topic, group, ledger, HANDLER_SLEEP="0.002", DEDUP=redis.url)
     observer = observe(redis, topic, group).start()
     for round_ in range(3):

@@ -30,11 +30,11 @@ import pytest
 from tests.conftest import Broker
 from tests.integration.helpers import (
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     unique,
     wait_until,
-    write_app,
 )
 
 from .invariants import check_run
@@ -91,7 +91,7 @@ def test_killing_the_supervisor_leaves_no_orphan_holding_partitions(
     topic = broker.topic(3)
     group, ledger = unique("a3"), tmp_path / "ledger"
     broker.produce(topic, _records(0, 300))
-    spec = write_app(tmp_path, extra={"lease_ttl": 3})
+    spec = ledger_app(extra={"lease_ttl": 3})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.02")
 
     supervisor = start_worker(tmp_path, spec, env, "--workers", "3")
@@ -140,7 +140,7 @@ def test_children_killed_again_and_again_are_restarted_with_backoff(
 ) -> None:
     topic = broker.topic(4)
     group, ledger = unique("a4"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra={"lease_ttl": 3})
+    spec = ledger_app(extra={"lease_ttl": 3})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.002")
     rng = random.Random(1604)
     produced: set[int] = set()

@@ -1,7 +1,9 @@
 """Helpers for broker integration tests: test apps as real processes, and their ledgers.
 
-A test app writes one line per handled record with ``os.write`` on an O_APPEND fd opened
-once, so a line that reached the kernel survives SIGKILL (RELIABILITY.md, "Handler ledger").
+The apps are modules under tests/apps/ (its docstring says how one is picked and set up); a
+test names one with ``ledger_app`` or ``app_spec`` and starts it with ``start_worker``. Each
+writes one line per handler event with ``os.write`` on an O_APPEND fd opened once, so a line
+that reached the kernel survives SIGKILL (RELIABILITY.md, "Handler ledger").
 """
 
 from __future__ import annotations
@@ -9,14 +11,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.request
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from tests.apps import settings_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,38 +38,40 @@ def group_settings(session_ms: int) -> dict:
     return FAST_GROUP if KIP848 else {**FAST_GROUP, "session.timeout.ms": session_ms}
 
 
-APP_TEMPLATE = """
-import os, time
-import streamq
+@dataclass(frozen=True)
+class AppSpec:
+    """A test app under tests/apps/ (``module:attribute``) and the settings its worker reads.
 
-LEDGER = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-SLEEP = float(os.environ.get("HANDLER_SLEEP", "0"))
-SLOW_ID = int(os.environ.get("SLOW_ID", "-1"))
-SLOW_FOR = float(os.environ.get("SLOW_FOR", "0"))
-KILL_ID = int(os.environ.get("KILL_ID", "-1"))  # this record SIGKILLs the worker
+    ``env`` holds the ``APP_<NAME>`` JSON variables of ``tests.apps.settings_env``; they go
+    into the environment of each process that loads the app, never into the test's own.
+    """
 
-app = streamq.App(
-    os.environ["GROUP"],
-    broker=os.environ["BROKER"],
-    kafka={kafka!r},
-    revoke_timeout=3,
-    poll_timeout=0.05,
-    commit_interval=0.2,
-    **{extra!r},
-)
+    spec: str
+    env: Mapping[str, str] = field(default_factory=dict)
 
-@app.handler(os.environ["TOPIC"], dedup=os.environ.get("DEDUP") or None)
-def handle(value: dict, msg: streamq.Message) -> None:
-    coords = f"{{msg.partition}} {{msg.offset}} {{value['k']}} {{value['i']}}"
-    os.write(LEDGER, f"S {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
-    if value["i"] == KILL_ID:
-        os.kill(os.getpid(), 9)
-    if SLEEP:
-        time.sleep(SLEEP)
-    if value["i"] == SLOW_ID:
-        time.sleep(SLOW_FOR)
-    os.write(LEDGER, f"E {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
-"""
+    def environ(self, env: Mapping[str, str]) -> dict[str, str]:
+        """``env`` with this app's settings, and the repository root on PYTHONPATH so that
+        ``tests.apps`` imports in a ``streamq`` process whose cwd is the test's tmp_path."""
+        path = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        return {**env, **self.env, "PYTHONPATH": path}
+
+
+def app_spec(module: str, kafka: dict | None = None, **settings: Any) -> AppSpec:
+    """The app ``tests.apps.<module>:app`` with ``kafka`` (``FAST_GROUP`` unless given) and
+    ``settings``, each read there with ``tests.apps.setting``."""
+    kafka = FAST_GROUP if kafka is None else kafka
+    return AppSpec(f"tests.apps.{module}:app", settings_env(kafka=kafka, **settings))
+
+
+def ledger_app(extra: dict | None = None, kafka: dict | None = None) -> AppSpec:
+    """The ledger app (tests/apps/ledger.py); ``extra`` goes to its ``App`` as keywords."""
+    return app_spec("ledger", kafka, extra=extra or {})
+
+
+def write_app(where: Path, extra: dict | None = None, kafka: dict | None = None) -> AppSpec:
+    """The ledger app, for scripts/chaos.py until it calls ``ledger_app``: ``where`` is unused,
+    since nothing is written any more."""
+    return ledger_app(extra, kafka)
 
 
 @dataclass
@@ -76,16 +82,6 @@ class Entry:
     key: str
     id: int
     mono_ns: int
-
-
-def write_app(
-    where: Path, name: str = "ledger_app", extra: dict | None = None, kafka: dict | None = None
-) -> str:
-    settings = FAST_GROUP if kafka is None else kafka
-    (where / f"{name}.py").write_text(
-        textwrap.dedent(APP_TEMPLATE.format(kafka=settings, extra=extra or {}))
-    )
-    return f"{name}:app"
 
 
 def unique(prefix: str) -> str:
@@ -122,13 +118,14 @@ class Worker:
     """A ``streamq run`` process whose stderr goes to a file the test can watch."""
 
     def __init__(
-        self, cwd: Path, spec: str, env: dict[str, str], *extra: str, options: tuple[str, ...] = ()
-    ) -> None:
+        self, cwd: Path, app: AppSpec, env: dict[str, str], *extra: str,
+        options: tuple[str, ...] = (),
+    ) -> None:  # fmt: skip
         self.log = cwd / f"worker-{uuid.uuid4().hex[:6]}.log"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                streamq_cmd(*options, "run", spec, *extra), cwd=cwd, env=env, stdout=out,
-                stderr=out,
+                streamq_cmd(*options, "run", app.spec, *extra), cwd=cwd, env=app.environ(env),
+                stdout=out, stderr=out,
             )  # fmt: skip
         self.pid = self.proc.pid
 
@@ -147,8 +144,8 @@ class Worker:
         return code, self.output()
 
 
-def start_worker(cwd: Path, spec: str, env: dict[str, str], *extra: str) -> Worker:
-    return Worker(cwd, spec, env, *extra)
+def start_worker(cwd: Path, app: AppSpec, env: dict[str, str], *extra: str) -> Worker:
+    return Worker(cwd, app, env, *extra)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:

@@ -29,25 +29,13 @@ from streamq.testing.kafka import KafkaCluster, SaslSsl
 from tests.conftest import free_port, own_kafka, unavailable, wait_port
 from tests.tls import P12_PASSWORD, Certs, make_certs
 
-from .helpers import Worker, read_ledger, streamq_cmd, unique, wait_until
+from .helpers import Worker, app_spec, read_ledger, streamq_cmd, unique, wait_until
 
 pytestmark = [pytest.mark.timeout(300)]
 
-APP = """
-import os
-import streamq
-
-LEDGER = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-app = streamq.App(os.environ["GROUP"], broker=os.environ["BROKER"], poll_timeout=0.05,
-                  commit_interval=0.2, revoke_timeout=3, kafka={kafka!r})
-
-@app.handler(os.environ["TOPIC"], dedup=os.environ["DEDUP"], max_retries=1, retry_backoff=0.01)
-def handle(value: dict, msg: streamq.Message) -> None:
-    if value["i"] % 10 == 3:
-        raise RuntimeError(f"cannot write record {{value['i']}} to {{os.environ['DEDUP']}}")
-    line = f"E {{os.getpid()}} {{msg.partition}} {{msg.offset}} k {{value['i']}} 0\\n"
-    os.write(LEDGER, line.encode())
-"""
+# tests/apps/credentials.py, with no kafka settings of its own: every tenth record fails with
+# the dedup store's URL in its exception
+CREDS_APP = app_spec("credentials", kafka={})
 
 
 @dataclass
@@ -182,11 +170,10 @@ def test_no_secret_in_logs_errors_cli_metrics_or_dlq_headers(
 
     group = unique("creds")
     ledger = tmp_path / "ledger"
-    (tmp_path / "creds_app.py").write_text(APP.format(kafka={}))
     env = {**os.environ, "BROKER": secured.url, "TOPIC": topic, "GROUP": group,
            "LEDGER": str(ledger), "DEDUP": secured.dedup_url}  # fmt: skip
     metrics = free_port()
-    worker = Worker(tmp_path, "creds_app:app", env, "--metrics-port", str(metrics),
+    worker = Worker(tmp_path, CREDS_APP, env, "--metrics-port", str(metrics),
                     options=("--log-format", "json", "--log-level", "debug"))  # fmt: skip
     dlq = f"{topic}.dlq"
     wait_until(lambda: len(read_ledger(ledger)) >= 36, 90, "the 36 good records")

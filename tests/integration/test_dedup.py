@@ -9,41 +9,21 @@ everything again once they expired (``dedup_ttl``).
 from __future__ import annotations
 
 import subprocess
-import textwrap
 import time
 from pathlib import Path
 
 import orjson
 import pytest
 
-from .helpers import FAST_GROUP, app_env, read_ledger, start_worker, streamq_cmd, unique
+from .helpers import app_env, app_spec, read_ledger, start_worker, streamq_cmd, unique
 
 pytestmark = [pytest.mark.timeout(240)]
 
-APP = """
-import os, time
-import orjson
-import streamq
-
-LEDGER = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-app = streamq.App(os.environ["GROUP"], broker=os.environ["BROKER"], poll_timeout=0.05,
-                  commit_interval=0.2, lease_ttl=3, dedup_ttl=float(os.environ["TTL"]),
-                  kafka={kafka!r})
-BY_ID = os.environ["BY"] == "business-id"
-
-def business_id(msg: streamq.Message) -> str:
-    return str(orjson.loads(msg.value)["order"])
-
-@app.handler(os.environ["TOPIC"], dedup=os.environ["DEDUP"],
-             dedup_key=business_id if BY_ID else None)
-def handle(value: dict, msg: streamq.Message) -> None:
-    line = f"E {{os.getpid()}} {{msg.partition}} {{msg.offset}} {{value['k']}} {{value['i']}} "
-    os.write(LEDGER, (line + f"{{time.monotonic_ns()}}\\n").encode())
-"""
+DEDUP_APP = app_spec("dedup")  # tests/apps/dedup.py: a handler behind the dedup store
 
 
 def _run(tmp_path: Path, env: dict[str, str]) -> None:
-    code, out = start_worker(tmp_path, "dedup_app:app", env, "--until-idle", "2").finish(120)
+    code, out = start_worker(tmp_path, DEDUP_APP, env, "--until-idle", "2").finish(120)
     assert code == 0, out[-3000:]
 
 
@@ -61,7 +41,6 @@ def test_business_keys_suppress_a_second_copy_and_marks_expire(broker, tmp_path:
     # 60 orders, each produced twice (a producer retry, a replayed export): 120 records
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 60}", "order": i % 60})) for i in range(120)]
     broker.produce(topic, records)
-    (tmp_path / "dedup_app.py").write_text(textwrap.dedent(APP.format(kafka=FAST_GROUP)))
 
     # G2 control: coordinate keys tell the two copies apart
     control = tmp_path / "control"

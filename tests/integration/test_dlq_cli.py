@@ -8,10 +8,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from streamq.brokers.redis.entries import offset_to_id
 from streamq.brokers.view import read_topic
 from streamq.settings import load_settings
 
-from .helpers import app_env, start_worker, streamq_cmd, unique, write_app
+from .helpers import app_env, ledger_app, start_worker, streamq_cmd, unique
 
 pytestmark = [pytest.mark.timeout(240)]
 
@@ -24,8 +25,8 @@ def test_list_show_and_redrive(broker, tmp_path: Path) -> None:
     topic = broker.topic(2)
     good = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(20)]
     bad = [(100, b"not json"), (101, b"{broken"), (102, b"[1, 2]")]  # 2 decode, 1 schema
-    broker.produce(topic, good + bad)
-    spec = write_app(tmp_path, extra={"lease_ttl": 3})
+    coords = broker.produce(topic, good + bad)
+    spec = ledger_app(extra={"lease_ttl": 3})
     env = app_env(broker.url, topic, unique("dlq"), tmp_path / "ledger")
     code, err = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(120)
     assert code == 0, err
@@ -40,6 +41,12 @@ def test_list_show_and_redrive(broker, tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.decode().count(f"{topic}[") == 3
     assert b"attempts=1" in shown.stdout and b"b'not json'" in shown.stdout
+    shown_as = offset_to_id if broker.kind == "redis" else str  # as tail and lag print them
+    origins = [f"{topic}[{p}]@{shown_as(off)} " for p, off in (coords[i] for i, _ in bad)]
+    assert all(o in shown.stdout.decode() for o in origins), (origins, shown.stdout.decode())
+    first = cli("dlq", "show", dlq, "-n", "1", "--broker", broker.url)  # stops mid-read
+    assert first.returncode == 0 and first.stdout.decode().count(f"{topic}[") == 1, first.stderr
+    assert b"Exception ignored" not in first.stderr and b"Traceback" not in first.stderr
 
     dry = cli("dlq", "redrive", dlq, "--where", "error-type=DecodeError", "--dry-run",
               "--broker", broker.url)  # fmt: skip

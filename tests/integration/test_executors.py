@@ -7,7 +7,6 @@ it ran on. Handlers run in pool threads or pool processes, so the ledger is the 
 
 from __future__ import annotations
 
-import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import pytest
 from tests.conftest import Broker
 
 from .helpers import (
-    FAST_GROUP,
     app_env,
+    app_spec,
     check_per_key_order,
     read_ledger,
     start_worker,
@@ -27,42 +26,10 @@ from .helpers import (
 
 pytestmark = [pytest.mark.timeout(240)]
 
-APP = """
-import os, threading, time
-import streamq
-
-LEDGER = os.open(os.environ["LEDGER"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-SLEEP = float(os.environ.get("HANDLER_SLEEP", "0"))
-FAIL_ID = int(os.environ.get("FAIL_ID", "-1"))  # always raises: retried, then dead-lettered
-EXIT_ID = int(os.environ.get("EXIT_ID", "-1"))  # kills the process it runs in
-
-app = streamq.App(
-    os.environ["GROUP"], broker=os.environ["BROKER"], kafka={kafka!r}, revoke_timeout=3,
-    poll_timeout=0.05, commit_interval=0.2, processes=2,
-)
-
-
-@app.handler(
-    os.environ["TOPIC"], executor=os.environ["EXECUTOR"], ordering=os.environ["ORDERING"],
-    max_retries=1, retry_backoff=0.01,
-)
-def handle(value: dict, msg: streamq.Message) -> None:
-    coords = f"{{msg.partition}} {{msg.offset}} {{value['k']}} {{value['i']}}"
-    os.write(LEDGER, f"S {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
-    thread = threading.current_thread().name.replace(" ", "_")
-    os.write(LEDGER, f"T {{os.getpid()}} 0 0 {{thread}} {{value['i']}} 0\\n".encode())
-    if value["i"] == EXIT_ID:
-        os._exit(3)
-    if value["i"] == FAIL_ID:
-        raise ValueError(f"record {{value['i']}} always fails")
-    if SLEEP:
-        time.sleep(SLEEP)
-    os.write(LEDGER, f"E {{os.getpid()}} {{coords}} {{time.monotonic_ns()}}\\n".encode())
-"""
+EXEC_APP = app_spec("executors")  # tests/apps/executors.py: EXECUTOR and ORDERING per run
 
 
 def _setup(broker: Broker, tmp_path: Path, n: int, partitions: int) -> tuple[str, str, dict]:
-    (tmp_path / "exec_app.py").write_text(textwrap.dedent(APP.format(kafka=FAST_GROUP)))
     topic = broker.topic(partitions)
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(n)]
     coords = broker.produce(topic, records)
@@ -81,7 +48,7 @@ def _max_overlap(path: Path) -> int:
 
 
 def _run(tmp_path: Path, env: dict) -> tuple[int, str, int]:
-    worker = start_worker(tmp_path, "exec_app:app", env, "--until-idle", "2")
+    worker = start_worker(tmp_path, EXEC_APP, env, "--until-idle", "2")
     code, out = worker.finish(180)
     return code, out, worker.pid
 

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -28,42 +27,11 @@ from streamq.brokers.view import read_topic
 from streamq.settings import load_settings
 
 from ..conftest import free_port
-from .helpers import FAST_GROUP, Scrape, Worker, streamq_cmd, unique, wait_until
+from .helpers import FAST_GROUP, Scrape, Worker, app_spec, streamq_cmd, unique, wait_until
 
 pytestmark = [pytest.mark.timeout(300)]
 
-APP = """
-import os, time
-import streamq
-
-BAD = set(range(0, 200, 25))  # always fail: retried once, then dead-lettered
-FLAKY = set(range(1, 200, 25))  # fail on the first attempt only
-HANG_ID = 999
-failed_once = set()
-
-app = streamq.App(
-    os.environ["GROUP"],
-    broker=os.environ["BROKER"],
-    kafka={kafka!r},
-    revoke_timeout=3,
-    poll_timeout=0.05,
-    commit_interval=0.2,
-    lease_ttl=3,
-    consuming_ttl=3,
-    shutdown_timeout=float(os.environ.get("SHUTDOWN_TIMEOUT", "30")),
-)
-
-@app.handler(os.environ["TOPIC"], max_retries=1, retry_backoff=0.01)
-def handle(value: dict) -> None:
-    i = value["i"]
-    if i in BAD:
-        raise ValueError(f"bad record {{i}}")
-    if i in FLAKY and i not in failed_once:
-        failed_once.add(i)
-        raise RuntimeError("flaky")
-    if i == HANG_ID:
-        time.sleep(float(os.environ.get("HANG_FOR", "6")))
-"""
+OBSERVED_APP = app_spec("observed")  # tests/apps/observed.py: failures to count, a hang
 
 
 def get(port: int, path: str) -> tuple[int, dict]:
@@ -87,10 +55,9 @@ def test_metrics_of_two_workers_match_what_happened(broker, tmp_path: Path) -> N
     """Counts per outcome and partition, both workers in one scrape, health from progress."""
     topic = broker.topic(4)
     group = unique("obs")
-    (tmp_path / "obs_app.py").write_text(textwrap.dedent(APP.format(kafka=FAST_GROUP)))
     port = free_port()
     env = {**os.environ, "BROKER": broker.url, "TOPIC": topic, "GROUP": group}
-    worker = Worker(tmp_path, "obs_app:app", env, "--workers", "2", "--metrics-port", str(port))
+    worker = Worker(tmp_path, OBSERVED_APP, env, "--workers", "2", "--metrics-port", str(port))
     try:
 
         def both_own_partitions() -> bool:
@@ -187,11 +154,10 @@ def test_broker_outage_is_logged_sparingly_and_fails_readiness(redis_server, tmp
     with streamq.Producer(url) as producer:
         producer.send(topic, {"i": 0})  # always fails: one dead-letter line with coordinates
         producer.send(topic, {"i": 2})
-    (tmp_path / "obs_app.py").write_text(textwrap.dedent(APP.format(kafka=FAST_GROUP)))
     port = free_port()
     env = {**os.environ, "BROKER": url, "TOPIC": topic, "GROUP": group}
     worker = Worker(
-        tmp_path, "obs_app:app", env, "--metrics-port", str(port), options=("--log-format", "json")
+        tmp_path, OBSERVED_APP, env, "--metrics-port", str(port), options=("--log-format", "json")
     )
     try:
         wait_until(lambda: get(port, "/readyz")[0] == 200, 60, "the worker to be ready")
@@ -229,11 +195,10 @@ def test_kafka_outage_is_logged_sparingly_and_fails_readiness(
         connect(url).admin().create_topic(topic, 2)
         with streamq.Producer(url) as producer:
             producer.send(topic, {"i": 2})
-        (tmp_path / "obs_app.py").write_text(textwrap.dedent(APP.format(kafka=FAST_GROUP)))
         port = free_port()
         env = {**os.environ, "BROKER": url, "TOPIC": topic, "GROUP": group,
                "SHUTDOWN_TIMEOUT": "3"}  # fmt: skip
-        worker = Worker(tmp_path, "obs_app:app", env, "--metrics-port", str(port))
+        worker = Worker(tmp_path, OBSERVED_APP, env, "--metrics-port", str(port))
         try:
             wait_until(lambda: get(port, "/readyz")[0] == 200, 90, "the worker to be ready")
             before = len(worker.output().splitlines())

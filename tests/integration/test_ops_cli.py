@@ -6,6 +6,7 @@ read from the ledger the test app appends to.
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import time
@@ -16,14 +17,16 @@ import orjson
 import pytest
 
 import streamq
+from streamq.brokers.redis.entries import id_to_offset
 from tests.integration.helpers import (
+    AppSpec,
     app_env,
+    ledger_app,
     read_ledger,
     start_worker,
     streamq_cmd,
     unique,
     wait_until,
-    write_app,
 )
 
 pytestmark = [pytest.mark.timeout(300)]
@@ -33,6 +36,11 @@ def cli(cwd: Path, env: dict[str, str], *args: str, stdin: bytes | None = None):
     env = {**env, "STREAMQ_BROKER": env["BROKER"]}  # the operator commands' default broker
     return subprocess.run(streamq_cmd(*args), cwd=cwd, env=env, input=stdin,
                           capture_output=True, timeout=180)  # fmt: skip
+
+
+def replay(cwd: Path, env: dict[str, str], app: AppSpec, *args: str):
+    """``streamq replay`` of ``app``: its settings in the env, as a worker of it has them."""
+    return cli(cwd, app.environ(env), "replay", app.spec, *args)
 
 
 def ids(ledger: Path) -> list[int]:
@@ -53,7 +61,7 @@ def test_replay_by_time_and_from_beginning_leaves_the_live_group_alone(
     time.sleep(1.0)
     coords |= broker.produce(topic, records(2500, 5000))
     group = unique("live")
-    spec = write_app(tmp_path)
+    spec = ledger_app()
     env = lambda ledger: app_env(broker.url, topic, group, tmp_path / ledger)  # noqa: E731
 
     code, out = start_worker(tmp_path, spec, env("live"), "--until-idle", "2").finish(180)
@@ -62,11 +70,11 @@ def test_replay_by_time_and_from_beginning_leaves_the_live_group_alone(
     ends = broker.ends(coords)
     assert broker.uncommitted(topic, group, ends) == {}
 
-    done = cli(tmp_path, env("later"), "replay", spec, "--topic", topic, "--from-time", between)
+    done = replay(tmp_path, env("later"), spec, "--topic", topic, "--from-time", between)
     assert done.returncode == 0, done.stderr.decode()
     assert ids(tmp_path / "later") == list(range(2500, 5000)), "not exactly the later burst"
 
-    done = cli(tmp_path, env("all"), "replay", spec, "--topic", topic, "--from-beginning")
+    done = replay(tmp_path, env("all"), spec, "--topic", topic, "--from-beginning")
     assert done.returncode == 0, done.stderr.decode()
     assert ids(tmp_path / "all") == list(range(5000)), "not every record exactly once"
     assert b"replayed 5000 of 5000" in done.stderr
@@ -82,17 +90,16 @@ def test_replay_from_a_partition_offset_and_dry_run(broker, tmp_path: Path) -> N
     coords = broker.produce(topic, records(0, 400))
     p0 = sorted((off, i) for i, (p, off) in coords.items() if p == 0)
     start_offset, expected = p0[10][0], sorted(i for _, i in p0[10:])
-    spec = write_app(tmp_path)
+    spec = ledger_app()
     env = app_env(broker.url, topic, unique("g"), tmp_path / "ledger")
 
-    dry = cli(tmp_path, env, "replay", spec, "--topic", topic, "--from-offset",
-              f"0:{start_offset}", "--dry-run")  # fmt: skip
+    dry = replay(tmp_path, env, spec, "--topic", topic, "--from-offset", f"0:{start_offset}",
+                 "--dry-run")  # fmt: skip
     assert dry.returncode == 0, dry.stderr.decode()
     assert str(len(expected)) in dry.stdout.decode()
     assert ids(tmp_path / "ledger") == [], "--dry-run handled records"
 
-    done = cli(tmp_path, env, "replay", spec, "--topic", topic, "--from-offset",
-               f"0:{start_offset}")  # fmt: skip
+    done = replay(tmp_path, env, spec, "--topic", topic, "--from-offset", f"0:{start_offset}")
     assert done.returncode == 0, done.stderr.decode()
     assert ids(tmp_path / "ledger") == expected
     assert min(e.offset for e in read_ledger(tmp_path / "ledger")) == start_offset
@@ -104,7 +111,7 @@ def test_offsets_reset_refuses_a_running_group_and_moves_a_stopped_one(
     topic = broker.topic(2)
     coords = broker.produce(topic, records(0, 300))
     group = unique("reset")
-    spec = write_app(tmp_path)
+    spec = ledger_app()
     env = app_env(broker.url, topic, group, tmp_path / "first")
     reset = ("offsets", "reset", "--group", group, "--topic", topic, "--to-earliest")
 
@@ -136,7 +143,7 @@ def test_lag_after_a_partial_run(broker, tmp_path: Path) -> None:
     topic = broker.topic(2)
     broker.produce(topic, records(0, 100))
     group = unique("lag")
-    spec = write_app(tmp_path)
+    spec = ledger_app()
     env = app_env(broker.url, topic, group, tmp_path / "ledger")
     code, out = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(180)
     assert code == 0, out
@@ -183,11 +190,11 @@ def test_tail_and_produce_round_trip_records_with_headers(broker, tmp_path: Path
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (("replay", "ledger_app:app", "--topic", "{topic}", "--from-time", "yesterday-ish"),
+        (("replay", "{app}", "--topic", "{topic}", "--from-time", "yesterday-ish"),
          b"not an ISO-8601 time"),
-        (("replay", "ledger_app:app", "--topic", "{topic}", "--from-offset", "4611686018427387904"),
+        (("replay", "{app}", "--topic", "{topic}", "--from-offset", "4611686018427387904"),
          b"beyond the end"),
-        (("replay", "ledger_app:app", "--topic", "nope", "--from-beginning"), b"no handler"),
+        (("replay", "{app}", "--topic", "nope", "--from-beginning"), b"no handler"),
         (("tail", "no-such-topic"), b"unknown topic"),
         (("lag", "--group", "no-such-group", "--topic", "{topic}"), b"unknown group"),
         (("offsets", "reset", "--group", "g", "--topic", "{topic}"), b"exactly one of"),
@@ -198,10 +205,99 @@ def test_tail_and_produce_round_trip_records_with_headers(broker, tmp_path: Path
 def test_bad_arguments_get_one_line_and_exit_2(broker, tmp_path: Path, args, says) -> None:
     topic = broker.topic(2)
     broker.produce(topic, records(0, 10))
-    write_app(tmp_path)
-    env = app_env(broker.url, topic, unique("g"), tmp_path / "ledger")
-    done = cli(tmp_path, env, *(a.format(topic=topic) for a in args))
+    app = ledger_app()
+    env = app.environ(app_env(broker.url, topic, unique("g"), tmp_path / "ledger"))
+    done = cli(tmp_path, env, *(a.format(topic=topic, app=app.spec) for a in args))
     assert done.returncode == 2, (done.returncode, done.stderr.decode())
     err = done.stderr.decode()
     assert says.decode() in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1, err
+
+
+# -- Redis shows entry IDs (issue 17), so replay and reset take them back ------------------------
+
+WIDE = {"COLUMNS": "200"}  # rich tables in one line per row, whatever the terminal
+
+
+def printed_ids(text: str, topic: str, partition: int) -> list[str]:
+    """The entry IDs ``streamq tail`` printed for ``topic[partition]``, in log order."""
+    found = re.findall(rf"^{re.escape(topic)}\[{partition}\]@(\d+-\d+) ", text, re.MULTILINE)
+    return sorted(found, key=id_to_offset)
+
+
+def lag_positions(text: str, topic: str) -> dict[int, str]:
+    """Partition -> the committed entry ID in ``streamq lag``'s table."""
+    rows = re.findall(rf"{re.escape(topic)}\s*[│|]\s*(\d+)\s*[│|]\s*(\d+-\d+)\s*[│|]", text)
+    return {int(p): committed for p, committed in rows}
+
+
+@pytest.mark.parametrize("broker", ["redis"], indirect=True)
+def test_redis_replay_and_reset_take_the_entry_ids_tail_and_lag_print(
+    broker, tmp_path: Path
+) -> None:
+    topic = broker.topic(2)
+    coords = broker.produce(topic, records(0, 200))
+    group = unique("ids")
+    app = ledger_app()
+    env = app_env(broker.url, topic, group, tmp_path / "replayed")
+
+    tailed = cli(tmp_path, env, "tail", topic, "--partition", "0", "-n", "1000")
+    assert tailed.returncode == 0, tailed.stderr.decode()
+    shown = printed_ids(tailed.stdout.decode(), topic, 0)
+    p0 = sorted((off, i) for i, (p, off) in coords.items() if p == 0)
+    assert [id_to_offset(s) for s in shown] == [off for off, _ in p0], "tail shows other IDs"
+
+    first, end = shown[10], shown[30]  # the 11th record, up to (not with) the 31st
+    done = replay(tmp_path, {**env, **WIDE}, app, "--topic", topic, "--from-offset", f"0:{first}",
+                  "--to-offset", f"0:{end}")  # fmt: skip
+    assert done.returncode == 0, done.stderr.decode()
+    assert first in done.stderr.decode() and end in done.stderr.decode(), "the plan shows no IDs"
+    assert ids(tmp_path / "replayed") == sorted(i for _, i in p0[10:30])
+
+    run = {**env, "LEDGER": str(tmp_path / "first")}
+    code, out = start_worker(tmp_path, app, run, "--until-idle", "2").finish(180)
+    assert code == 0, out
+    lag = cli(tmp_path, {**env, **WIDE}, "lag", "--group", group, "--topic", topic)
+    assert lag.returncode == 0, lag.stderr.decode()
+    before = lag_positions(lag.stdout.decode(), topic)
+    assert {p: id_to_offset(c) for p, c in before.items()} == broker.ends(coords)
+
+    later = broker.produce(topic, records(200, 230))
+    run = {**env, "LEDGER": str(tmp_path / "second")}
+    code, out = start_worker(tmp_path, app, run, "--until-idle", "2").finish(180)
+    assert code == 0, out
+    assert ids(tmp_path / "second") == list(range(200, 230))
+    assert broker.uncommitted(topic, group, broker.ends(coords | later)) == {}
+
+    target = ",".join(f"{p}:{c}" for p, c in sorted(before.items()))
+    reset = cli(tmp_path, {**env, **WIDE}, "offsets", "reset", "--group", group, "--topic", topic,
+                "--to-offset", target)  # fmt: skip
+    assert reset.returncode == 0, reset.stderr.decode()
+    assert all(c in reset.stdout.decode() for c in before.values()), reset.stdout.decode()
+    run = {**env, "LEDGER": str(tmp_path / "third")}
+    code, out = start_worker(tmp_path, app, run, "--until-idle", "2").finish(180)
+    assert code == 0, out
+    assert ids(tmp_path / "third") == list(range(200, 230)), "not rewound to what lag printed"
+
+
+@pytest.mark.parametrize("broker", ["kafka"], indirect=True)
+def test_kafka_refuses_an_entry_id_and_names_the_option(broker, tmp_path: Path) -> None:
+    topic = broker.topic(2)
+    broker.produce(topic, records(0, 10))
+    app = ledger_app()
+    env = app.environ(app_env(broker.url, topic, unique("g"), tmp_path / "ledger"))
+    entry_id = "1764590000000-3"
+    cases = [
+        (("replay", app.spec, "--topic", topic, "--from-offset", f"0:{entry_id}"), "--from-offset"),
+        (("replay", app.spec, "--topic", topic, "--from-beginning", "--to-offset", entry_id),
+         "--to-offset"),
+        (("offsets", "reset", "--group", unique("g"), "--topic", topic, "--to-offset", entry_id),
+         "--to-offset"),
+    ]  # fmt: skip
+    for args, option in cases:
+        done = cli(tmp_path, env, *args)
+        err = done.stderr.decode()
+        assert done.returncode == 2, (args, err)
+        assert f"{option}: {entry_id} is a Redis entry ID" in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert ids(tmp_path / "ledger") == []

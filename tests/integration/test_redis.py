@@ -7,31 +7,26 @@ the point is a Redis that forgets everything), so it may kill and restart it.
 from __future__ import annotations
 
 import signal
-import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
-import confluent_kafka
 import pytest
 import redis
 
 import streamq
 from streamq.brokers import connect
-from streamq.murmur2 import partition_for_key
 from tests.conftest import RedisServer, free_port
 
 from .helpers import (
     Scrape,
     app_env,
-    check_per_key_order,
     duplicates,
+    ledger_app,
     read_ledger,
     start_worker,
-    streamq_cmd,
     unique,
     wait_until,
-    write_app,
 )
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
@@ -73,43 +68,6 @@ def new_topic(url: str, partitions: int = 4) -> str:
     return topic
 
 
-def test_keys_land_on_the_same_partition_number_as_on_kafka(redis_server: RedisServer) -> None:
-    topic = new_topic(redis_server.url, 7)
-    with streamq.Producer(redis_server.url) as producer:
-        metas = [producer.send(topic, b"x", key=f"key-{i}").result(30) for i in range(60)]
-    for i, meta in enumerate(metas):
-        key = f"key-{i}".encode()
-        assert meta.partition == partition_for_key(key, 7) == confluent_kafka.murmur2(key, 7)
-
-
-def test_done_when_two_workers_handle_everything_once(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
-    """The issue's acceptance run: topics create, 20,000 keyed records, --workers 2."""
-    url, topic = redis_server.url, unique("orders")
-    command = streamq_cmd("topics", "create", topic, "--partitions", "4", "--broker", url)
-    made = subprocess.run(command, capture_output=True, timeout=60)
-    assert made.returncode == 0, made.stderr
-    produce(url, topic, 20_000)
-    group, ledger = unique("billing"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra=LEASES)
-    started = time.monotonic()
-    worker = start_worker(tmp_path, spec, app_env(url, topic, group, ledger),
-                          "--workers", "2", "--until-idle", "5")  # fmt: skip
-    code, err = worker.finish(180)
-    assert code == 0, err
-    entries = read_ledger(ledger)
-    assert sorted(e.id for e in entries) == list(range(20_000)), "lost or duplicated records"
-    check_per_key_order(entries)
-    state = group_state(url, group, topic, 4)
-    assert len(state) == 4 and all(s["pending"] == 0 and s["lag"] == 0 for s in state)
-    span = (max(e.mono_ns for e in entries) - min(e.mono_ns for e in entries)) / 1e9
-    print(
-        f"\nredis, 20,000 records: {20_000 / max(span, 1e-9):,.0f} records/s while handling; "
-        f"whole run {time.monotonic() - started:.1f}s; workers: {len({e.pid for e in entries})}"
-    )
-
-
 def test_sigkill_a_member_and_the_survivor_reclaims_its_entries(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -117,7 +75,7 @@ def test_sigkill_a_member_and_the_survivor_reclaims_its_entries(
     topic = new_topic(url)
     produce(url, topic, 4000)
     group, ledger = unique("kill"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra=LEASES)
+    spec = ledger_app(extra=LEASES)
     env = app_env(url, topic, group, ledger, HANDLER_SLEEP="0.003")
     victim = start_worker(tmp_path, spec, env)
     survivor = start_worker(tmp_path, spec, env, "--until-idle", "3")
@@ -148,7 +106,7 @@ def test_a_frozen_lease_holder_is_fenced_when_it_wakes(
     topic = new_topic(url, 2)
     produce(url, topic, 600)
     group, ledger = unique("zombie"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra=LEASES)
+    spec = ledger_app(extra=LEASES)
     env = app_env(url, topic, group, ledger, HANDLER_SLEEP="0.02")
     zombie = start_worker(tmp_path, spec, env)
     wait_until(lambda: len(read_ledger(ledger)) > 30, 60, "the first owner to be busy")
@@ -201,7 +159,7 @@ def test_redis_killed_and_restarted_with_aof(redis_server: RedisServer, tmp_path
     topic = new_topic(url)
     produce(url, topic, 3000)
     group, ledger = unique("aof"), tmp_path / "ledger"
-    spec = write_app(tmp_path, extra=LEASES)
+    spec = ledger_app(extra=LEASES)
     env = app_env(url, topic, group, ledger, HANDLER_SLEEP="0.002")
     worker = start_worker(tmp_path, spec, env, "--until-idle", "3")
     wait_until(lambda: len(read_ledger(ledger)) > 300, 60, "records to be handled")
@@ -239,7 +197,7 @@ def test_redis_restarted_empty_recreates_the_group_without_spinning(tmp_path: Pa
         topic = new_topic(url)
         produce(url, topic, 100)
         group, ledger = unique("empty"), tmp_path / "ledger"
-        spec = write_app(tmp_path, extra=LEASES)
+        spec = ledger_app(extra=LEASES)
         port = free_port()
         worker = start_worker(tmp_path, spec, app_env(url, topic, group, ledger),
                               "--metrics-port", str(port))  # fmt: skip
@@ -273,16 +231,6 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, in clock ticks
 
 
-def test_unreachable_redis_at_start_exits_cleanly(tmp_path: Path) -> None:
-    spec = write_app(tmp_path)
-    env = app_env(f"redis://127.0.0.1:{free_port()}/0", "t", "g", tmp_path / "ledger",
-                  STREAMQ_BROKER_TIMEOUT="3")  # fmt: skip
-    code, err = start_worker(tmp_path, spec, env).finish(60)
-    assert code == 1, err
-    assert "cannot reach Redis" in err and "retrying in" in err
-    assert "Traceback" not in err
-
-
 def test_lag_and_pending_per_partition(redis_server: RedisServer) -> None:
     url = redis_server.url
     topic = new_topic(url, 2)
@@ -314,7 +262,7 @@ def test_pending_entries_trimmed_away_are_reported_not_fatal(
     client.xtrim(f"{topic}:0", maxlen=0, approximate=False)  # ...and deleted
     assert client.xpending(f"{topic}:0", group)["pending"] == 10
     produce(url, topic, 5)
-    spec = write_app(tmp_path, extra=LEASES)
+    spec = ledger_app(extra=LEASES)
     port = free_port()
     worker = start_worker(tmp_path, spec, app_env(url, topic, group, ledger),
                           "--metrics-port", str(port))  # fmt: skip
@@ -372,7 +320,7 @@ def test_an_evicting_maxmemory_policy_is_warned_about_at_start(
     assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
     topic = new_topic(redis_server.url, 2)
     produce(redis_server.url, topic, 10)
-    spec = write_app(tmp_path)
+    spec = ledger_app()
     env = app_env(redis_server.url, topic, unique("h1"), tmp_path / "ledger")
     code, err = start_worker(tmp_path, spec, env, "--until-idle", "1").finish(60)
     assert code == 0, err
@@ -396,7 +344,7 @@ def test_entries_trimmed_before_the_group_read_them_are_reported_once(
     produce(url, topic, 100)
     client.xtrim(f"{topic}:0", maxlen=40, approximate=False)  # 60 never delivered, gone
     assert client.xlen(f"{topic}:0") == 40
-    spec = write_app(tmp_path, extra=LEASES)
+    spec = ledger_app(extra=LEASES)
     port = free_port()
     env = app_env(url, topic, group, ledger)
     worker = start_worker(tmp_path, spec, env, "--metrics-port", str(port))

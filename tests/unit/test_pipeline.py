@@ -265,12 +265,14 @@ def test_at_least_once_holds_the_commit_at_the_first_unacknowledged_input() -> N
     producer.futures[0].set_result(None)
     box.gate(positions := {tp: 10})
     assert positions == {tp: 5}
+    assert box.refused == set()
     producer.futures[1].set_exception(RuntimeError("refused"))
     box.gate(positions := {tp: 10})
     assert positions == {tp: 5} and producer.sent[-1] == ("out", b"5")  # sent again
+    assert box.refused == {tp}  # the runner keeps the partition paused meanwhile
     producer.futures[-1].set_result(None)
     box.gate(positions := {tp: 10})
-    assert positions == {tp: 10} and box.waiting() == 0
+    assert positions == {tp: 10} and box.waiting() == 0 and box.refused == set()
 
 
 def test_exactly_once_takes_outputs_below_the_position_in_input_order() -> None:

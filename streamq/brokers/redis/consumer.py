@@ -431,6 +431,9 @@ class RedisConsumer(Backend):
 
     transactional = True
 
+    def offset_text(self, offset: int) -> str:
+        return offset_to_id(offset)
+
     def commit_transaction(
         self, offsets: Mapping[TopicPartition, int], outputs: Sequence[Output]
     ) -> None:
