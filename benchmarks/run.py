@@ -102,6 +102,15 @@ SCENARIOS = [
               "--executor", "asyncio", "--ordering", "partition", "--no-raw", "--rounds", "1",
               "--latency-messages", "0"],
              "the same, ordering=partition"),
+    *(Scenario(f"{broker}-transform{suffix}", broker,
+               ["--messages", "150000", "--rounds", "3", "--latency-messages", "0", "--transform",
+                "--guarantee", guarantee],
+               ["--messages", "30000", "--rounds", "1", "--latency-messages", "0", "--transform",
+                "--guarantee", guarantee],
+               f"consume-transform-produce, {guarantee.replace('_', ' ')}: one JSON output per "
+               "input; a drain ends when every output is visible")
+      for broker in ("kafka", "redis")
+      for suffix, guarantee in (("", "at_least_once"), ("-eos", "exactly_once"))),
 ]  # fmt: skip
 
 
@@ -219,6 +228,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
                 f"{cpu_off} s per million records)",
                 f"{off_name}-metrics / {off_name}", None,
             ))  # fmt: skip
+    rows += transform_rows(results)
     recovery = results.get("recovery")
     if recovery:
         for label, c in recovery["cases"].items():
@@ -239,6 +249,38 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             else:
                 rows.append((f"ahead of {name}", f"did not run: {p.get('error', '?')}",
                              "peers-kafka", None))  # fmt: skip
+    return rows
+
+
+def transform_rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
+    """Consume-transform-produce: the ratio per guarantee, and what exactly once costs each side.
+
+    Reports, not targets. The cost of exactly once compares two runs (each side's exactly-once
+    throughput over its at-least-once one), so machine noise does not cancel as in a ratio.
+    """
+    rows: list[tuple[str, str, str, bool | None]] = []
+    for broker, label in (("kafka", "Kafka"), ("redis", "Redis Streams")):
+        runs = {g: (f"{broker}-transform{x}", results.get(f"{broker}-transform{x}"))
+                for g, x in (("at least once", ""), ("exactly once", "-eos"))}  # fmt: skip
+        for guarantee, (name, r) in runs.items():
+            ratio = ((r or {}).get("summary") or {}).get("ratio")
+            if ratio is not None:
+                raw, ours = _summary(r, "raw")["msg_s"], _summary(r)["msg_s"]
+                rows.append((
+                    f"{label} transform, {guarantee}: streamq / raw (a report)",
+                    f"{ratio}x ({ours:,.0f} vs {raw:,.0f} msg/s)", name, None,
+                ))  # fmt: skip
+        alo, eos = runs["at least once"][1], runs["exactly once"][1]
+        costs = []
+        for side in ("raw", "streamq"):
+            a, e = _summary(alo, side).get("msg_s"), _summary(eos, side).get("msg_s")
+            if a and e:
+                costs.append(f"{side} {e / a:.2f} ({e:,.0f} vs {a:,.0f} msg/s)")
+        if costs:
+            rows.append((
+                f"{label} transform: exactly once / at least once throughput (a report)",
+                "; ".join(costs), f"{broker}-transform-eos / {broker}-transform", None,
+            ))  # fmt: skip
     return rows
 
 

@@ -21,11 +21,15 @@ Kafka and Redis drains run in a fresh subprocess each (``python -m streamq.bench
 drain's memory and CPU are its own. ``memory://`` lives in one process, so its drains run
 in this one, one after the other.
 
+``--transform`` makes each drain consume-transform-produce: one output per input, committed
+as ``--guarantee`` says, and the drain ends when a reader sees every output.
+
 The package, one concern per module: ``spec`` (the ``BenchSpec``), ``workloads`` (payloads,
 the backlog, the per-record work), ``tally`` (the shared counters), ``raw`` (the client
-libraries' own loops), ``streamq_side`` (the streamq app), ``monitor`` (one drain, measured),
-``drain`` (one side's drain), ``run`` (the rounds), ``report`` (medians and the ratio), and
-``__main__`` (the drain subprocesses' entry points).
+libraries' own loops), ``raw_transform`` (their loops under ``--transform``), ``streamq_side``
+(the streamq app), ``outputs`` (the visible outputs, counted), ``monitor`` (one drain,
+measured), ``drain`` (one side's drain), ``run`` (the rounds), ``report`` (medians and the
+ratio), and ``__main__`` (the drain subprocesses' entry points).
 """
 
 from .run import run_bench

@@ -19,6 +19,7 @@ from .tally import (
     _HEADER,
     _LAT0,
     _LAT_N,
+    _OUTPUTS,
     _PHASE,
     _PID,
     _SLOT,
@@ -65,6 +66,10 @@ class Monitor:
     def pids(self) -> list[int]:
         v = self.view
         return [p for s in self.slots() if (p := v[_HEADER + s * _SLOT + _PID])]
+
+    def outputs(self) -> int:
+        """Outputs a reader sees (``--transform``), as ``outputs.count_outputs`` counted them."""
+        return self.view[_OUTPUTS]
 
     def all_workers_started(self) -> bool:
         v = self.view
@@ -116,7 +121,9 @@ class Monitor:
         pids = self.pids()
         rss_start = max((_proc_mem(p, "VmRSS:") for p in pids), default=0.0)
         limit = None if spec.max_seconds is None else time.monotonic() + spec.max_seconds
-        while (handled := self.count()) < n:
+        # a transform drain ends when its outputs are visible, not when its handlers returned
+        wanted = n if spec.transform else 0
+        while (handled := self.count()) < n or self.outputs() < wanted:
             if limit is not None and time.monotonic() > limit:
                 break
             time.sleep(0.002)
@@ -129,6 +136,7 @@ class Monitor:
         timed = handled - base
         rss_peak = max((_proc_mem(p, "VmHWM:") for p in pids), default=0.0)
         rss_end = max((_proc_mem(p, "VmRSS:") for p in pids), default=0.0)
+        outputs = self.outputs() if spec.transform else None
         lat: list[int] = []
         if handled >= n and spec.latency_topic:
             self.view[_PHASE] = 1
@@ -140,6 +148,7 @@ class Monitor:
         done()
         return {
             "handled": handled,
+            "outputs": outputs,
             "seconds": round(elapsed, 4),
             "msg_s": round(timed / elapsed) if elapsed > 0 else 0,
             "mb_s": round(timed * spec.size / elapsed / 1e6, 2) if elapsed > 0 else 0.0,

@@ -2,7 +2,8 @@
 
 Fetch a batch, do the per-record work, tick the counter, commit once per batch: the baseline
 streamq is measured against. Keep these loops free of anything else per record, or the
-ratio flatters streamq.
+ratio flatters streamq. ``--transform`` (outputs, and commits as each guarantee demands) has
+its own loops in ``raw_transform``.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import os
 import threading
 from typing import Any
 
+from .raw_transform import raw_kafka_transform, raw_redis_transform
 from .spec import BenchSpec, parse_handler
 from .tally import Tally
-from .workloads import work_fn
+from .workloads import transform_fn, work_fn
 
 
 def raw_drain(spec: BenchSpec, slot: int, stop: threading.Event) -> None:
@@ -23,7 +25,12 @@ def raw_drain(spec: BenchSpec, slot: int, stop: threading.Event) -> None:
     tally = Tally(spec.shm, slot)
     tick = tally.tick_fn()
     try:
-        if spec.broker.startswith("kafka://"):
+        if spec.transform:  # consume-transform-produce: its own loops
+            transform = transform_fn(kind)
+            kafka = spec.broker.startswith("kafka://")
+            loop = raw_kafka_transform if kafka else raw_redis_transform
+            loop(spec, transform, tick, stop)
+        elif spec.broker.startswith("kafka://"):
             _raw_kafka(spec, work, tick, stop)
         elif spec.broker.startswith(("redis://", "rediss://")):
             _raw_redis(spec, work, tick, stop)

@@ -39,7 +39,7 @@ def summarize(spec: BenchSpec, runs: list[dict[str, Any]]) -> dict[str, Any]:
                 ratios.append(ours[0] / raw[0])
         summary["ratio"] = round(statistics.median(ratios), 3) if ratios else None
     params = asdict(spec)
-    for k in ("shm", "group", "extra", "latency_topic"):
+    for k in ("shm", "group", "extra", "latency_topic", "output_topic"):
         params.pop(k)
     return {
         "spec": params,

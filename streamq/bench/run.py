@@ -1,7 +1,8 @@
 """The whole benchmark: fill once, then drain raw and streamq alternately, round by round.
 
-Each drain gets a fresh consumer group and latency topic and zeroed counters; Kafka and
-Redis drains run in a fresh subprocess each, ``memory://`` ones in this process.
+Each drain gets a fresh consumer group, latency topic (and output topic, under
+``--transform``) and zeroed counters; Kafka and Redis drains run in a fresh subprocess each,
+``memory://`` ones in this process.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from multiprocessing import shared_memory
 from typing import Any
 
 from .drain import drain
+from .outputs import count_outputs
 from .report import summarize
 from .spec import BenchSpec
 from .tally import _COUNT, _HEADER, _SLOT, _view
@@ -48,6 +50,9 @@ def run_bench(spec: BenchSpec, progress: Progress | None = None) -> dict[str, An
                 if spec.latency_messages:
                     one = replace(one, latency_topic=f"{topic}-lat-{side}-{r}")
                     admin.create_topic(one.latency_topic, spec.partitions)
+                if spec.transform:
+                    one = replace(one, output_topic=f"{topic}-out-{side}-{r}")
+                    admin.create_topic(one.output_topic, spec.partitions)
                 result = _drain_with_progress(one, side, view, progress)
                 result |= {"side": side, "round": r + 1}
                 runs.append(result)
@@ -72,6 +77,9 @@ def _drain_with_progress(
     reporter = threading.Thread(target=report, daemon=True)
     reporter.start()
     try:
+        if spec.output_topic:
+            with count_outputs(spec, view):
+                return _drain_in_subprocess(spec, side)
         if spec.broker.startswith("memory://"):
             quiet = logging.getLogger("streamq")
             level = quiet.level
@@ -80,18 +88,22 @@ def _drain_with_progress(
                 return drain(spec, side)
             finally:
                 quiet.setLevel(level)
-        out = subprocess.run(
-            [sys.executable, "-m", "streamq.bench", "--drain", side, json.dumps(asdict(spec))],
-            capture_output=True,
-            check=False,
-        )
-        lines = out.stdout.decode().strip().splitlines()
-        if out.returncode != 0 or not lines:
-            raise RuntimeError(
-                f"the {side} drain failed (exit {out.returncode}): "
-                + out.stderr.decode(errors="replace")[-2000:]
-            )
-        return dict(json.loads(lines[-1]))
+        return _drain_in_subprocess(spec, side)
     finally:
         finished.set()
         reporter.join()
+
+
+def _drain_in_subprocess(spec: BenchSpec, side: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "streamq.bench", "--drain", side, json.dumps(asdict(spec))],
+        capture_output=True,
+        check=False,
+    )
+    lines = out.stdout.decode().strip().splitlines()
+    if out.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"the {side} drain failed (exit {out.returncode}): "
+            + out.stderr.decode(errors="replace")[-2000:]
+        )
+    return dict(json.loads(lines[-1]))

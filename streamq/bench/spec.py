@@ -14,6 +14,9 @@ from ..errors import ConfigError
 
 HANDLERS = ("noop", "json", "pydantic", "cpu")
 EXECUTORS = ("inline", "asyncio", "threads", "processes")
+GUARANTEES = ("at_least_once", "exactly_once")
+# --transform: handlers that decode the input, so the output can be derived from it
+TRANSFORM_HANDLERS = ("json", "cpu")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,11 @@ class BenchSpec:
     latency_rate: float = 2000.0
     max_poll_records: int = 2000
     raw: bool = True
+    # consume-transform-produce: one output per input, committed as ``guarantee`` says
+    transform: bool = False
+    guarantee: str = "at_least_once"
     topic: str = ""
+    output_topic: str = ""  # fresh per drain, so each drain counts only its own outputs
     latency_topic: str = ""  # fresh per drain, so no drain times another's records
     shm: str = ""
     group: str = ""
@@ -76,8 +83,28 @@ class BenchSpec:
             problems.append("--workers: memory:// lives in one process; use Kafka or Redis")
         if not (self.dedup in ("none", "memory") or self.dedup.startswith("redis://")):
             problems.append("--dedup: none, memory or a redis:// URL")
+        problems.extend(self._transform_problems())
         if problems:
             raise ConfigError(problems)
+
+    def _transform_problems(self) -> list[str]:
+        problems = []
+        if self.guarantee not in GUARANTEES:
+            problems.append(f"--guarantee: one of {', '.join(GUARANTEES)}")
+        if not self.transform:
+            if self.guarantee == "exactly_once":
+                problems.append("--guarantee: exactly_once needs --transform (outputs to commit)")
+            return problems
+        if self.broker.startswith("memory://"):
+            problems.append("--transform: Kafka or Redis (memory:// has no raw producer loop)")
+        if self.handler not in TRANSFORM_HANDLERS:
+            problems.append(
+                f"--transform: with --handler {' or '.join(TRANSFORM_HANDLERS)} (the output "
+                "is derived from the decoded input)"
+            )
+        if self.executor == "processes":
+            problems.append("--transform: with --executor inline, asyncio or threads")
+        return problems
 
 
 def parse_handler(text: str) -> tuple[str, float]:

@@ -16,9 +16,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ..message import Message
+from ..pipeline import Out
 from .spec import BenchSpec, parse_handler
 from .tally import Tally
-from .workloads import BenchRecord, _burn, work_fn
+from .workloads import BenchRecord, _burn, derive, work_fn
 
 
 def build_app(spec: BenchSpec, slot: int | None) -> Any:
@@ -42,6 +43,7 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
         broker=spec.broker,
         max_poll_records=spec.max_poll_records,
         poll_timeout=0.1,
+        guarantee=spec.guarantee,
         **spec.extra,
     )
     handlers = [app.handler(t, **options) for t in spec.topics]
@@ -50,7 +52,9 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
         for h in handlers:
             h(fn)
 
-    if spec.executor == "processes":
+    if spec.transform:
+        register(_transform_handler(spec, kind, tick))
+    elif spec.executor == "processes":
         register(_POOL_HANDLERS[kind])
     elif spec.executor == "asyncio":
         if kind == "sleep":
@@ -99,6 +103,28 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
 
         register(handle_sleep)
     return app
+
+
+def _transform_handler(spec: BenchSpec, kind: str, tick: Callable[[int], None]) -> Any:
+    """``--transform``: one ``Out`` per input, to the drain's own output topic, same key."""
+    topic, burn = spec.output_topic, kind == "cpu"
+    if spec.executor == "asyncio":
+
+        async def transform_async(value: dict, msg: Message) -> Out:  # type: ignore[type-arg]
+            if burn:
+                _burn()
+            tick(msg.timestamp)
+            return Out(topic, derive(value))
+
+        return transform_async
+
+    def transform(value: dict, msg: Message) -> Out:  # type: ignore[type-arg]
+        if burn:
+            _burn()
+        tick(msg.timestamp)
+        return Out(topic, derive(value))
+
+    return transform
 
 
 def _no_tick(timestamp_ms: int) -> None:

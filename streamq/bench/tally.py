@@ -14,8 +14,9 @@ import time
 from collections.abc import Callable
 from multiprocessing import shared_memory
 
-# Shared-memory layout: a header, then one slot per worker process.
-_PHASE, _HEADER = 0, 8
+# Shared-memory layout: a header, then one slot per worker process. In the header: the phase
+# (latency records flowing) and, under --transform, the outputs a reader sees (``outputs``).
+_PHASE, _OUTPUTS, _HEADER = 0, 1, 8
 _COUNT, _PID, _LAT_N, _FIRST, _CPU0, _LAT0 = 0, 1, 2, 3, 4, 8
 _LAT_CAP = 4096
 _SLOT = _LAT0 + _LAT_CAP

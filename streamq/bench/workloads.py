@@ -59,6 +59,29 @@ def work_fn(kind: str, sleep_s: float) -> Callable[[Any], Any]:
     return lambda v: time.sleep(sleep_s)
 
 
+def derive(record: dict[str, Any]) -> dict[str, Any]:
+    """``--transform``: the output of one decoded input, small and computed from it."""
+    return {"id": record["id"], "customer": record["customer"], "total": record["amount"] * 2}
+
+
+def transform_fn(kind: str) -> Callable[[bytes], bytes]:
+    """The raw loop's transform: the ``--handler`` work on the input, then the output encoded.
+
+    streamq's handler does the same: its ``value: dict`` parameter decodes, and the ``Out`` it
+    returns is encoded with orjson.
+    """
+    loads, dumps = orjson.loads, orjson.dumps
+    if kind == "cpu":
+
+        def transform_cpu(value: bytes) -> bytes:
+            record = loads(value)
+            _burn()
+            return dumps(derive(record))
+
+        return transform_cpu
+    return lambda value: dumps(derive(loads(value)))
+
+
 # -- the records: the backlog before the drains, the latency records during one -----------------
 
 

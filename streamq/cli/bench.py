@@ -49,6 +49,19 @@ from .common import errors_as_exit_codes
     "--ordering", type=click.Choice(["partition", "key"]), default="partition", show_default=True
 )
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option(
+    "--transform",
+    is_flag=True,
+    help="Consume-transform-produce: one output per input to a fresh topic; a drain ends when "
+    "every output is visible (Kafka, Redis; --handler json or cpu).",
+)
+@click.option(
+    "--guarantee",
+    type=click.Choice(["at_least_once", "exactly_once"]),
+    default="at_least_once",
+    show_default=True,
+    help="With --transform: what both sides commit (the raw side as a client user would).",
+)
 @click.option("--dedup", default="none", show_default=True, help="none, memory or redis://...")
 @click.option(
     "--metrics", is_flag=True, help="Run streamq with Prometheus metrics on (as --metrics-port)."
@@ -85,6 +98,8 @@ def bench(
     executor: str,
     ordering: str,
     workers: int,
+    transform: bool,
+    guarantee: str,
     dedup: str,
     metrics: bool,
     rounds: int,
@@ -101,7 +116,7 @@ def bench(
         broker=broker, messages=messages, size=size, partitions=partitions, keys=keys,
         handler=handler, executor=executor, ordering=ordering, workers=workers, dedup=dedup,
         metrics=metrics, rounds=rounds, max_seconds=max_seconds, latency_messages=latency_messages,
-        latency_rate=latency_rate, raw=not no_raw,
+        latency_rate=latency_rate, raw=not no_raw, transform=transform, guarantee=guarantee,
     )  # fmt: skip
     spec.validate()
     console = Console(stderr=True)
@@ -119,7 +134,10 @@ def bench(
             bar.update(tasks[side], completed=done)
 
         result = run_bench(spec, progress)
-    table = Table(title=f"{handler} handler, {executor}, ordering={ordering}, workers={workers}")
+    title = f"{handler} handler, {executor}, ordering={ordering}, workers={workers}"
+    if transform:
+        title += f", transform, {guarantee}"
+    table = Table(title=title)
     for col in ("side", "round", "msg/s", "MB/s", "CPU s/M", "p50 ms", "p99 ms", "RSS peak MB"):
         table.add_column(col, justify="right")
     for r in result["runs"]:

@@ -70,12 +70,34 @@ def test_streamq_options_drain_everything(
         assert run["workers"] >= 2  # the worker and its pool processes
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
+def test_transform_drains_end_with_every_output_visible(
+    broker: Broker, tmp_path: Path, guarantee: str
+) -> None:
+    result = _bench(
+        tmp_path, "--broker", broker.url, "--messages", "600", "--rounds", "1",
+        "--latency-messages", "0", "--transform", "--guarantee", guarantee,
+    )  # fmt: skip
+    runs = {r["side"]: r for r in result["runs"]}
+    assert set(runs) == {"raw", "streamq"}
+    for side, run in runs.items():
+        assert run["handled"] == 600, side
+        # one output per input, counted by a reader (read_committed on Kafka): none missing,
+        # none twice
+        assert run["outputs"] == 600, side
+    assert result["spec"]["guarantee"] == guarantee
+    assert result["summary"]["ratio"] > 0
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
         (("--handler", "sleep:x"), "sleep takes milliseconds"),
         (("--workers", "2"), "memory:// lives in one process"),
         (("--dedup", "sqlite"), "--dedup"),
+        (("--transform",), "memory:// has no raw producer loop"),
+        (("--guarantee", "exactly_once"), "exactly_once needs --transform"),
+        (("--transform", "--broker", "redis://x", "--handler", "noop"), "--handler json or cpu"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(args: tuple[str, ...], fragment: str) -> None:
