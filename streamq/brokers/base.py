@@ -49,6 +49,7 @@ __all__ = [
     "Admin",
     "Backend",
     "Broker",
+    "Delivered",
     "Lease",
     "ProducerBackend",
     "Rebalance",
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 Rebalance = Callable[[list[TopicPartition]], None]
+# What ``ProducerBackend.publish`` reports per record: (None, None) or (error, the record).
+Delivered = Callable[[BaseException | None, "Output | None"], None]
 
 
 class RecordMetadata(NamedTuple):
@@ -167,6 +170,17 @@ class ProducerBackend(Protocol):
     ) -> Future[RecordMetadata]:
         """Queue a record; the future resolves when the broker acknowledged it."""
 
+    def publish(self, outputs: Sequence[Output], delivered: Delivered) -> None:
+        """Queue records without a future each; ``delivered`` hears of every one.
+
+        It is called once per record from the producer's own thread: ``(None, None)`` when
+        acknowledged, ``(error, output)`` when refused. Handlers' outputs go this way (a
+        future per record cost more than the send itself); this default serves any backend.
+        """
+        for out in outputs:
+            fut = self.send(out.topic, out.value, out.key, out.headers)
+            fut.add_done_callback(_reporter(delivered, out))
+
     def flush(self, timeout: float | None = None) -> int:
         """Wait for queued records; returns how many are still unacknowledged."""
 
@@ -201,6 +215,14 @@ class Broker(Protocol):
     def view(self) -> LogView:
         """The operator view (``brokers.view``): bounds, positions, ranged reads."""
         raise ConfigError(f"broker: {redact_url(self.url)!r} has no operator view")
+
+
+def _reporter(delivered: Delivered, out: Output) -> Callable[[Future[RecordMetadata]], None]:
+    def report(fut: Future[RecordMetadata]) -> None:
+        exc = fut.exception()
+        delivered(exc, None if exc is None else out)
+
+    return report
 
 
 def wait_until_reachable(

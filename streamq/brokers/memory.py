@@ -29,7 +29,15 @@ from urllib.parse import parse_qs, urlsplit
 from ..errors import CommitFailed, ConfigError, UnknownTopicOrPartition
 from ..message import Headers, Message, TopicPartition
 from ..murmur2 import partition_for_key
-from .base import Admin, Backend, Broker, ProducerBackend, Rebalance, RecordMetadata
+from .base import (
+    Admin,
+    Backend,
+    Broker,
+    Delivered,
+    ProducerBackend,
+    Rebalance,
+    RecordMetadata,
+)
 
 if TYPE_CHECKING:
     from ..pipeline import Output
@@ -179,6 +187,15 @@ class MemoryProducer(ProducerBackend):
         fut: Future[RecordMetadata] = Future()
         fut.set_result(RecordMetadata(topic, partition, offset))
         return fut
+
+    def publish(self, outputs: Sequence[Output], delivered: Delivered) -> None:
+        for out in outputs:
+            try:
+                self.send(out.topic, out.value, out.key, out.headers)
+            except Exception as exc:
+                delivered(exc, out)
+            else:
+                delivered(None, None)
 
     def flush(self, timeout: float | None = None) -> int:
         return 0

@@ -112,6 +112,8 @@ class Committer:
             wanted = dict(positions)
             outbox.gate(positions, wait=self._sync_wait if sync else 0.0)
             complete = positions == wanted
+            if not positions:
+                return complete
         try:
             if outbox is not None and outbox.exactly_once:
                 self._timed_transaction(positions, outbox)

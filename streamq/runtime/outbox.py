@@ -5,9 +5,11 @@ A lane's handler returns ``Out`` records (``streamq.pipeline``); its lane-bound 
 coordinates and the lane's ownership epoch. The committer, on the poll thread, asks the
 outbox before every commit:
 
-- at least once: outputs were sent at once; ``gate`` lowers each partition's commit position
-  to the first input whose outputs are not acknowledged yet, and sends again an output the
-  broker refused. Nothing waits on the lanes' side, so producing costs no latency there.
+- at least once: outputs are published at once, counted in the current *generation*; each
+  commit closes the generation and queues the positions it saw. Those positions may be
+  committed once every output of their generation and the ones before was acknowledged
+  (the producer's thread counts acks; no future per record, no waiting on the lanes' side).
+  A refused output is published again, and the group's partitions pause until it is in.
 - exactly once: outputs were only held; ``take`` hands the committer those of inputs below
   the commit position, in input order, and the broker publishes them with the position in
   one transaction (Kafka) or one fenced script (Redis). ``settle`` drops them once that
@@ -22,13 +24,13 @@ a late entry of an old epoch can never stand in for the new one's (the newer rep
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
-from concurrent.futures import wait as wait_futures
 from typing import Any
 
-from ..brokers.base import Backend, ProducerBackend, RecordMetadata
+from ..brokers.base import Backend, ProducerBackend
 from ..errors import ConfigError
 from ..handlers import CommitMode, HandlerSpec
 from ..logs import get_logger
@@ -41,15 +43,32 @@ __all__ = ["Outbox", "check_exactly_once", "outbox_for"]
 
 log = get_logger("streamq.worker")
 
-# (partition, epoch, input offset, its outputs, their sends: None under exactly once)
-Put = tuple[TopicPartition, int, int, list[Output], list["Future[RecordMetadata]"] | None]
+# exactly once: (partition, epoch, input offset, its outputs)
+Put = tuple[TopicPartition, int, int, list[Output]]
 
 
-@dataclasses.dataclass(slots=True)
-class _Held:
-    outputs: list[Output]
-    sends: list[Future[RecordMetadata]] | None
-    tries: int = 1
+class _Generation:
+    """At least once: outputs published between two commits, and their acknowledgements."""
+
+    __slots__ = ("acked", "delivered", "refused", "sent", "troubled")
+
+    def __init__(self) -> None:
+        self.sent = 0  # lanes add, under the outbox's lock
+        self.acked = 0  # only the producer's thread adds
+        self.refused: deque[tuple[BaseException, Output]] = deque()
+        self.troubled = False  # an output was refused: until it is in, partitions pause
+        self.delivered = self._delivered  # one bound method: the producer caches its wrapper
+
+    def _delivered(self, exc: BaseException | None, out: Output | None) -> None:
+        if exc is None:
+            self.acked += 1
+        else:
+            assert out is not None
+            self.refused.append((exc, out))
+
+    @property
+    def done(self) -> bool:
+        return self.acked >= self.sent and not self.refused
 
 
 class Outbox:
@@ -68,9 +87,13 @@ class Outbox:
         self._at = offset_text
         self._producer = producer
         self._tracker = tracker
+        self._lock = threading.Lock()
+        self._generation = _Generation()
+        # closed generations, each with the positions (and their epochs) it may release
+        self._closed: deque[tuple[_Generation, dict[TopicPartition, tuple[int, int]]]] = deque()
         self.exactly_once = exactly_once
         self._incoming: deque[Put] = deque()  # appends and pops are atomic: no lock
-        self._held: dict[TopicPartition, dict[int, _Held]] = {}
+        self._held: dict[TopicPartition, dict[int, list[Output]]] = {}
         self._taken: list[tuple[TopicPartition, int]] = []
         self.refused: set[TopicPartition] = set()  # with an output the broker refused
 
@@ -118,13 +141,13 @@ class Outbox:
         return one_sync
 
     def _put(self, tp: TopicPartition, epoch: int, offset: int, outputs: list[Output]) -> None:
-        sends = None
-        if not self.exactly_once:
-            if not outputs:
-                return
-            send = self._producer.send
-            sends = [send(o.topic, o.value, o.key, o.headers) for o in outputs]
-        self._incoming.append((tp, epoch, offset, outputs, sends))
+        if self.exactly_once:
+            self._incoming.append((tp, epoch, offset, outputs))
+        elif outputs:
+            with self._lock:
+                generation = self._generation
+                generation.sent += len(outputs)
+            self._producer.publish(outputs, generation.delivered)
 
     # -- the committer (poll thread) -----------------------------------------------------------
 
@@ -132,67 +155,58 @@ class Outbox:
         parts = self._tracker.parts
         incoming = self._incoming
         while incoming:
-            tp, epoch, offset, outputs, sends = incoming.popleft()
+            tp, epoch, offset, outputs = incoming.popleft()
             part = parts.get(tp)
             if part is None or part.epoch != epoch:
                 continue  # that ownership ended: the next owner handles the input again
-            self._held.setdefault(tp, {})[offset] = _Held(outputs, sends)
+            self._held.setdefault(tp, {})[offset] = outputs
 
     def gate(self, positions: dict[TopicPartition, int], wait: float = 0.0) -> None:
-        """At least once: lower each position to the first input with outputs not yet acked.
+        """At least once: replace ``positions`` with those whose outputs are all acknowledged.
 
-        ``wait`` seconds are spent waiting for acknowledgements first (a synchronous commit:
-        a revoke, a stop). ``positions`` is changed in place.
+        Closes the current generation with ``positions``, then releases the newest closed
+        positions whose generation and all before it are done (possibly none yet: they are
+        committed by a later call). ``wait`` seconds are spent waiting for that (a
+        synchronous commit: a revoke, a stop).
         """
-        self._drain()
-        if wait > 0:
-            pending = [
-                f
-                for tp in positions
-                for held in self._held.get(tp, {}).values()
-                for f in held.sends or ()
-                if not f.done()
-            ]
-            if pending:
-                wait_futures(pending, timeout=wait)
-        for tp, position in positions.items():
-            held = self._held.get(tp)
-            self.refused.discard(tp)
-            if not held:
-                continue
-            first_open = position
-            for offset in sorted(o for o in held if o < position):
-                entry = held[offset]
-                if self._settled(tp, offset, entry):
-                    del held[offset]
-                elif offset < first_open:
-                    first_open = offset
-                if entry.tries > 1 and offset in held:
-                    self.refused.add(tp)
-            positions[tp] = first_open
+        parts = self._tracker.parts
+        with self._lock:
+            closing, self._generation = self._generation, _Generation()
+        self._closed.append(
+            (closing, {tp: (parts[tp].epoch, p) for tp, p in positions.items() if tp in parts})
+        )
+        deadline = time.monotonic() + wait
+        released: dict[TopicPartition, tuple[int, int]] = {}
+        while True:
+            self._publish_refused()
+            while self._closed and self._closed[0][0].done:
+                released.update(self._closed.popleft()[1])
+            if not self._closed or time.monotonic() >= deadline:
+                break
+            time.sleep(0.005)  # the producer's thread is counting acknowledgements
+        positions.clear()
+        for tp, (epoch, position) in released.items():
+            part = parts.get(tp)
+            if part is not None and part.epoch == epoch:  # still this member's, same epoch
+                positions[tp] = position
+        self.refused = set(parts) if any(g.troubled for g, _ in self._closed) else set()
 
-    def _settled(self, tp: TopicPartition, offset: int, entry: _Held) -> bool:
-        """All of an input's outputs acknowledged; a refused one is sent again."""
-        sends = entry.sends
-        assert sends is not None
-        settled = True
-        for i, fut in enumerate(sends):
-            if not fut.done():
-                settled = False
-            elif fut.exception() is not None:
-                settled = False
-                out = entry.outputs[i]
-                if tp not in self.refused and (entry.tries == 1 or entry.tries % 10 == 0):
-                    log.warning(  # once per partition and commit, however many are refused
-                        "group %s: output to %s of %s[%d]@%s was refused (%s); sending it "
-                        "again; the partition pauses and its commit waits until delivered",
-                        self._group, out.topic, tp.topic, tp.partition, self._at(offset),
-                        fut.exception(),
+    def _publish_refused(self) -> None:
+        """Publish refused outputs again, counted in the generation they belong to."""
+        told = False
+        for generation, _ in self._closed:
+            refused = generation.refused
+            generation.troubled = generation.troubled or bool(refused)
+            while refused:
+                exc, out = refused.popleft()
+                if not told:
+                    log.warning(  # once per commit, however many were refused
+                        "group %s: output to %s was refused (%s); publishing it again; the "
+                        "group's partitions pause and their commits wait until it is in",
+                        self._group, out.topic, exc,
                     )  # fmt: skip
-                    self.refused.add(tp)
-                entry.tries += 1
-                sends[i] = self._producer.send(out.topic, out.value, out.key, out.headers)
-        return settled
+                    told = True
+                self._producer.publish([out], generation.delivered)
 
     def take(self, positions: dict[TopicPartition, int]) -> list[Output]:
         """Exactly once: the outputs of inputs below ``positions``, in input order."""
@@ -205,7 +219,7 @@ class Outbox:
             if not held:
                 continue
             for offset in sorted(o for o in held if o < position):
-                out.extend(held[offset].outputs)
+                out.extend(held[offset])
                 taken.append((tp, offset))
         return out
 
@@ -225,7 +239,10 @@ class Outbox:
             self.refused.discard(tp)
 
     def waiting(self) -> int:
-        """Inputs whose outputs are not yet acknowledged or committed (for idle checks)."""
+        """What is not out yet: unacknowledged outputs, or inputs whose outputs wait."""
+        if not self.exactly_once:
+            generations = [g for g, _ in self._closed] + [self._generation]
+            return sum(max(0, g.sent - g.acked) + len(g.refused) for g in generations)
         self._drain()
         return sum(len(h) for h in self._held.values())
 

@@ -8,7 +8,6 @@ The brokers' own exactly-once proof runs on Apache Kafka and Redis (tests/fault)
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from concurrent.futures import Future
 
 import orjson
 import pytest
@@ -232,15 +231,17 @@ def test_outputs_of_encodes_and_defaults_the_key() -> None:
 
 
 class FakeProducer:
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None]] = []
-        self.futures: list[Future] = []
+    """Publishes nothing: the test acknowledges or refuses each record itself."""
 
-    def send(self, topic, value, key=None, headers=None, partition=None, timestamp=None):
-        self.sent.append((topic, value))
-        fut: Future = Future()
-        self.futures.append(fut)
-        return fut
+    def __init__(self) -> None:
+        self.published: list[tuple[Output, object]] = []
+
+    def publish(self, outputs, delivered) -> None:
+        self.published.extend((out, delivered) for out in outputs)
+
+    def ack(self, i: int, exc: BaseException | None = None) -> None:
+        out, delivered = self.published[i]
+        delivered(exc, out if exc is not None else None)
 
 
 def outbox(exactly_once: bool) -> tuple[Outbox, FakeProducer, TopicPartition, int]:
@@ -255,24 +256,39 @@ def msg(offset: int) -> Message:
     return Message("orders", 0, offset, b"k", b"{}", None, 0)
 
 
-def test_at_least_once_holds_the_commit_at_the_first_unacknowledged_input() -> None:
+def test_at_least_once_commits_positions_once_their_outputs_are_acknowledged() -> None:
     box, producer, tp, epoch = outbox(exactly_once=False)
     box._put(tp, epoch, 3, [Output("out", b"3", b"k", None)])
     box._put(tp, epoch, 5, [Output("out", b"5", b"k", None)])
-    positions = {tp: 10}
-    box.gate(positions)
-    assert positions == {tp: 3}  # nothing acknowledged yet: inputs 3.. are not done
-    producer.futures[0].set_result(None)
     box.gate(positions := {tp: 10})
-    assert positions == {tp: 5}
+    assert positions == {}  # nothing acknowledged yet: nothing may be committed
+    producer.ack(0)
+    box._put(tp, epoch, 12, [Output("out", b"12", b"k", None)])
+    box.gate(positions := {tp: 20})
+    assert positions == {}  # the first generation still waits for "5"
     assert box.refused == set()
-    producer.futures[1].set_exception(RuntimeError("refused"))
-    box.gate(positions := {tp: 10})
-    assert positions == {tp: 5} and producer.sent[-1] == ("out", b"5")  # sent again
-    assert box.refused == {tp}  # the runner keeps the partition paused meanwhile
-    producer.futures[-1].set_result(None)
-    box.gate(positions := {tp: 10})
-    assert positions == {tp: 10} and box.waiting() == 0 and box.refused == set()
+    producer.ack(1, RuntimeError("refused"))
+    box.gate(positions := {tp: 20})
+    assert positions == {} and producer.published[-1][0].value == b"5"  # published again
+    assert box.refused == {tp}  # the runner keeps the partitions paused meanwhile
+    producer.ack(3)  # the second "5" is in: the first generation is done
+    box.gate(positions := {tp: 25})
+    assert positions == {tp: 10}  # released as that generation saw them
+    producer.ack(2)  # "12"
+    box.gate(positions := {tp: 30})
+    assert positions == {tp: 30} and box.waiting() == 0 and box.refused == set()
+
+
+def test_at_least_once_never_releases_a_position_of_an_ended_ownership() -> None:
+    box, producer, tp, epoch = outbox(exactly_once=False)
+    box._put(tp, epoch, 1, [Output("out", b"1", None, None)])
+    box.gate(positions := {tp: 2})
+    assert positions == {}
+    box._tracker.revoke(tp)
+    box._tracker.assign(tp)  # given back: a new epoch, its own position
+    producer.ack(0)
+    box.gate(positions := {})
+    assert positions == {}
 
 
 def test_exactly_once_takes_outputs_below_the_position_in_input_order() -> None:
@@ -280,7 +296,7 @@ def test_exactly_once_takes_outputs_below_the_position_in_input_order() -> None:
     for offset in (4, 1, 2):
         box._put(tp, epoch, offset, [Output("out", str(offset).encode(), None, None)])
     assert [o.value for o in box.take({tp: 3})] == [b"1", b"2"]
-    assert producer.sent == []  # nothing leaves before the transaction
+    assert producer.published == []  # nothing leaves before the transaction
     assert [o.value for o in box.take({tp: 3})] == [b"1", b"2"]  # a failed commit: again
     box.settle()
     assert [o.value for o in box.take({tp: 5})] == [b"4"]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ...message import Headers
-from ..base import ProducerBackend, RecordMetadata
+from ...pipeline import Output
+from ..base import Delivered, ProducerBackend, RecordMetadata
 from .client import KafkaError, KafkaException, ck
 from .errors import translate
 
@@ -26,6 +28,7 @@ class KafkaProducer(ProducerBackend):
 
     def __init__(self, broker: KafkaBroker) -> None:
         self._producer = ck.Producer(broker.producer_config())
+        self._report: tuple[Delivered | None, Callable[[Any, Any], None]] = (None, print)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="streamq-producer", daemon=True)
         self._thread.start()
@@ -67,6 +70,25 @@ class KafkaProducer(ProducerBackend):
             except KafkaException as exc:
                 raise translate(exc, f"produce to {topic}") from None
 
+    def publish(self, outputs: Sequence[Output], delivered: Delivered) -> None:
+        """One delivery callback for every record published with the same ``delivered``."""
+        last, report = self._report  # one tuple: read and replaced whole, from any thread
+        if last is not delivered:
+            report = _report(delivered)
+            self._report = (delivered, report)
+        produce = self._producer.produce
+        for out in outputs:
+            while True:
+                try:
+                    produce(out.topic, out.value, out.key, headers=out.headers,  # type: ignore[arg-type]
+                            on_delivery=report)  # fmt: skip
+                    break
+                except BufferError:  # the local queue is full: wait for deliveries to free it
+                    self._producer.poll(0.05)
+                except KafkaException as exc:
+                    delivered(translate(exc, f"produce to {out.topic}"), out)
+                    break
+
     def flush(self, timeout: float | None = None) -> int:
         return int(self._producer.flush(-1 if timeout is None else timeout))
 
@@ -75,3 +97,16 @@ class KafkaProducer(ProducerBackend):
             self._producer.flush(30)
             self._closed.set()
             self._thread.join(5)
+
+
+def _report(delivered: Delivered) -> Callable[[Any, Any], None]:
+    """The client's (error, message) as ``publish``'s (error, output)."""
+
+    def report(err: KafkaError | None, msg: Any) -> None:
+        if err is None:
+            delivered(None, None)
+        else:
+            out = Output(msg.topic(), msg.value(), msg.key(), msg.headers())
+            delivered(translate(KafkaException(err), f"delivery to {out.topic}"), out)
+
+    return report

@@ -5,12 +5,14 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BrokerError, BrokerUnavailable
 from ...message import Headers
-from ..base import ProducerBackend, RecordMetadata
+from ...pipeline import Output
+from ..base import Delivered, ProducerBackend, RecordMetadata
 from .entries import entry_fields, id_to_offset
 from .errors import UNAVAILABLE
 
@@ -26,8 +28,8 @@ class RedisProducer(ProducerBackend):
     def __init__(self, broker: RedisBroker) -> None:
         self._broker = broker
         self._r = broker.client()
-        self._queue: queue.Queue[tuple[str, dict[str, bytes], Future[RecordMetadata], str] | None]
-        self._queue = queue.Queue()
+        # (stream, fields, a future or a publish callback, the topic or the output) or None
+        self._queue: queue.Queue[tuple[str, dict[str, bytes], Any, Any] | None] = queue.Queue()
         self._idle = threading.Condition()
         self._outstanding = 0
         self._closed = False
@@ -51,6 +53,18 @@ class RedisProducer(ProducerBackend):
             self._outstanding += 1
         self._queue.put((stream, fields, fut, topic))
         return fut
+
+    def publish(self, outputs: Sequence[Output], delivered: Delivered) -> None:
+        """The writer thread reports each XADD's answer to ``delivered`` (no futures)."""
+        items = []
+        for out in outputs:
+            stream = self._broker.stream_for(self._r, out.topic, out.key)
+            items.append((stream, entry_fields(out.value, out.key, out.headers), delivered, out))
+        with self._idle:
+            self._outstanding += len(items)
+        put = self._queue.put
+        for item in items:
+            put(item)
 
     def _serve(self) -> None:
         while True:
@@ -89,15 +103,17 @@ class RedisProducer(ProducerBackend):
             answers = pipe.execute(raise_on_error=False)
         except Exception as exc:
             kind = BrokerUnavailable if isinstance(exc, UNAVAILABLE) else BrokerError
-            for *_, fut, _ in batch:
-                fut.set_exception(kind(f"redis: XADD: {exc}"))
+            for _, _, sink, topic in batch:
+                _refused(sink, topic, kind(f"redis: XADD: {exc}"))
             return
-        for (key, _, fut, topic), answer in zip(batch, answers, strict=True):
+        for (key, _, sink, topic), answer in zip(batch, answers, strict=True):
             if isinstance(answer, Exception):  # this stream only: WRONGTYPE, OOM, ...
-                fut.set_exception(BrokerError(f"redis: XADD to {key}: {answer}"))
-                continue
-            partition = int(key.rpartition(":")[2])
-            fut.set_result(RecordMetadata(topic, partition, id_to_offset(answer)))
+                _refused(sink, topic, BrokerError(f"redis: XADD to {key}: {answer}"))
+            elif isinstance(sink, Future):
+                partition = int(key.rpartition(":")[2])
+                sink.set_result(RecordMetadata(topic, partition, id_to_offset(answer)))
+            else:
+                sink(None, None)
 
     def flush(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -116,3 +132,11 @@ class RedisProducer(ProducerBackend):
             self._queue.put(None)
             self._thread.join(5)
             self._r.close()
+
+
+def _refused(sink: Any, item: Any, exc: BaseException) -> None:
+    """A future (``send``) gets the error; a ``publish`` callback gets it with its record."""
+    if isinstance(sink, Future):
+        sink.set_exception(exc)
+    else:
+        sink(exc, item)
