@@ -763,6 +763,14 @@ cdef class PartitionOffsets:
         self._bytes -= nbytes
         return records, nbytes
 
+    def skip_to(self, int64_t offset):
+        """With nothing in flight, move the position to where the client is (``offset``).
+
+        What lies between held no records for us: Kafka's transaction markers.
+        """
+        if self._len == 0 and offset - 1 > self._last:
+            self._last = offset - 1
+
     @property
     def position(self):
         """First offset not yet done; None when nothing was ever tracked."""

@@ -112,6 +112,14 @@ class _PartitionOffsetsPy:
         self.bytes -= nbytes
         return records, nbytes
 
+    def skip_to(self, offset: int) -> None:
+        """With nothing in flight, move the position to where the client is (``offset``).
+
+        What lies between held no records for us: Kafka's transaction markers.
+        """
+        if self._head >= len(self._offs) and offset - 1 > self.last:
+            self.last = offset - 1
+
     @property
     def position(self) -> int | None:
         """First offset not yet done; None when nothing was ever tracked."""

@@ -131,6 +131,14 @@ class Backend(Protocol):
         """False while the client knows the broker is unreachable (readiness)."""
         return True
 
+    def fetch_positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        """Where the application will read next, past what the client skips itself.
+
+        Kafka steps over transaction markers, which take offsets but hold no record: a group
+        that committed its last record's offset + 1 would look one behind forever.
+        """
+        return {}
+
     def offset_text(self, offset: int) -> str:
         """An offset as this broker's users know it, for log lines (Redis: the entry ID)."""
         return str(offset)

@@ -136,6 +136,17 @@ class Committer:
         self._tracker.mark_committed(positions)
         return complete
 
+    def step_over_markers(self, tps: list[TopicPartition]) -> None:
+        """When idle, move positions past trailing transaction markers (Kafka).
+
+        A group that read a pipeline's topic to its end then commits that end, and looks
+        caught up to the other members (``--until-idle``) and to lag.
+        """
+        parts = self._tracker.parts
+        for tp, position in self._backend.fetch_positions(tps).items():
+            if tp in parts:
+                parts[tp].skip_to(position)
+
     def commit_before(self, tp: TopicPartition, epoch: int, msgs: list[Message]) -> bool:
         """At-most-once: the position moves past the records before any handler sees them."""
         position = {tp: msgs[-1].offset + 1}

@@ -392,6 +392,7 @@ class GroupRunner:
         if not self._backend.settled or flow.in_flight_unhalted() > 0 or flow.unfetched_since:
             self.idle_since = None
             return
+        self._committer.step_over_markers(list(self._assigned))
         if self._tracker.dirty_positions() and not self._committer.commit(sync=True):
             self.idle_since = None
             return

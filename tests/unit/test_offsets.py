@@ -168,3 +168,18 @@ def test_cython_and_python_trackers_agree(history: list, gap: int) -> None:
             cy.bytes,
             cy.last,
         )
+
+
+def test_skip_to_steps_over_offsets_without_records_only_when_idle(core: Core) -> None:
+    """Kafka's transaction markers take offsets: an idle partition's position follows the
+    client past them, so its commit reaches the end of the log."""
+    part = core.PartitionOffsets()
+    part.track([4, 5])
+    part.skip_to(9)
+    assert part.position == 4  # records in flight: nothing moves
+    part.done(4)
+    part.done(5)
+    part.skip_to(7)
+    assert part.position == 7
+    part.skip_to(3)
+    assert part.position == 7  # never backwards

@@ -390,6 +390,15 @@ class KafkaConsumer(Backend):
 
     transactional = True
 
+    def fetch_positions(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int]:
+        if not tps:
+            return {}
+        try:
+            found = self._consumer.position([to_ck(tp) for tp in tps])
+        except KafkaException:
+            return {}
+        return {TopicPartition(p.topic, p.partition): p.offset for p in found if p.offset >= 0}
+
     def commit_transaction(
         self, offsets: Mapping[TopicPartition, int], outputs: Sequence[Output]
     ) -> None:
