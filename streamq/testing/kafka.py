@@ -516,8 +516,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(cluster.bootstrap, flush=True)
     print(f"started in {cluster.started_in:.1f}s; logs in {cluster.root}", file=sys.stderr)
+    stop = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop)  # after the JVMs started: not inherited
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        signal.sigwait(stop)  # a blocked signal waits here instead of killing us uncleaned
     finally:
         cluster.close()
     return 0
