@@ -309,6 +309,8 @@ BASE_SETTINGS = {
     # internal topics: one partition each, so the first join or transaction is quick
     "offsets.topic.num.partitions": "1",
     "transaction.state.log.num.partitions": "1",
+    # a transaction left open by a killed producer is aborted 1 s after it timed out, not 10 s
+    "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
     "share.coordinator.state.topic.num.partitions": "1",
     # the cleaner allocates 128 MB at start by default
     "log.cleaner.dedupe.buffer.size": "16777216",
