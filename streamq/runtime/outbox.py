@@ -50,18 +50,20 @@ Put = tuple[TopicPartition, int, int, list[Output]]
 class _Generation:
     """At least once: outputs published between two commits, and their acknowledgements."""
 
-    __slots__ = ("acked", "delivered", "refused", "sent", "troubled")
+    __slots__ = ("_lock", "acked", "delivered", "refused", "sent", "troubled")
 
     def __init__(self) -> None:
         self.sent = 0  # lanes add, under the outbox's lock
-        self.acked = 0  # only the producer's thread adds
+        self.acked = 0  # the producer's thread adds (memory://: the lanes' threads)
+        self._lock = threading.Lock()
         self.refused: deque[tuple[BaseException, Output]] = deque()
         self.troubled = False  # an output was refused: until it is in, partitions pause
         self.delivered = self._delivered  # one bound method: the producer caches its wrapper
 
     def _delivered(self, exc: BaseException | None, out: Output | None) -> None:
         if exc is None:
-            self.acked += 1
+            with self._lock:
+                self.acked += 1
         else:
             assert out is not None
             self.refused.append((exc, out))

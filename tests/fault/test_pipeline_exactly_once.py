@@ -330,6 +330,17 @@ def run_with_kills(broker: Any, guarantee: str, tmp_path: Path) -> KillRun:
             victim = workers[i]
             if victim.proc.poll() is not None or chain.handled("emails") >= expected:
                 break
+
+            # kill it while it works: a worker restarted a moment ago may own nothing yet, and
+            # one that commits as it idles leaves nothing to redo
+            def work_of(pid: int = victim.pid) -> int:
+                return sum(len(chain.handled(s, pid)) for s in STAGES)
+
+            before, until = work_of(), time.monotonic() + 20
+            while work_of() <= before and time.monotonic() < until:
+                time.sleep(0.05)
+            if work_of() <= before:
+                break  # nothing left for it to do: the chain is about done
             victim.send_signal(signal.SIGKILL)
             assert victim.finish(30)[0] == -signal.SIGKILL
             kills.append((victim.pid, time.monotonic_ns()))

@@ -214,3 +214,36 @@ def kafka_committed(bootstrap: str, group: str, topic: str, partitions: int) -> 
         return {tp.partition: tp.offset for tp in found}
     finally:
         consumer.close()
+
+
+def produce_keyed(url: str, topic: str, n: int, keys: int = 50) -> list[Any]:
+    """Send n JSON records ``{"i", "k"}`` keyed ``k{i % keys}``; their delivery reports."""
+    import streamq
+
+    with streamq.Producer(url) as producer:
+        futures = [
+            producer.send(topic, {"i": i, "k": f"k{i % keys}"}, key=f"k{i % keys}")
+            for i in range(n)
+        ]
+        assert producer.flush(60) == 0
+    return [fut.result() for fut in futures]
+
+
+def end_offsets(reports: list[Any]) -> dict[int, int]:
+    """The end offset per partition that the delivery reports show."""
+    ends: dict[int, int] = {}
+    for meta in reports:
+        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+    return ends
+
+
+def redis_group_state(url: str, group: str, topic: str, partitions: int) -> list[dict]:
+    """XINFO GROUPS of ``group`` on each of the topic's streams."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        return [info for p in range(partitions) for info in client.xinfo_groups(f"{topic}:{p}")
+                if info["name"] == group.encode()]  # fmt: skip
+    finally:
+        client.close()

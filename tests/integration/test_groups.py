@@ -13,7 +13,6 @@ from pathlib import Path
 
 import confluent_kafka
 import pytest
-import redis
 
 import streamq
 from streamq.murmur2 import partition_for_key
@@ -22,9 +21,12 @@ from tests.conftest import Broker, free_port
 from .helpers import (
     app_env,
     check_per_key_order,
+    end_offsets,
     kafka_committed,
     ledger_app,
+    produce_keyed,
     read_ledger,
+    redis_group_state,
     start_worker,
     streamq_cmd,
     unique,
@@ -33,31 +35,6 @@ from .helpers import (
 pytestmark = [pytest.mark.timeout(240)]
 
 LEASES = {"lease_ttl": 3}  # RELIABILITY.md's test size on Redis: 3 s leases, renewed every second
-
-
-def produce(url: str, topic: str, n: int, keys: int = 50) -> dict[int, int]:
-    """Send n keyed JSON records; return the end offset per partition, from delivery reports."""
-    ends: dict[int, int] = {}
-    with streamq.Producer(url) as producer:
-        futures = [
-            producer.send(topic, {"i": i, "k": f"k{i % keys}"}, key=f"k{i % keys}")
-            for i in range(n)
-        ]
-        assert producer.flush(60) == 0
-    for fut in futures:
-        meta = fut.result()
-        ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
-    return ends
-
-
-def redis_group_state(url: str, group: str, topic: str, partitions: int) -> list[dict]:
-    """XINFO GROUPS of ``group`` on each of the topic's streams."""
-    client = redis.Redis.from_url(url)
-    try:
-        return [info for p in range(partitions) for info in client.xinfo_groups(f"{topic}:{p}")
-                if info["name"] == group.encode()]  # fmt: skip
-    finally:
-        client.close()
 
 
 def test_keys_land_on_the_partition_kafka_would_choose(broker: Broker) -> None:
@@ -78,7 +55,7 @@ def test_done_when_two_workers_handle_everything_once(broker: Broker, tmp_path: 
     command = streamq_cmd("topics", "create", topic, "--partitions", "4", "--broker", broker.url)
     made = subprocess.run(command, capture_output=True, timeout=60)
     assert made.returncode == 0, made.stderr
-    ends = produce(broker.url, topic, 20_000)
+    ends = end_offsets(produce_keyed(broker.url, topic, 20_000))
     group, ledger = unique("billing"), tmp_path / "ledger"
     spec = ledger_app(extra=LEASES if broker.kind == "redis" else None)
     started = time.monotonic()

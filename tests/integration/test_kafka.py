@@ -22,8 +22,10 @@ from .helpers import (
     app_env,
     check_per_key_order,
     duplicates,
+    end_offsets,
     kafka_committed,
     ledger_app,
+    produce_keyed,
     read_ledger,
     start_worker,
     streamq_cmd,
@@ -43,21 +45,6 @@ def create_topic(url: str, partitions: int = 4) -> str:
     topic = unique("orders")
     connect(url).admin().create_topic(topic, partitions)
     return topic
-
-
-def produce(url: str, topic: str, n: int, keys: int = 50) -> dict[int, int]:
-    """Send n keyed JSON records; return the end offset per partition, from delivery reports."""
-    ends: Counter[int] = Counter()
-    with streamq.Producer(url) as producer:
-        futures = [
-            producer.send(topic, {"i": i, "k": f"k{i % keys}"}, key=f"k{i % keys}")
-            for i in range(n)
-        ]
-        assert producer.flush(60) == 0
-    for fut in futures:
-        meta = fut.result()
-        ends[meta.partition] = max(ends[meta.partition], meta.offset + 1)
-    return dict(ends)
 
 
 def committed(url: str, group: str, topic: str, partitions: int) -> dict[int, int | None]:
@@ -93,7 +80,7 @@ def test_scale_up_then_down_while_records_flow(kafka_url: str, tmp_path: Path) -
     """Add a member, then SIGTERM the first one: nothing lost, order kept, no duplicates
     (revokes drain and commit before the partitions move)."""
     topic = create_topic(kafka_url, 4)
-    produce(kafka_url, topic, 6000)
+    produce_keyed(kafka_url, topic, 6000)
     group, ledger = unique("scale"), tmp_path / "ledger"
     spec = ledger_app()
     env = app_env(kafka_url, topic, group, ledger, HANDLER_SLEEP="0.004")
@@ -124,7 +111,7 @@ def test_handler_slower_than_max_poll_interval_is_not_evicted(
 ) -> None:
     """The poll thread never waits on handlers: 8 s of work with max.poll.interval.ms=6000."""
     topic = create_topic(kafka_url, 2)
-    produce(kafka_url, topic, 50)
+    produce_keyed(kafka_url, topic, 50)
     group, ledger = unique("slow"), tmp_path / "ledger"
     spec = ledger_app(kafka={**FAST_GROUP, "max.poll.interval.ms": 6000})
     env = app_env(kafka_url, topic, group, ledger, SLOW_ID="10", SLOW_FOR="8")
@@ -191,7 +178,7 @@ def test_partitions_added_while_consuming_are_picked_up(kafka_url: str, tmp_path
     refresh = {"topic.metadata.refresh.interval.ms": 2000}
     spec = ledger_app(kafka={**FAST_GROUP, **refresh})
     worker = start_worker(tmp_path, spec, app_env(kafka_url, topic, group, ledger))
-    ends = produce(kafka_url, topic, 200)
+    ends = end_offsets(produce_keyed(kafka_url, topic, 200))
     wait_until(lambda: len(read_ledger(ledger)) == 200, 60, "the first 200 records")
 
     admin = AdminClient({"bootstrap.servers": kafka_url.removeprefix("kafka://")})
@@ -276,7 +263,7 @@ def test_a_partition_nobody_fetches_is_found_resumed_and_reported(
     def handle(value: dict) -> None:
         seen.append(value["i"])
 
-    produce(kafka_url, topic, 10)
+    produce_keyed(kafka_url, topic, 10)
     worker = Worker(app, None)
     thread = threading.Thread(target=lambda: asyncio.run(worker.serve()), daemon=True)
     thread.start()
@@ -297,7 +284,7 @@ def test_a_partition_nobody_fetches_is_found_resumed_and_reported(
         backend.poll_batch = poll_batch
         armed.set()
         assert done.wait(10), "the partition was never paused"
-        produce(kafka_url, topic, 10)
+        produce_keyed(kafka_url, topic, 10)
         wait_until(lambda: len(seen) == 20, 60, "the records past the stuck position")
         assert "not fetched for" in caplog.text and "resuming it" in caplog.text
     finally:

@@ -23,7 +23,9 @@ from .helpers import (
     app_env,
     duplicates,
     ledger_app,
+    produce_keyed,
     read_ledger,
+    redis_group_state,
     start_worker,
     unique,
     wait_until,
@@ -32,34 +34,6 @@ from .helpers import (
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(240)]
 
 LEASES = {"lease_ttl": 3}  # RELIABILITY.md's test size: 3 s leases, renewed every second
-
-
-def produce(url: str, topic: str, n: int, keys: int = 50) -> Counter[int]:
-    per_partition: Counter[int] = Counter()
-    with streamq.Producer(url) as producer:
-        futures = [
-            producer.send(topic, {"i": i, "k": f"k{i % keys}"}, key=f"k{i % keys}")
-            for i in range(n)
-        ]
-        assert producer.flush(60) == 0
-    for fut in futures:
-        per_partition[fut.result().partition] += 1
-    return per_partition
-
-
-def group_state(url: str, group: str, topic: str, partitions: int) -> list[dict]:
-    client = redis.Redis.from_url(url)
-    try:
-        out = []
-        for p in range(partitions):
-            out.extend(
-                info
-                for info in client.xinfo_groups(f"{topic}:{p}")
-                if info["name"] == group.encode()
-            )
-        return out
-    finally:
-        client.close()
 
 
 def new_topic(url: str, partitions: int = 4) -> str:
@@ -73,7 +47,7 @@ def test_sigkill_a_member_and_the_survivor_reclaims_its_entries(
 ) -> None:
     url = redis_server.url
     topic = new_topic(url)
-    produce(url, topic, 4000)
+    produce_keyed(url, topic, 4000)
     group, ledger = unique("kill"), tmp_path / "ledger"
     spec = ledger_app(extra=LEASES)
     env = app_env(url, topic, group, ledger, HANDLER_SLEEP="0.003")
@@ -94,7 +68,7 @@ def test_sigkill_a_member_and_the_survivor_reclaims_its_entries(
     assert set(duplicates(entries)) <= {
         e.id for e in read_ledger(ledger, "S") if e.pid == victim.pid
     }
-    assert all(s["pending"] == 0 for s in group_state(url, group, topic, 4))
+    assert all(s["pending"] == 0 for s in redis_group_state(url, group, topic, 4))
 
 
 def test_a_frozen_lease_holder_is_fenced_when_it_wakes(
@@ -104,7 +78,7 @@ def test_a_frozen_lease_holder_is_fenced_when_it_wakes(
     start no handler for records the new owner handles, and its acknowledgements are refused."""
     url = redis_server.url
     topic = new_topic(url, 2)
-    produce(url, topic, 600)
+    produce_keyed(url, topic, 600)
     group, ledger = unique("zombie"), tmp_path / "ledger"
     spec = ledger_app(extra=LEASES)
     env = app_env(url, topic, group, ledger, HANDLER_SLEEP="0.02")
@@ -157,7 +131,7 @@ def test_redis_killed_and_restarted_with_aof(redis_server: RedisServer, tmp_path
 
     url = redis_server.url
     topic = new_topic(url)
-    produce(url, topic, 3000)
+    produce_keyed(url, topic, 3000)
     group, ledger = unique("aof"), tmp_path / "ledger"
     spec = ledger_app(extra=LEASES)
     env = app_env(url, topic, group, ledger, HANDLER_SLEEP="0.002")
@@ -181,7 +155,7 @@ def test_redis_killed_and_restarted_with_aof(redis_server: RedisServer, tmp_path
     assert "redis" in err.lower() and "Traceback" not in err
     entries = read_ledger(ledger)
     assert sorted({e.id for e in entries}) == list(range(3000)), "records lost"
-    assert all(s["pending"] == 0 for s in group_state(url, group, topic, 4))
+    assert all(s["pending"] == 0 for s in redis_group_state(url, group, topic, 4))
     again = [e for e in entries if e.id in set(duplicates(entries))]
     outside = {(e.partition, e.offset) for e in again} - pending
     assert not outside, f"handled twice though acknowledged before the kill: {sorted(outside)[:5]}"
@@ -195,7 +169,7 @@ def test_redis_restarted_empty_recreates_the_group_without_spinning(tmp_path: Pa
     try:
         url = server.url
         topic = new_topic(url)
-        produce(url, topic, 100)
+        produce_keyed(url, topic, 100)
         group, ledger = unique("empty"), tmp_path / "ledger"
         spec = ledger_app(extra=LEASES)
         port = free_port()
@@ -239,7 +213,7 @@ def test_lag_and_pending_per_partition(redis_server: RedisServer) -> None:
     client = redis.Redis.from_url(url)
     for p in range(2):
         client.xgroup_create(f"{topic}:{p}", group, id="0", mkstream=True)
-    counts = produce(url, topic, 20)
+    counts = Counter(m.partition for m in produce_keyed(url, topic, 20))
     client.xreadgroup(group, "c", {f"{topic}:0": ">"}, count=3)
     client.close()
     lag = admin.lag(group, topic)
@@ -257,11 +231,11 @@ def test_pending_entries_trimmed_away_are_reported_not_fatal(
     group, ledger = unique("trim"), tmp_path / "ledger"
     client = redis.Redis.from_url(url)
     client.xgroup_create(f"{topic}:0", group, id="0", mkstream=True)
-    produce(url, topic, 30)
+    produce_keyed(url, topic, 30)
     client.xreadgroup(group, "dead-member", {f"{topic}:0": ">"}, count=10)  # 10 now pending
     client.xtrim(f"{topic}:0", maxlen=0, approximate=False)  # ...and deleted
     assert client.xpending(f"{topic}:0", group)["pending"] == 10
-    produce(url, topic, 5)
+    produce_keyed(url, topic, 5)
     spec = ledger_app(extra=LEASES)
     port = free_port()
     worker = start_worker(tmp_path, spec, app_env(url, topic, group, ledger),
@@ -288,7 +262,7 @@ def test_a_rewound_group_with_redis_dedup_handles_nothing_again(
     """G1: rewind the group (XGROUP SETID 0) after a full run; with dedup, 0 handler calls."""
     url = redis_server.url
     topic = new_topic(url, 2)
-    produce(url, topic, 300)
+    produce_keyed(url, topic, 300)
     calls: list[int] = []
 
     def run_once() -> None:
@@ -319,7 +293,7 @@ def test_an_evicting_maxmemory_policy_is_warned_about_at_start(
     client.config_set("maxmemory-policy", "allkeys-lru")
     assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
     topic = new_topic(redis_server.url, 2)
-    produce(redis_server.url, topic, 10)
+    produce_keyed(redis_server.url, topic, 10)
     spec = ledger_app()
     env = app_env(redis_server.url, topic, unique("h1"), tmp_path / "ledger")
     code, err = start_worker(tmp_path, spec, env, "--until-idle", "1").finish(60)
@@ -341,7 +315,7 @@ def test_entries_trimmed_before_the_group_read_them_are_reported_once(
     client = redis.Redis.from_url(url)
     # as streamq creates its groups: at the start, with a valid read counter
     client.xgroup_create(f"{topic}:0", group, id="0", mkstream=True, entries_read=0)
-    produce(url, topic, 100)
+    produce_keyed(url, topic, 100)
     client.xtrim(f"{topic}:0", maxlen=40, approximate=False)  # 60 never delivered, gone
     assert client.xlen(f"{topic}:0") == 40
     spec = ledger_app(extra=LEASES)
@@ -360,7 +334,7 @@ def test_entries_trimmed_before_the_group_read_them_are_reported_once(
     assert "before the group read them" in err and "Traceback" not in err
 
     # Another run: only the new loss is reported (the total is kept in Redis).
-    produce(url, topic, 20)
+    produce_keyed(url, topic, 20)
     client.xtrim(f"{topic}:0", maxlen=10, approximate=False)  # 10 of the 20 new ones unread
     code, err = start_worker(tmp_path, spec, env, "--until-idle", "2").finish(60)
     assert code == 0, err

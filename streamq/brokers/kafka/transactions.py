@@ -71,6 +71,7 @@ class Transactions:
                 consumer.consumer_group_metadata(),
                 self._timeout,
             )
+            self._producer.flush(self._timeout)  # commit_transaction would wait for it too
             if failpoints.ACTIVE:
                 failpoints.hit("in_transaction")
             self._commit_transaction()
