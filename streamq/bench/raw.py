@@ -12,7 +12,7 @@ import os
 import threading
 from typing import Any
 
-from .raw_transform import raw_kafka_transform, raw_redis_transform
+from .raw_transform import raw_kafka_transform, raw_redis_transform, redis_group_streams
 from .spec import BenchSpec, parse_handler
 from .tally import Tally
 from .workloads import transform_fn, work_fn
@@ -66,19 +66,7 @@ def _raw_kafka(spec: BenchSpec, work: Any, tick: Any, stop: threading.Event) -> 
 
 
 def _raw_redis(spec: BenchSpec, work: Any, tick: Any, stop: threading.Event) -> None:
-    import redis
-
-    from ..brokers.redis.keys import stream_key
-    from ..message import TopicPartition
-
-    r: Any = redis.Redis.from_url(spec.broker)
-    keys = [stream_key(TopicPartition(t, p)) for t in spec.topics for p in range(spec.partitions)]
-    for key in keys:
-        try:
-            r.xgroup_create(key, spec.group, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    r, keys = redis_group_streams(spec)
     consumer = f"raw-{os.getpid()}"
     streams = dict.fromkeys(keys, ">")
     size = spec.max_poll_records

@@ -167,14 +167,12 @@ def _kafka_loop(
             commit()
 
 
-def raw_redis_transform(
-    spec: BenchSpec, transform: Transform, tick: Tick, stop: threading.Event
-) -> None:
+def redis_group_streams(spec: BenchSpec) -> tuple[Any, list[str]]:
+    """A client, and the input streams with the bench's group created on each (the raw loops)."""
     import redis
 
     from ..brokers.redis.keys import stream_key
     from ..message import TopicPartition
-    from ..murmur2 import partition_for_key
 
     r: Any = redis.Redis.from_url(spec.broker)
     keys = [stream_key(TopicPartition(t, p)) for t in spec.topics for p in range(spec.partitions)]
@@ -184,6 +182,17 @@ def raw_redis_transform(
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+    return r, keys
+
+
+def raw_redis_transform(
+    spec: BenchSpec, transform: Transform, tick: Tick, stop: threading.Event
+) -> None:
+    from ..brokers.redis.keys import stream_key
+    from ..message import TopicPartition
+    from ..murmur2 import partition_for_key
+
+    r, keys = redis_group_streams(spec)
     streams: dict[bytes, str] = {}  # output stream per key: Kafka's murmur2 partition, as streamq
 
     def stream_for(key: bytes) -> str:
