@@ -326,26 +326,20 @@ def run_with_kills(broker: Any, guarantee: str, tmp_path: Path) -> KillRun:
         wait_until(lambda: len(chain.handled("orders")) > 50, 60, "the workers to handle")
         for _ in range(KILLS):
             time.sleep(rng.uniform(0.5, 2.0))
-            i = rng.randrange(2)
-            victim = workers[i]
-            if victim.proc.poll() is not None or chain.handled("emails") >= expected:
+            if chain.handled("emails") >= expected:
                 break
-
-            # kill it while it works: a worker restarted a moment ago may own nothing yet, and
-            # one that commits as it idles leaves nothing to redo
-            def work_of(pid: int = victim.pid) -> int:
-                return sum(len(chain.handled(s, pid)) for s in STAGES)
-
-            before, until = work_of(), time.monotonic() + 20
-            while work_of() <= before and time.monotonic() < until:
-                time.sleep(0.05)
-            if work_of() <= before:
-                break  # nothing left for it to do: the chain is about done
+            # kill one that works: a worker restarted a moment ago may own nothing yet (on
+            # Redis until the dead one's claims lapse), and one that idles leaves nothing to redo
+            i = working(chain, workers, rng)
+            if i is None:
+                break  # nothing left for either to do: the chain is about done
+            victim = workers[i]
             victim.send_signal(signal.SIGKILL)
             assert victim.finish(30)[0] == -signal.SIGKILL
             kills.append((victim.pid, time.monotonic_ns()))
             workers[i] = worker()
-        assert len(kills) >= 3, f"the run ended after {len(kills)} kills"
+        done = {s: len(chain.handled(s)) for s in STAGES}
+        assert len(kills) >= 3, f"the run ended after {len(kills)} kills, inputs handled {done}"
         wait_until(lambda: expected <= chain.visible("sent"), 150, "the chain to drain")
         for w in workers:
             w.send_signal(signal.SIGTERM)
@@ -356,6 +350,24 @@ def run_with_kills(broker: Any, guarantee: str, tmp_path: Path) -> KillRun:
         for o in observers.values():
             o.stop()
     return KillRun(chain, expected, kills, {s: o.samples for s, o in observers.items()})
+
+
+def working(chain: Chain, workers: list[Worker], rng: random.Random) -> int | None:
+    """The index of a seeded random one of ``workers`` whose ledgers grow (``None`` if
+    neither's grew within 20 s)."""
+
+    def work_of(w: Worker) -> int:
+        return sum(len(chain.handled(s, w.pid)) for s in STAGES)
+
+    before = [work_of(w) for w in workers]
+    until = time.monotonic() + 20
+    while time.monotonic() < until:
+        time.sleep(0.1)
+        grew = [i for i, w in enumerate(workers)
+                if w.proc.poll() is None and work_of(w) > before[i]]  # fmt: skip
+        if grew:
+            return rng.choice(grew)
+    return None
 
 
 def test_exactly_once_through_random_sigkills(broker, tmp_path: Path) -> None:
