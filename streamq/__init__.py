@@ -39,6 +39,7 @@ from .message import Message, TopicPartition
 from .pipeline import Out
 from .producer import Producer
 from .retry import RetryPolicy
+from .schedules import Tick
 from .settings import Settings
 
 try:
@@ -69,6 +70,7 @@ __all__ = [
     "Settings",
     "ShutdownTimeout",
     "StreamqError",
+    "Tick",
     "TopicPartition",
     "WorkerLost",
     "__version__",

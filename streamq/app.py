@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
 from .credentials import redact_url
@@ -12,6 +13,7 @@ from .errors import ConfigError
 from .handlers import HandlerSpec, build_spec
 from .message import Message
 from .retry import RetryPolicy
+from .schedules import JobSpec, build_job
 from .settings import Settings, load_settings
 from .stats import Stats
 
@@ -43,6 +45,7 @@ class App:
         self._overrides = settings
         self.settings: Settings = load_settings(**settings)
         self.handlers: dict[tuple[str, str], HandlerSpec] = {}
+        self.jobs: dict[str, JobSpec] = {}
         self.stats = Stats()
 
     def configure(self, **overrides: Any) -> None:
@@ -172,6 +175,71 @@ class App:
                     f"handler {other!r}; use another group to consume it twice"
                 )
             self.handlers[key] = spec
+            return fn
+
+        return register
+
+    def every(
+        self,
+        seconds: float | timedelta | None = None,
+        *,
+        cron: str | None = None,
+        tz: str | None = None,
+        name: str | None = None,
+        missed: Literal["once", "skip", "all"] = "once",
+        overlap: Literal["skip", "queue"] = "skip",
+        max_retries: int = 3,
+        retry_backoff: float = 0.2,
+        retry_backoff_max: float = 30.0,
+        retry_jitter: bool = True,
+        retry: RetryPolicy | None = None,
+        timeout: float | None = None,
+        executor: Literal["threads", "asyncio", "processes"] | None = None,
+    ) -> Callable[[F], F]:
+        """Register the decorated function as a periodic job: one member fires each tick.
+
+        However many workers run the app, on however many machines, the member that owns
+        the app's schedule (``streamq.runtime.scheduler``) fires each tick, after storing it
+        with its ownership, so a tick is never fired twice; when that member dies another
+        takes over within the broker's session (Kafka) or lease (Redis) timeout. The job is
+        a plain function, sync or async, taking nothing or the ``streamq.Tick`` it runs for.
+
+        Args:
+            seconds: The interval (seconds or a ``timedelta``, at least 0.1 s); ticks fall on
+                its multiples since the epoch, so ``every(60)`` fires on the minute.
+            cron: A cron expression instead (five fields, ``"*/5 * * * *"``).
+            tz: The time zone of ``cron`` (IANA name); default UTC. Across a DST change a
+                skipped time fires at the first minute after the gap, a repeated one once.
+            name: The job's name in ``streamq schedules``; default the function's name.
+            missed: Ticks that fell due while no member owned the schedule (downtime):
+                ``"once"`` fires the latest of them, ``"skip"`` none, ``"all"`` each.
+            overlap: A tick due while the previous run still runs: ``"skip"`` it, or
+                ``"queue"`` it to run next.
+            max_retries: In-place retries of a failing run after its first attempt.
+            retry_backoff: First retry delay in seconds; doubles each retry.
+            retry_backoff_max: Cap on one delay, in seconds.
+            retry_jitter: Full jitter: each delay uniform in [0, computed].
+            retry: The four above as one ``streamq.RetryPolicy``; give it or them.
+            timeout: Seconds an async job may run before it is cancelled (and retried).
+            executor: ``"threads"`` (sync jobs: the default), ``"asyncio"`` (async jobs:
+                the default) or ``"processes"`` (sync, CPU-bound, module-level).
+
+        Raises:
+            ConfigError: Invalid options, a function that cannot be called with a tick, or
+                a name taken by another job; every problem listed.
+        """
+        flat = (max_retries, retry_backoff, retry_backoff_max, retry_jitter)
+
+        def register(fn: F) -> F:
+            if retry is not None and flat != (3, 0.2, 30.0, True):
+                raise ConfigError("retry: give retry=RetryPolicy(...) or the flat names, not both")
+            policy = retry if retry is not None else RetryPolicy(*flat)
+            job = build_job(fn, seconds=seconds, cron=cron, tz=tz, name=name, missed=missed,
+                            overlap=overlap, retry=policy, timeout=timeout,
+                            executor=executor)  # fmt: skip
+            if job.name in self.jobs:
+                raise ConfigError(f"job {job.name!r}: the app has a job of that name already")
+            self.jobs[job.name] = job
             return fn
 
         return register

@@ -11,9 +11,11 @@ its outputs are acknowledged (at least once) or committed with it (exactly once)
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, NamedTuple
 
 from .codec import encode_headers, encode_key, encode_value
+from .delays import due_ms
 from .errors import ConfigError
 from .message import Headers
 
@@ -31,21 +33,31 @@ class Out(NamedTuple):
             order carries through a chain of stages. Batch handlers have no single input:
             their outputs without a key have none.
         headers: Header names to bytes (or str), or (name, bytes) pairs.
+        delay: Seconds (or a ``timedelta``) before the record reaches ``topic``: it waits
+            in the delay topic (``streamq.delays``) until then, with the same guarantee as
+            any output.
     """
 
     topic: str
     value: Any
     key: bytes | str | int | None = None
     headers: Mapping[str, bytes | str] | Sequence[tuple[str, bytes | str]] | None = None
+    delay: float | timedelta | None = None
 
 
 class Output(NamedTuple):
-    """An ``Out`` encoded for the broker: what the outbox holds and a producer sends."""
+    """An ``Out`` encoded for the broker: what the outbox holds and a producer sends.
+
+    ``due`` (ms since the epoch): a delayed record, which the outbox sends to the delay topic
+    instead (``streamq.delays.envelope``); ``partition``: an explicit one.
+    """
 
     topic: str
     value: bytes | None
     key: bytes | None
     headers: Headers | None
+    partition: int | None = None
+    due: int | None = None
 
 
 def outputs_of(
@@ -79,7 +91,11 @@ def _encode(out: Out, input_key: bytes | None, allowed: frozenset[str] | None) -
             f"({', '.join(sorted(allowed))})"
         )
     key = input_key if out.key is None else encode_key(out.key)
-    return Output(out.topic, encode_value(out.value), key, encode_headers(out.headers))
+    value = encode_value(out.value)
+    if out.delay is None:
+        return Output(out.topic, value, key, encode_headers(out.headers))
+    due = due_ms(out.delay, None, value)
+    return Output(out.topic, value, key, encode_headers(out.headers), None, due)
 
 
 def _bad_result(value: Any, *, inside: bool = False) -> str:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
 from .brokers import connect
 from .brokers.base import RecordMetadata
 from .codec import encode_headers, encode_key, encode_value
+from .delays import due_ms, ensure_delay_topic, envelope
 from .errors import ConfigError
+from .pipeline import Output
 from .settings import load_settings
 from .tracing import tracer
 
@@ -33,7 +36,11 @@ class Producer:
             settings["broker"] = url
         resolved = load_settings(**settings)
         self.url = resolved.broker
-        self._backend = connect(self.url, resolved).producer()
+        self._settings = resolved
+        self._broker = connect(self.url, resolved)
+        self._backend = self._broker.producer()
+        self._delay_topic = resolved.delay_topic
+        self._delay_topic_ready = False
         self._closed = False
         self._tracer = tracer() if resolved.tracing else None
 
@@ -45,6 +52,9 @@ class Producer:
         headers: Mapping[str, bytes | str] | Sequence[tuple[str, bytes | str]] | None = None,
         partition: int | None = None,
         timestamp: int | None = None,
+        *,
+        delay: float | timedelta | None = None,
+        deliver_at: datetime | None = None,
     ) -> Future[RecordMetadata]:
         """Queue one record.
 
@@ -56,6 +66,11 @@ class Producer:
             headers: Header names to bytes (or str, UTF-8 encoded).
             partition: Explicit partition, bypassing the partitioner.
             timestamp: Milliseconds since the epoch; default now.
+            delay: Seconds (or a ``timedelta``) before the record reaches ``topic``; until
+                then it waits in the delay topic (``Settings.delay_topic``), which the
+                workers of any app on this broker move from (``streamq.delays``). The
+                future then names where it waits.
+            deliver_at: The same as a time (aware; naive means local time).
 
         Raises:
             ConfigError: The value, key or topic cannot be sent.
@@ -65,6 +80,8 @@ class Producer:
             raise ConfigError("producer is closed")
         if not isinstance(topic, str) or not topic:
             raise ConfigError("topic: must be a non-empty string")
+        if delay is not None or deliver_at is not None:
+            return self._send_delayed(topic, value, key, headers, partition, delay, deliver_at)
         if self._tracer is not None:
             encoded_value, encoded_key = encode_value(value), encode_key(key)
             return self._tracer.publish(  # type: ignore[no-any-return]
@@ -82,6 +99,25 @@ class Producer:
             partition,
             timestamp,
         )
+
+    def _send_delayed(
+        self,
+        topic: str,
+        value: Any,
+        key: bytes | str | int | None,
+        headers: Mapping[str, bytes | str] | Sequence[tuple[str, bytes | str]] | None,
+        partition: int | None,
+        delay: float | timedelta | None,
+        deliver_at: datetime | None,
+    ) -> Future[RecordMetadata]:
+        encoded = encode_value(value)
+        due = due_ms(delay, deliver_at, encoded)
+        out = Output(topic, encoded, encode_key(key), encode_headers(headers), partition, due)
+        wrapped = envelope(out, self._delay_topic)
+        if not self._delay_topic_ready:
+            ensure_delay_topic(self._broker, self._settings)
+            self._delay_topic_ready = True
+        return self._backend.send(wrapped.topic, wrapped.value, wrapped.key, wrapped.headers)
 
     def flush(self, timeout: float | None = None) -> int:
         """Wait for outstanding records; returns how many are still unacknowledged."""

@@ -96,6 +96,18 @@ class Settings(BaseSettings):
     dlq_suffix: str = Field(".dlq", min_length=1)
     """``dlq=True`` dead-letters to ``<topic><dlq_suffix>``."""
 
+    delay_topic: str = Field("streamq.delays", min_length=1)
+    """Where delayed records wait (``Producer.send(delay=)``, ``Out(delay=)``, ``retry=
+    "later"``); every worker joins the group of the same name once the topic exists, and its
+    members move each record to its topic when due. Apps that share a broker may share it."""
+
+    delay_partitions: int = Field(4, ge=1, le=1024)
+    """Partitions of the delay topic when streamq creates it: how many members share it."""
+
+    move_delays: bool = True
+    """Whether this app's workers move delayed records (join the delay topic's group once
+    it exists). Off: some other app's workers must."""
+
     traceback_limit: int = Field(8192, ge=256)
     """Bytes of traceback kept in a DLQ header, so the DLQ record still fits."""
 

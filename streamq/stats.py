@@ -56,6 +56,10 @@ class Stats:
     KINDS = ("consumed", "handled", "failed", "retried", "dead_lettered", "deduplicated", "paused")
 
     def __init__(self) -> None:
+        # (job, outcome): ok, failed, missed, paused (ticks skipped), overlapped
+        self.jobs: Counter[tuple[str, str]] = Counter()
+        # delayed records this worker moved to their topics, and envelopes it could not read
+        self.delayed: Counter[str] = Counter()
         self.consumed_by: Counter[Labels] = Counter()
         self.handled_by: Counter[Labels] = Counter()
         self.failed_by: Counter[Labels] = Counter()

@@ -148,6 +148,23 @@ class Backend(Protocol):
         """(event, topic, partition) -> count of broker events, exported as metrics (Redis)."""
         return Counter()
 
+    # -- state kept with the ownership of a partition ------------------------------------------
+
+    def save_state(self, tp: TopicPartition, offset: int, state: str) -> None:
+        """Store ``state`` and the position ``offset`` with this member's ownership of ``tp``.
+
+        Refused (``CommitFailed``, or ``MemberFenced``) unless this member owns ``tp`` at the
+        broker now, so a member that lost ``tp`` while frozen cannot overwrite its heir's
+        state: the schedule keeps its last fired ticks this way. Kafka: commit metadata
+        (at most ``offset.metadata.max.bytes``, 4096 by default); Redis: a key written by a
+        script that checks the lease.
+        """
+        raise ConfigError("this broker cannot keep state with a partition's ownership")
+
+    def load_state(self, tp: TopicPartition) -> tuple[int | None, str | None]:
+        """The position and state last saved for ``tp`` by any member (None: never)."""
+        raise ConfigError("this broker cannot keep state with a partition's ownership")
+
     # -- exactly once ----------------------------------------------------------------------------
 
     #: Whether ``commit_transaction`` is served: ``guarantee="exactly_once"`` needs it.
@@ -186,7 +203,7 @@ class ProducerBackend(Protocol):
         future per record cost more than the send itself); this default serves any backend.
         """
         for out in outputs:
-            fut = self.send(out.topic, out.value, out.key, out.headers)
+            fut = self.send(out.topic, out.value, out.key, out.headers, out.partition)
             fut.add_done_callback(_reporter(delivered, out))
 
     def flush(self, timeout: float | None = None) -> int:
@@ -196,10 +213,18 @@ class ProducerBackend(Protocol):
 
 
 class Admin(Protocol):
-    def create_topic(self, name: str, partitions: int) -> None: ...
+    def create_topic(self, name: str, partitions: int, *, compact: bool = False) -> None:
+        """Create ``name``; ``compact``: keep the last record per key (where the broker can).
+
+        Raises ConfigError when it exists.
+        """
 
     def list_topics(self) -> dict[str, int]:
         """Topic name to partition count."""
+
+    def topic_exists(self, name: str) -> bool:
+        """One look, no retries (a background check must not wait out an outage)."""
+        return name in self.list_topics()
 
     def close(self) -> None: ...
 

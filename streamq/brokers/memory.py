@@ -61,6 +61,7 @@ class _Group:
     generation: int = 0
     owner: dict[TopicPartition, int] = field(default_factory=dict)
     committed: dict[TopicPartition, int] = field(default_factory=dict)
+    states: dict[TopicPartition, str] = field(default_factory=dict)
 
 
 class MemoryLog:
@@ -191,7 +192,7 @@ class MemoryProducer(ProducerBackend):
     def publish(self, outputs: Sequence[Output], delivered: Delivered) -> None:
         for out in outputs:
             try:
-                self.send(out.topic, out.value, out.key, out.headers)
+                self.send(out.topic, out.value, out.key, out.headers, out.partition)
             except Exception as exc:
                 delivered(exc, out)
             else:
@@ -208,7 +209,7 @@ class MemoryAdmin(Admin):
     def __init__(self, broker: MemoryBroker) -> None:
         self._log = broker.log
 
-    def create_topic(self, name: str, partitions: int) -> None:
+    def create_topic(self, name: str, partitions: int, *, compact: bool = False) -> None:
         with self._log.cond:
             if name in self._log.topics:
                 raise ConfigError(f"topic {name!r} already exists")
@@ -446,8 +447,20 @@ class MemoryConsumer(Backend):
                 raise CommitFailed(f"group {self._group_name}: no longer owns {sorted(refused)}")
             producer = MemoryProducer(self._broker)
             for out in outputs:
-                producer.send(out.topic, out.value, out.key, out.headers)
+                producer.send(out.topic, out.value, out.key, out.headers, out.partition)
             g.committed.update(offsets)
+
+    def save_state(self, tp: TopicPartition, offset: int, state: str) -> None:
+        with self._log.cond:
+            g = self._group
+            if g.owner.get(tp) != self._id or self._id not in g.members:
+                raise CommitFailed(f"group {self._group_name}: no longer owns {tp}")
+            g.committed[tp] = offset
+            g.states[tp] = state
+
+    def load_state(self, tp: TopicPartition) -> tuple[int | None, str | None]:
+        with self._log.cond:
+            return self._group.committed.get(tp), self._group.states.get(tp)
 
     def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         with self._log.cond:

@@ -10,7 +10,8 @@ interrupted.
 
 This module assembles the command tree; each command family lives in its own module:
 ``run`` (consume), ``topics`` (create, list, produce, tail), ``dlq`` (list, show, redrive),
-``replay`` (replay, offsets reset), ``inspect`` (lag, status) and ``bench``. What they share
+``replay`` (replay, offsets reset), ``inspect`` (lag, status), ``schedules`` (list, pause,
+resume, trigger) and ``bench``. What they share
 (errors as exit codes, the options several commands take, the broker URL) is ``common``.
 """
 
@@ -20,7 +21,7 @@ import click
 
 from .. import __version__, logs
 from ..dispatch import IMPLEMENTATION
-from . import bench, dlq, inspect, replay, run, topics
+from . import bench, dlq, inspect, replay, run, schedules, topics
 
 __all__ = ["main"]
 
@@ -55,6 +56,7 @@ cli.add_command(replay.replay)
 cli.add_command(replay.offsets)
 cli.add_command(inspect.lag)
 cli.add_command(inspect.status)
+cli.add_command(schedules.schedules)
 cli.add_command(bench.bench)
 
 

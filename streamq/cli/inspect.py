@@ -14,11 +14,13 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
+from ..brokers import in_process
 from ..brokers.view import LogView
 from ..errors import ConfigError
 from ..runtime.launch import load_app
 from ..settings import load_settings
 from .common import broker_option, broker_url, errors_as_exit_codes, group_option, view_of
+from .schedules import print_schedule, schedule_report
 
 
 @click.command()
@@ -66,7 +68,8 @@ def lag(group: str, topic: str | None, as_json: bool, broker: str | None) -> Non
     "--app",
     "app_spec",
     metavar="MODULE:APP",
-    help="Name each group's pipeline stage: the topics its handlers read and write.",
+    help="Name each group's pipeline stage (the topics its handlers read and write), and "
+    "show the app's periodic jobs: last and next tick, and who owns the schedule.",
 )
 @errors_as_exit_codes
 def status(broker: str | None, only: str | None, as_json: bool, app_spec: str | None) -> None:
@@ -93,10 +96,19 @@ def status(broker: str | None, only: str | None, as_json: bool, app_spec: str | 
                 "reads": sorted({s.topic for s in specs}),
                 "writes": sorted({t for s in specs for t in s.outputs or ()}),
             }
+    schedule = None
+    if app is not None and app.jobs and not in_process(url):
+        app.configure(broker=url)
+        schedule = schedule_report(app)
+        for g in report:  # the schedule's own group: its members compete for the schedule
+            if g["group"] == schedule["schedule"]:
+                g["schedule"] = schedule
     if as_json:
         click.echo(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
         return
     console = Console()
+    if schedule is not None:
+        print_schedule(console, schedule)
     if not report:
         console.print("no consumer groups")
     for g in report:

@@ -98,9 +98,10 @@ class GroupRunner:
         self._tracker = OffsetTracker()
         self._crashes = crashes
         self._suspects: dict[TopicPartition, Suspects] = {}  # poll thread
-        # The rooms. The committer and this poll side share the tracker (poll thread only);
-        # lanes hand back completions through the reporter, and outputs through the outbox.
-        self._outbox = outbox_for(group, specs, self._backend, producer, self._tracker, settings)
+        # The rooms: the committer and this poll side share the tracker (poll thread only).
+        self._outbox = outbox_for(
+            group, specs, self._backend, producer, self._tracker, settings, broker
+        )
         self._committer = Committer(
             group,
             self._backend,

@@ -88,8 +88,8 @@ def check_run_args(app: App, workers: int, until_idle: float | None) -> None:
         )
     if until_idle is not None and (not isinstance(until_idle, int | float) or until_idle < 0):
         problems.append(f"until_idle: must be seconds >= 0, got {until_idle!r}")
-    if not app.handlers:
-        problems.append(f"app {app.name!r} has no handlers: nothing to consume")
+    if not app.handlers and not app.jobs:
+        problems.append(f"app {app.name!r} has no handlers and no jobs: nothing to run")
     if problems:
         raise ConfigError(problems)
 

@@ -24,13 +24,15 @@ a late entry of an old epoch can never stand in for the new one's (the newer rep
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from ..brokers.base import Backend, ProducerBackend
+from ..brokers.base import Backend, Broker, ProducerBackend
+from ..delays import ensure_delay_topic, envelope
 from ..errors import ConfigError
 from ..handlers import CommitMode, HandlerSpec
 from ..logs import get_logger
@@ -84,8 +86,13 @@ class Outbox:
         *,
         exactly_once: bool,
         offset_text: Callable[[int], str] = str,
+        delay_topic: str | None = None,
+        ensure_delay_topic: Callable[[], None] | None = None,
     ) -> None:
         self._group = group
+        self._delay_topic = delay_topic
+        self._ensure_delay_topic = ensure_delay_topic
+        self._delay_topic_ready = False
         self._at = offset_text
         self._producer = producer
         self._tracker = tracker
@@ -143,6 +150,8 @@ class Outbox:
         return one_sync
 
     def _put(self, tp: TopicPartition, epoch: int, offset: int, outputs: list[Output]) -> None:
+        if outputs and any(o.due is not None for o in outputs):
+            outputs = [o if o.due is None else self._delayed(o) for o in outputs]
         if self.exactly_once:
             self._incoming.append((tp, epoch, offset, outputs))
         elif outputs:
@@ -150,6 +159,17 @@ class Outbox:
                 generation = self._generation
                 generation.sent += len(outputs)
             self._producer.publish(outputs, generation.delivered)
+
+    def _delayed(self, out: Output) -> Output:
+        """A delayed output goes to the delay topic, created at the first one."""
+        if self._delay_topic is None:
+            raise ConfigError("Out(delay=...): this outbox has no delay topic")
+        if not self._delay_topic_ready:
+            with self._lock:
+                if not self._delay_topic_ready and self._ensure_delay_topic is not None:
+                    self._ensure_delay_topic()
+                self._delay_topic_ready = True
+        return envelope(out, self._delay_topic)
 
     # -- the committer (poll thread) -----------------------------------------------------------
 
@@ -256,6 +276,7 @@ def outbox_for(
     producer: ProducerBackend,
     tracker: OffsetTracker,
     settings: Settings,
+    broker: Broker | None = None,
 ) -> Outbox | None:
     """The group's outbox, if any handler may produce or the guarantee is exactly once."""
     exactly_once = settings.guarantee == "exactly_once"
@@ -269,6 +290,10 @@ def outbox_for(
         tracker,
         exactly_once=exactly_once,
         offset_text=backend.offset_text,
+        delay_topic=settings.delay_topic,
+        ensure_delay_topic=(
+            None if broker is None else functools.partial(ensure_delay_topic, broker, settings)
+        ),
     )
 
 

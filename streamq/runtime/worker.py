@@ -30,8 +30,10 @@ from ..errors import (
 from ..handlers import CommitMode, HandlerSpec
 from ..metrics import Exporter
 from ..settings import Settings
+from .delays import DelayMover
 from .group import GroupRunner
 from .pools import Pools
+from .scheduler import Scheduler
 
 if TYPE_CHECKING:
     from ..app import App
@@ -49,6 +51,9 @@ log = logs.get_logger("streamq.worker")
 # help: the GIL-free deadline (streamq.deadline) prints every thread's stack and exits 1.
 # The Python watchdog of a signalled stop (exit 3, a log line) fires 10 s before it.
 STOP_DEADLINE_GRACE = 15.0
+# The delay mover's thread gets this long to leave its group; a move it is in the middle of
+# is one transaction, so cutting it short (a broker outage) loses and repeats nothing.
+MOVER_STOP_WAIT = 5.0
 
 
 def critical_line(exc: BaseException) -> str:
@@ -79,6 +84,9 @@ class Worker:
         self._stop_requested = threading.Event()
         self.critical: BaseException | None = None
         self.runners: list[GroupRunner] = []
+        self.scheduler: Scheduler | None = None
+        self.jobs_timed_out = False
+        self._started = time.monotonic()
 
     def request_stop(self) -> None:
         """Thread-safe: ask the worker to stop gracefully."""
@@ -91,8 +99,8 @@ class Worker:
 
     async def serve(self) -> None:
         app = self.app
-        if not app.handlers:
-            raise ConfigError(f"app {app.name!r} has no handlers: nothing to consume")
+        if not app.handlers and not app.jobs:
+            raise ConfigError(f"app {app.name!r} has no handlers and no jobs: nothing to run")
         settings = app.settings
         loop = asyncio.get_running_loop()
         log.info(
@@ -104,6 +112,8 @@ class Worker:
         probe_lock = asyncio.Lock()
         pools = Pools(settings.threads, settings.processes)
         exporter: Exporter | None = None
+        scheduler: Scheduler | None = None
+        mover: DelayMover | None = None
         try:
             for group, specs in (self._groups or app.groups()).items():
                 self.runners.append(
@@ -126,6 +136,13 @@ class Worker:
             if self.metrics:
                 exporter = Exporter(app.stats, self.runners)
                 exporter.start(settings.poll_ttl, settings.consuming_ttl)
+            if app.jobs and self._groups is None:
+                scheduler = Scheduler(app.name, app.jobs, broker, settings, app.stats)
+                self.scheduler = scheduler
+                scheduler.start()
+            if settings.move_delays and self._groups is None:
+                mover = DelayMover(broker, producer, settings, app.stats)
+                mover.start()
             for runner in self.runners:
                 runner.start()
             await self._wait_for_stop()
@@ -134,11 +151,21 @@ class Worker:
             # here on it has a deadline that holds even if every Python thread freezes.
             token = deadline.arm(settings.shutdown_timeout + STOP_DEADLINE_GRACE)
             try:
+                if scheduler is not None:
+                    scheduler.stop()
+                if mover is not None:
+                    mover.stop()
                 for runner in self.runners:
                     runner.stop()
                 # Keep the loop turning while the poll threads drain: running lanes finish on it.
                 while not all(r.closed.is_set() for r in self.runners):  # noqa: ASYNC110
                     await asyncio.sleep(0.01)
+                if scheduler is not None and not await asyncio.to_thread(
+                    scheduler.wait, settings.shutdown_timeout
+                ):
+                    self.jobs_timed_out = True
+                if mover is not None:  # a move is one transaction: it ends, or it never was,
+                    await asyncio.to_thread(mover.wait, MOVER_STOP_WAIT)  # so it may be cut
                 producer.flush(settings.shutdown_timeout)
                 producer.close()
                 pools.shutdown()
@@ -155,8 +182,11 @@ class Worker:
             await asyncio.sleep(0.02)
             if any(r.closed.is_set() for r in self.runners):
                 return  # a poll loop died: stop the others too
+            if self.scheduler is not None and self.scheduler.closed.is_set():
+                return  # the schedule's thread died (its error is raised below)
             if until_idle is not None:
-                since = [r.idle_since for r in self.runners]
+                # a worker of jobs only is idle from its start: until_idle is then its run time
+                since = [r.idle_since for r in self.runners] or [self._started]
                 idle = [s for s in since if s is not None]
                 if len(idle) == len(since) and time.monotonic() - max(idle) >= until_idle:
                     return
@@ -164,10 +194,12 @@ class Worker:
     def _raise_outcome(self) -> None:
         if self.critical is not None:
             raise self.critical
+        if self.scheduler is not None and self.scheduler.error is not None:
+            raise self.scheduler.error
         for runner in self.runners:
             if runner.error is not None:
                 raise runner.error
-        if any(r.timed_out for r in self.runners):
+        if any(r.timed_out for r in self.runners) or self.jobs_timed_out:
             raise ShutdownTimeout(
                 "handlers were still running after shutdown_timeout; their records were not "
                 "committed and will be redelivered"

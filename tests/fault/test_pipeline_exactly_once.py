@@ -10,8 +10,9 @@ workers until the chain drained. A reader of every output topic (``read_committe
 Kafka, XRANGE on Redis) must then find every order exactly once, under its own key, with
 the ids of one key in ascending order. Each stage's ledger passes ``check_run`` (I1, I3, I6,
 I10) and the input stage's commits the observer's I2. Under ``at_least_once`` the same kills
-lose nothing, and every duplicate in the final topic is an input a killed worker had started
-and not committed. The zombie producer is in test_pipeline_zombie.py.
+lose nothing, and every duplicate in the final topic is an input some stage started twice
+(the kills' in-flight inputs, or a rebalance's). The zombie producer is in
+test_pipeline_zombie.py.
 """
 
 from __future__ import annotations
@@ -408,11 +409,17 @@ def test_at_least_once_through_random_sigkills(broker, tmp_path: Path) -> None:
                     in_flight.add(e.id)
     assert in_flight, "no kill landed on work in flight"
     dupes = sorted(i for i, c in counts.items() if c > 1)
+    # Every duplicate comes from an input some stage started again (a kill, or a rebalance
+    # whose commit was refused: the KIP-848 pass has seen the second worker's join redo a
+    # few early orders); one no stage started twice would be an outbox that published twice.
+    started = Counter((s, e.id) for s in STAGES for e in read_ledger(chain.ledgers[s], "S"))
+    unexplained = [i for i in dupes if all(started[(s, i)] < 2 for s in STAGES)]
+    assert not unexplained, f"duplicates that no stage started twice: {unexplained[:10]}"
     beyond = sorted(set(dupes) - in_flight)
-    assert not beyond, f"duplicates that no killed worker had in flight: {beyond[:10]}"
     print(f"\n{broker.kind}: {len(run.kills)} kills, {len(in_flight)} orders in flight at "
           f"them, {len(dupes)} duplicated in the final topic "
-          f"({len(sent) - len(run.expected)} extra records)")  # fmt: skip
+          f"({len(sent) - len(run.expected)} extra records), {len(beyond)} of them redone "
+          "after a rebalance rather than a kill")  # fmt: skip
 
 
 def uncommitted(samples: list[Sample], after_ns: int, partition: int, offset: int) -> bool:

@@ -46,9 +46,11 @@ class KafkaAdmin(Admin):
         self._admin = AdminClient(broker.client_config())
         self._timeout = broker.settings.broker_timeout
 
-    def create_topic(self, name: str, partitions: int) -> None:
+    def create_topic(self, name: str, partitions: int, *, compact: bool = False) -> None:
         self._reachable()
-        futures = self._admin.create_topics([NewTopic(name, partitions)], request_timeout=15)
+        config = {"cleanup.policy": "compact"} if compact else {}
+        topic = NewTopic(name, partitions, config=config)
+        futures = self._admin.create_topics([topic], request_timeout=15)
         try:
             futures[name].result(self._timeout)
         except KafkaException as exc:
@@ -63,6 +65,15 @@ class KafkaAdmin(Admin):
         return {
             name: len(t.partitions) for name, t in meta.topics.items() if not name.startswith("__")
         }
+
+    def topic_exists(self, name: str) -> bool:
+        # a client of its own that logs nothing: asked every few seconds through an outage,
+        # it must not add a line per reconnect to what the worker's own clients say
+        config = {k: v for k, v in self._broker.client_config().items() if k != "error_cb"}
+        quiet = AdminClient(config | {"log_level": 0})
+        meta = quiet.list_topics(name, timeout=5)
+        topic = meta.topics.get(name)
+        return topic is not None and topic.error is None
 
     def _reachable(self) -> None:
         wait_for_broker(

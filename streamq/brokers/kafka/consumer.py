@@ -406,6 +406,32 @@ class KafkaConsumer(Backend):
             self._transactions = Transactions(self._broker, self._group, self._settings.instance_id)
         self._transactions.commit(self._consumer, offsets, outputs)
 
+    def save_state(self, tp: TopicPartition, offset: int, state: str) -> None:
+        """A synchronous commit carrying ``state`` as its metadata.
+
+        The coordinator checks the member's generation (its epoch under KIP-848), so only
+        the owner's commit is taken.
+        """
+        part = ck.TopicPartition(tp.topic, tp.partition, offset, metadata=state)
+        try:
+            result = self._consumer.commit(offsets=[part], asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args and isinstance(exc.args[0], KafkaError) else None
+            if err is not None and (err.fatal() or err.code() in FENCED):
+                raise self._fenced(self._fatal or err) from None
+            raise CommitFailed(f"group {self._group}: {translate(exc, 'commit')}") from None
+        failed = [p.error.str() for p in result or () if p.error]
+        if failed:
+            raise CommitFailed(f"group {self._group}: state of {tp} refused: {failed[0]}")
+
+    def load_state(self, tp: TopicPartition) -> tuple[int | None, str | None]:
+        try:
+            found = self._consumer.committed([to_ck(tp)], timeout=10)
+        except KafkaException as exc:
+            raise translate(exc, "committed") from None
+        f = found[0]
+        return (f.offset if f.offset >= 0 else None), (f.metadata or None)
+
     def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         try:
             found = self._consumer.committed([to_ck(tp) for tp in tps], timeout=10)

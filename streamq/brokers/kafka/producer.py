@@ -80,8 +80,12 @@ class KafkaProducer(ProducerBackend):
         for out in outputs:
             while True:
                 try:
-                    produce(out.topic, out.value, out.key, headers=out.headers,  # type: ignore[arg-type]
-                            on_delivery=report)  # fmt: skip
+                    if out.partition is None:
+                        produce(out.topic, out.value, out.key, headers=out.headers,  # type: ignore[arg-type]
+                                on_delivery=report)  # fmt: skip
+                    else:
+                        produce(out.topic, out.value, out.key, out.partition,
+                                headers=out.headers, on_delivery=report)  # type: ignore[arg-type]  # fmt: skip
                     break
                 except BufferError:  # the local queue is full: wait for deliveries to free it
                     self._producer.poll(0.05)

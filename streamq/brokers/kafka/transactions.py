@@ -92,7 +92,12 @@ class Transactions:
     def _produce(self, out: Output) -> None:
         while True:
             try:
-                self._producer.produce(out.topic, out.value, out.key, headers=out.headers)
+                if out.partition is None:
+                    self._producer.produce(out.topic, out.value, out.key, headers=out.headers)
+                else:
+                    self._producer.produce(
+                        out.topic, out.value, out.key, out.partition, headers=out.headers
+                    )
                 return
             except BufferError:  # the local queue is full: let deliveries drain it
                 self._producer.poll(0.1)

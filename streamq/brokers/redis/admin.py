@@ -48,7 +48,7 @@ class RedisAdmin(Admin):
         self._broker = broker
         self._r = broker.client()
 
-    def create_topic(self, name: str, partitions: int) -> None:
+    def create_topic(self, name: str, partitions: int, *, compact: bool = False) -> None:
         wait_for_redis(self._r, self._broker.client_url, self._broker.settings.broker_timeout)
         if not self._r.hsetnx(topic_key(name), "partitions", partitions):
             raise ConfigError(f"topic {name!r} already exists")
@@ -65,6 +65,9 @@ class RedisAdmin(Admin):
             tp: (info.get("lag"), info["pending"]) if info is not None else (None, 0)
             for tp, info in zip(tps, infos, strict=True)
         }
+
+    def topic_exists(self, name: str) -> bool:
+        return bool(self._r.exists(topic_key(name)))
 
     def list_topics(self) -> dict[str, int]:
         wait_for_redis(self._r, self._broker.client_url, self._broker.settings.broker_timeout)

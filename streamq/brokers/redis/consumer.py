@@ -28,7 +28,7 @@ from .admin import group_infos
 from .client import ResponseError
 from .entries import SEQ_BITS, decode_headers, id_to_offset, offset_to_id
 from .errors import UNAVAILABLE, wait_for_redis
-from .keys import lease_key, members_key, stream_key
+from .keys import lease_key, members_key, state_key, stream_key
 from .transactions import Transactions
 from .trims import TrimWatch
 
@@ -72,6 +72,7 @@ class RedisConsumer(Backend):
         self._renew = self._r.register_script(script("renew.lua"))
         self._release = self._r.register_script(script("release.lua"))
         self._ack = self._r.register_script(script("ack.lua"))
+        self._save_state = self._r.register_script(script("state.lua"))
         self._transactions = Transactions(
             broker, self._r, group, self._r.register_script(script("commit.lua"))
         )
@@ -313,7 +314,9 @@ class RedisConsumer(Backend):
             time.sleep(min(timeout, max(0.0, self._next_beat - time.monotonic())))
             return []
         streams = {stream_key(tp): self._owned[tp].cursor for tp in readable}
-        history = any(c != b">" for c in streams.values())
+        # no BLOCK for a history read, or for timeout 0 (Redis times a BLOCK out only on its
+        # next cron tick, 1/hz s later: a caller with a deadline of its own sleeps itself)
+        history = timeout <= 0 or any(c != b">" for c in streams.values())
         reply: Any
         try:
             reply = self._r.xreadgroup(
@@ -441,6 +444,28 @@ class RedisConsumer(Backend):
         if lost:
             self._lost_by_fence.extend(lost)
             raise CommitFailed(f"group {self._group}: no longer owns {sorted(lost)}")
+
+    def save_state(self, tp: TopicPartition, offset: int, state: str) -> None:
+        own = self._owned.get(tp)
+        if own is None:
+            raise CommitFailed(f"group {self._group}: does not own {tp}")
+        keys = [lease_key(self._group, tp), state_key(self._group, tp)]
+        try:
+            stored = self._save_state(keys=keys, args=[own.lease.token, offset, state])
+        except UNAVAILABLE as exc:
+            raise CommitFailed(f"group {self._group}: state of {tp} not saved ({exc})") from None
+        if stored != 1:
+            raise CommitFailed(f"group {self._group}: lease on {tp} is gone; state not saved")
+        self.commit({tp: offset}, sync=True)  # the entries before it are applied: ack them
+
+    def load_state(self, tp: TopicPartition) -> tuple[int | None, str | None]:
+        try:
+            found = self._r.hmget(state_key(self._group, tp), "offset", "state")
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis: cannot read state of {tp} ({exc})") from None
+        offset, state = found
+        text = state.decode() if isinstance(state, bytes) else state
+        return (int(offset) if offset is not None else None), text
 
     def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         raise BrokerError("redis streams have no committed offsets; see pending entries")

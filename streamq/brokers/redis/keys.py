@@ -9,6 +9,8 @@ Key layout (all names are plain strings; ``<g>`` group, ``<t>`` topic, ``<p>`` p
 - ``streamq:members:<g>:<t>``          sorted set: member id -> heartbeat expiry (ms). Members
   compute the same assignment from the live ones: partition p goes to member p % n.
 - ``streamq:lease:<g>:<t>:<p>``        string: the owner's token, ``SET NX PX``, renewed.
+- ``streamq:state:<g>:<t>:<p>``        hash ``{offset, state}``: what the partition's owner
+  saved with its lease (``lua/state.lua``), such as the schedule's last fired ticks.
 - ``streamq:trimmed:<g>:<t>:<p>``      integer: entries of the partition trimmed before the
   group read them, so each loss is reported once, whichever member sees it.
 
@@ -25,6 +27,7 @@ __all__ = [
     "lease_key",
     "members_key",
     "members_pattern",
+    "state_key",
     "stream_key",
     "topic_key",
     "trimmed_key",
@@ -52,6 +55,10 @@ def members_pattern(group: str) -> str:
 
 def lease_key(group: str, tp: TopicPartition) -> str:
     return f"streamq:lease:{group}:{tp.topic}:{tp.partition}"
+
+
+def state_key(group: str, tp: TopicPartition) -> str:
+    return f"streamq:state:{group}:{tp.topic}:{tp.partition}"
 
 
 def trimmed_key(group: str, tp: TopicPartition) -> str:

@@ -58,7 +58,7 @@ class RedisProducer(ProducerBackend):
         """The writer thread reports each XADD's answer to ``delivered`` (no futures)."""
         items = []
         for out in outputs:
-            stream = self._broker.stream_for(self._r, out.topic, out.key)
+            stream = self._broker.stream_for(self._r, out.topic, out.key, out.partition)
             items.append((stream, entry_fields(out.value, out.key, out.headers), delivered, out))
         with self._idle:
             self._outstanding += len(items)

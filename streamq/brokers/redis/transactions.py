@@ -62,7 +62,9 @@ class Transactions:
             raise CommitFailed(f"group {self._group}: no longer owns {sorted(missing)}")
         acks = [_below(owned[tp].delivered, offsets[tp]) for tp in tps]
         try:
-            out_keys = [self._broker.stream_for(self._r, o.topic, o.key) for o in outputs]
+            out_keys = [
+                self._broker.stream_for(self._r, o.topic, o.key, o.partition) for o in outputs
+            ]
         except UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis: {exc}") from None
         keys = [lease_key(self._group, tp) for tp in tps] + [stream_key(tp) for tp in tps]
