@@ -9,6 +9,7 @@ from datetime import timedelta
 from typing import Any, Literal, TypeVar
 
 from .credentials import redact_url
+from .dlq import attempt_of
 from .errors import ConfigError
 from .handlers import HandlerSpec, build_spec
 from .message import Message
@@ -60,7 +61,10 @@ class App:
         suffix = self.settings.dlq_suffix
         for key, spec in self.handlers.items():
             if spec.dlq is True:
-                self.handlers[key] = dataclasses.replace(spec, dlq_topic=spec.topic + suffix)
+                topic = spec.topic  # a retry topic's records dead-letter where their source's do
+                if spec.retry_topic == topic:
+                    topic = topic.removesuffix(f".{spec.group}.retry")
+                self.handlers[key] = dataclasses.replace(spec, dlq_topic=topic + suffix)
 
     def handler(
         self,
@@ -74,7 +78,7 @@ class App:
         retry_backoff: float = 0.2,
         retry_backoff_max: float = 30.0,
         retry_jitter: bool = True,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy | Literal["in_place", "later"] | None = None,
         dlq: bool | str = True,
         dedup: Any = None,
         commit: Literal["after", "before"] = "after",
@@ -107,7 +111,14 @@ class App:
             retry_backoff_max: Cap on one delay, in seconds.
             retry_jitter: Full jitter: each delay uniform in [0, computed].
             retry: The four above as one ``streamq.RetryPolicy``, for a policy shared by
-                several handlers; give it or the flat names, not both.
+                several handlers; give it or the flat names, not both. Or where retries
+                happen: ``"in_place"`` (the default: the partition waits, so order holds)
+                or ``"later"``, for handlers that need no order: a failed record is sent
+                back through the delay topic with its attempt count (to
+                ``<topic>.<group>.retry``, which this handler also reads) after the backoff
+                delay, and the partition goes on at once; past ``max_retries`` it goes to
+                the DLQ, its headers naming where it first came from
+                (``streamq-retry-of``).
             dlq: True for ``<topic>.dlq``, a topic name, or False to halt the partition on a
                 record that exhausted its retries.
             dedup: ``"memory"`` (an LRU per handler), ``"redis://..."`` (shared by the
@@ -175,6 +186,11 @@ class App:
                     f"handler {other!r}; use another group to consume it twice"
                 )
             self.handlers[key] = spec
+            if spec.retry_topic is not None:  # the same handler reads its retries
+                twin = dataclasses.replace(
+                    spec, topic=spec.retry_topic, invoke=_counting_attempts(spec.invoke)
+                )
+                self.handlers[(spec.group, spec.retry_topic)] = twin
             return fn
 
         return register
@@ -298,3 +314,17 @@ class App:
     def __repr__(self) -> str:
         broker = redact_url(self.settings.broker)
         return f"App({self.name!r}, broker={broker!r}, handlers={len(self.handlers)})"
+
+
+def _counting_attempts(invoke: Callable[[Message], Any]) -> Callable[[Message], Any]:
+    """A retry topic's records carry their attempt in a header: ``msg.attempt`` says it.
+
+    Only the retry topic's handler pays for reading the header; a pool process
+    (``executor="processes"``) calls the function itself, so there ``msg.attempt`` stays 1.
+    """
+
+    def invoke_attempt(msg: Message) -> Any:
+        msg.attempt = attempt_of(msg)
+        return invoke(msg)
+
+    return invoke_attempt

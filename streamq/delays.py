@@ -12,7 +12,6 @@ it is due, on every broker.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from datetime import datetime, timedelta
@@ -93,10 +92,6 @@ def unwrap(msg: Message) -> tuple[Output, int] | None:
 
 def ensure_delay_topic(broker: Broker, settings: Settings) -> None:
     """Create the delay topic (compacted: the tombstones of moved records clean it) if needed."""
-    admin = broker.admin()
-    try:
-        if settings.delay_topic not in admin.list_topics():
-            with contextlib.suppress(ConfigError):  # someone else created it first
-                admin.create_topic(settings.delay_topic, settings.delay_partitions, compact=True)
-    finally:
-        admin.close()
+    from .brokers import ensure_topic
+
+    ensure_topic(broker, settings.delay_topic, settings.delay_partitions, compact=True)

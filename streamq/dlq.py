@@ -13,7 +13,7 @@ import traceback
 from .credentials import scrub
 from .message import Headers, Message
 
-__all__ = ["DLQ_HEADERS", "dead_letter_record"]
+__all__ = ["DLQ_HEADERS", "attempt_of", "dead_letter_record"]
 
 H_TOPIC = "streamq-original-topic"
 H_PARTITION = "streamq-original-partition"
@@ -26,6 +26,9 @@ H_ERROR_TYPE = "streamq-error-type"
 H_ERROR_MESSAGE = "streamq-error-message"
 H_TRACEBACK = "streamq-traceback"
 H_FAILED_AT = "streamq-failed-at"
+# retry="later": the attempt a copy is for, and where its first delivery was (topic:p:offset)
+H_ATTEMPT = "streamq-attempt"
+H_RETRY_OF = "streamq-retry-of"
 
 DLQ_HEADERS = (
     H_TOPIC,
@@ -60,7 +63,7 @@ def dead_letter_record(
     tb = scrub(
         "".join(_cut_text(piece, _MESSAGE_LIMIT) for piece in traceback.format_exception(exc))
     ).encode(errors="replace")
-    headers: Headers = list(msg.raw_headers or ())
+    headers: Headers = [(k, v) for k, v in msg.raw_headers or () if k != H_ATTEMPT]
     headers += [
         (H_TOPIC, msg.topic.encode()),
         (H_PARTITION, str(msg.partition).encode()),
@@ -75,6 +78,17 @@ def dead_letter_record(
         (H_FAILED_AT, str(time.time_ns() // 1_000_000).encode()),
     ]
     return msg.key, msg.value, headers
+
+
+def attempt_of(msg: Message) -> int:
+    """The attempt a record is (a retry-later copy says so in a header; else 1)."""
+    for name, value in msg.raw_headers or ():
+        if name == H_ATTEMPT:
+            try:
+                return max(1, int(value))
+            except ValueError:
+                break
+    return 1
 
 
 def _cut_text(text: str, limit: int) -> str:

@@ -30,7 +30,7 @@ from .retry import RetryPolicy
 if TYPE_CHECKING:
     from .pipeline import Output
 
-__all__ = ["CommitMode", "Executor", "HandlerSpec", "Ordering", "build_spec"]
+__all__ = ["CommitMode", "Executor", "HandlerSpec", "Ordering", "build_spec", "retry_topic_of"]
 
 
 class Ordering(StrEnum):
@@ -105,6 +105,9 @@ class HandlerSpec:
     produces: bool = False
     sink: Sink | None = None
     outputs: frozenset[str] | None = None  # declared output topics; None: any
+    # retry="later": where a failed record's copy comes back (``retry_topic_of``), read by
+    # this same handler; None: retries in place
+    retry_topic: str | None = None
 
     def retryable(self, exc: BaseException) -> bool:
         """Whether ``exc`` earns retries; the rest are dead-lettered at once."""
@@ -133,7 +136,7 @@ def build_spec(
     retry_backoff_max: float,
     retry_jitter: bool,
     dlq: bool | str,
-    retry: RetryPolicy | None = None,
+    retry: RetryPolicy | str | None = None,
     dedup: Any,
     commit: str,
     dlq_suffix: str,
@@ -156,8 +159,8 @@ def build_spec(
         problems.append("group: must be a non-empty string")
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         problems.append("max_batch: must be an integer >= 1")
-    ordering_v = _enum(Ordering, ordering, "ordering", problems)
-    commit_v = _enum(CommitMode, commit, "commit", problems)
+    ordering_v = enum_choice(Ordering, ordering, "ordering", problems)
+    commit_v = enum_choice(CommitMode, commit, "commit", problems)
     if not isinstance(dlq, bool) and not (isinstance(dlq, str) and dlq):
         problems.append("dlq: must be True, False or a topic name")
     if isinstance(dlq, str) and dlq == topic:
@@ -190,13 +193,21 @@ def build_spec(
         else:
             outputs_v = frozenset(names)
     flat = (max_retries, retry_backoff, retry_backoff_max, bool(retry_jitter))
+    later = retry == "later"
+    if retry in ("in_place", "later"):
+        retry = None
+        if batch and later:
+            problems.append("retry='later': batch handlers retry in place (a batch has no "
+                            "single record to send back)")  # fmt: skip
     if retry is None:
         try:
             retry = RetryPolicy(*flat)
         except ConfigError as exc:
             problems.extend(exc.problems)
     elif not isinstance(retry, RetryPolicy):
-        problems.append(f"retry: must be a streamq.RetryPolicy, got {type(retry).__name__}")
+        problems.append(
+            f"retry: must be 'in_place', 'later' or a streamq.RetryPolicy, got {retry!r}"
+        )
         retry = None
     elif flat != _DEFAULT_RETRY:
         problems.append(
@@ -250,7 +261,16 @@ def build_spec(
         dedup_key=dedup_key or coordinates,
         produces=may_produce(fn),
         outputs=outputs_v,
+        retry_topic=retry_topic_of(topic, group) if later else None,
     )
+
+
+def retry_topic_of(topic: str, group: str) -> str:
+    """Where a ``retry="later"`` handler of ``group`` on ``topic`` reads its retries from.
+
+    One per group: every group reading ``topic`` handles (and retries) its records alone.
+    """
+    return f"{topic}.{group}.retry"
 
 
 def _executor(
@@ -259,7 +279,7 @@ def _executor(
     default = Executor.ASYNCIO if is_async else Executor.INLINE
     if value is None:
         return default
-    chosen: Executor | None = _enum(Executor, value, "executor", problems)
+    chosen: Executor | None = enum_choice(Executor, value, "executor", problems)
     if chosen is None or not known:
         return default
     if is_async and chosen is not Executor.ASYNCIO:
@@ -304,7 +324,8 @@ def _with_timeout(invoke: Invoke, seconds: float) -> Invoke:
     return timed
 
 
-def _enum(cls: type[Any], value: Any, key: str, problems: list[str]) -> Any:
+def enum_choice(cls: type[Any], value: Any, key: str, problems: list[str]) -> Any:
+    """``cls(value)``, or None with the problem noted (every problem is reported at once)."""
     try:
         return cls(value)
     except ValueError:

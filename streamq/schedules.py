@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from cronsim import CronSim, CronSimError
 
 from .errors import ConfigError
+from .handlers import enum_choice
 from .retry import RetryPolicy
 
 __all__ = ["Cron", "Every", "JobSpec", "Missed", "Overlap", "Tick", "build_job"]
@@ -208,8 +209,8 @@ def build_job(
         if tz is not None:
             problems.append("tz: only for cron= jobs (an interval is the same in every zone)")
         schedule = _every(seconds, problems)
-    missed_ = _choice(Missed, missed, "missed", problems)
-    overlap_ = _choice(Overlap, overlap, "overlap", problems)
+    missed_ = enum_choice(Missed, missed, "missed", problems)
+    overlap_ = enum_choice(Overlap, overlap, "overlap", problems)
     if not callable(fn):
         problems.append(f"{fn!r} is not callable")
     is_async = inspect.iscoroutinefunction(fn)
@@ -290,12 +291,3 @@ def _cron(expr: str, tz: str | None, problems: list[str]) -> Cron | None:
         problems.append(f"cron: {expr!r} is not a cron expression ({exc})")
         return None
     return Cron(expr, zone)
-
-
-def _choice(cls: type[StrEnum], value: str, key: str, problems: list[str]) -> Any:
-    try:
-        return cls(value)
-    except ValueError:
-        allowed = ", ".join(repr(m.value) for m in cls)
-        problems.append(f"{key}: {value!r} is not one of {allowed}")
-        return None

@@ -6,6 +6,7 @@ lazily, so ``memory://`` works with the base install and a missing extra says ho
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ __all__ = [
     "ProducerBackend",
     "RecordMetadata",
     "connect",
+    "ensure_topic",
     "in_process",
 ]
 
@@ -71,3 +73,17 @@ def connect(url: str, settings: Settings | None = None) -> Broker:
         f"broker: unknown URL scheme {scheme!r} in {shown!r}; use one of "
         + ", ".join(f"{s}://" for s in SCHEMES)
     )
+
+
+def ensure_topic(broker: Broker, name: str, partitions: int, *, compact: bool = False) -> None:
+    """Create ``name`` unless it exists (streamq's own topics: the schedule, delays, retries).
+
+    Another member creating it at the same moment is fine: the loser's "exists" is ignored.
+    """
+    admin = broker.admin()
+    try:
+        if name not in admin.list_topics():
+            with contextlib.suppress(ConfigError):
+                admin.create_topic(name, partitions, compact=compact)
+    finally:
+        admin.close()

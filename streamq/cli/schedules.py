@@ -18,12 +18,12 @@ import orjson
 from rich.console import Console
 from rich.table import Table
 
-from ..brokers import connect, in_process
+from ..brokers import connect, ensure_topic, in_process
 from ..errors import ConfigError
 from ..message import TopicPartition
 from ..producer import Producer
 from ..runtime.launch import load_app
-from ..runtime.scheduler import ScheduleState, ensure_topic, schedule_topic
+from ..runtime.scheduler import ScheduleState, schedule_topic
 from .common import app_argument, broker_option, errors_as_exit_codes
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def _command(cmd: str, app_spec: str, name: str, broker: str | None) -> None:
         known = ", ".join(sorted(app.jobs))
         raise ConfigError(f"app {app.name!r} has no job {name!r} (its jobs: {known})")
     topic = schedule_topic(app.name)
-    ensure_topic(connect(app.settings.broker, app.settings), topic)
+    ensure_topic(connect(app.settings.broker, app.settings), topic, 1, compact=True)
     with Producer(app.settings.broker, kafka=app.settings.kafka) as producer:
         sent = producer.send(topic, {"cmd": cmd, "job": name}, key=name).result(30)
     deadline = time.monotonic() + APPLY_WAIT

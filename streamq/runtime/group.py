@@ -115,15 +115,9 @@ class GroupRunner:
         self._completions: deque[Completion] = deque()
         reporter = Reporter(self._completions, metrics=metrics)
         outcomes = Outcomes(
-            group,
-            producer,
-            stats,
-            on_critical,
-            self._tracer,
-            settings.traceback_limit,
-            transactional_dlq=settings.guarantee == "exactly_once",
+            group, producer, stats, on_critical, self._tracer, settings,
             offset_text=self._backend.offset_text,
-        )
+        )  # fmt: skip
         pools = pools or Pools(settings.threads, settings.processes)
         self._lanes = Lanes(
             group,

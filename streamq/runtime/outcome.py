@@ -21,13 +21,15 @@ from typing import Any
 
 from .. import failpoints
 from ..brokers.base import ProducerBackend
-from ..dlq import dead_letter_record
+from ..delays import envelope
+from ..dlq import H_ATTEMPT, H_RETRY_OF, attempt_of, dead_letter_record
 from ..errors import PoisonMessage, Reject
 from ..handlers import HandlerSpec
 from ..logs import about, get_logger
 from ..message import Headers, Message
 from ..pipeline import Output
 from ..retry import NEVER_POISON
+from ..settings import Settings
 from ..stats import Stats
 from ..tracing import Tracer
 from .lanes import Lane
@@ -50,20 +52,21 @@ class Outcomes:
         stats: Stats,
         on_critical: Callable[[BaseException], None],
         tracer: Tracer | None,
-        traceback_limit: int,
+        settings: Settings,
         *,
-        transactional_dlq: bool = False,
         offset_text: Callable[[int], str] = str,
     ) -> None:
         self._group = group
         self.at = offset_text  # offsets in log lines as the broker's users know them (Redis IDs)
-        # exactly once: the DLQ record is an output of its input, committed with its offset
-        self._transactional_dlq = transactional_dlq
+        # exactly once: the DLQ record (or a retry's copy) is an output of its input,
+        # committed with its offset
+        self._transactional_dlq = settings.guarantee == "exactly_once"
+        self._delay_topic = settings.delay_topic
         self._producer = producer
         self._stats = stats
         self._on_critical = on_critical
         self._tracer = tracer
-        self._traceback_limit = traceback_limit
+        self._traceback_limit = settings.traceback_limit
 
     async def recover(
         self, lane: Lane, msg: Message, exc: BaseException, index: int, call: Call
@@ -77,7 +80,11 @@ class Outcomes:
         if self.is_critical(lane, msg, exc):
             return False
         if isinstance(exc, PoisonMessage | Reject) or not spec.retryable(exc):
+            if spec.retry_topic is not None:
+                msg.attempt = attempt_of(msg)
             return await self.dead_letter(lane, msg, exc, index)
+        if spec.retry_topic is not None:
+            return await self.retry_later(lane, msg, exc, index, spec.retry_topic)
         policy = spec.retry
         for retry in range(1, policy.max_retries + 1):
             delay = policy.delay(retry)
@@ -102,6 +109,46 @@ class Outcomes:
                 if isinstance(exc, PoisonMessage | Reject) or not spec.retryable(exc):
                     break
         return await self.dead_letter(lane, msg, exc, index)
+
+    async def retry_later(
+        self, lane: Lane, msg: Message, exc: BaseException, index: int, retry_topic: str
+    ) -> bool:
+        """``retry="later"``: a copy of ``msg`` waits in the delay topic, the lane moves on.
+
+        The copy goes to the handler's retry topic (``<topic>.<group>.retry``, which the same
+        handler reads) with its attempt count and where it first came from in headers. It
+        is sent and acknowledged (or, exactly once, committed with the input) before the
+        commit passes ``msg``, as a DLQ record is; past ``max_retries`` the record goes to
+        the DLQ with every header, so the DLQ names both coordinates.
+        """
+        spec = lane.spec
+        attempt = msg.attempt = attempt_of(msg)
+        if attempt > spec.retry.max_retries:
+            return await self.dead_letter(lane, msg, exc, index)
+        delay = spec.retry.delay(attempt)
+        headers = [(k, v) for k, v in msg.raw_headers or () if k != H_ATTEMPT]
+        headers.append((H_ATTEMPT, str(attempt + 1).encode()))
+        if not any(k == H_RETRY_OF for k, _ in headers):
+            headers.append((H_RETRY_OF, f"{msg.topic}:{msg.partition}:{msg.offset}".encode()))
+        due = time.time_ns() // 1_000_000 + round(delay * 1000)
+        copy = Output(retry_topic, msg.value, msg.key, headers, None, due)
+        log.warning(
+            "handler %s failed on %s[%d]@%s (attempt %d of %d): %s: %s; retrying later, in "
+            "%.2fs, through %s; the partition goes on",
+            spec.name, msg.topic, msg.partition, self.at(msg.offset), attempt,
+            spec.retry.max_retries + 1, type(exc).__name__, exc, delay, retry_topic,
+            extra=about(spec.name, msg, self._group),
+        )  # fmt: skip
+        self._stats.retried_by[lane.labels] += 1
+        if self._transactional_dlq:
+            assert spec.sink is not None  # every lane is bound to the outbox under exactly once
+            spec.sink(msg, [copy])
+            return True
+        wrapped = envelope(copy, self._delay_topic)
+        return await self._send_dead_letter(
+            lane, wrapped.topic, msg, wrapped.key, wrapped.value, wrapped.headers or [],
+            what="retry copy",
+        )  # fmt: skip
 
     async def run_batch(self, lane: Lane, unit: list[Message], call: Call) -> int:
         """Retry the whole batch; then try each member alone once and dead-letter the failures."""
@@ -217,6 +264,7 @@ class Outcomes:
         key: bytes | None,
         value: bytes | None,
         headers: Headers,
+        what: str = "DLQ write",
     ) -> bool:
         """Produce the DLQ copy and wait for its ack, retrying; False if the lane stopped."""
         delay = 0.1
@@ -232,9 +280,9 @@ class Outcomes:
                 return True
             except Exception as dlq_exc:
                 log.warning(  # not about(): a DLQ outage repeats this, so it is rate-limited
-                    "DLQ write to %s for %s[%d]@%s failed (%s); the partition waits and "
+                    "%s to %s for %s[%d]@%s failed (%s); the partition waits and "
                     "retries in %.1fs",
-                    topic, msg.topic, msg.partition, self.at(msg.offset), dlq_exc, delay,
+                    what, topic, msg.topic, msg.partition, self.at(msg.offset), dlq_exc, delay,
                 )  # fmt: skip
                 if not await self.sleep(lane, delay):
                     return False

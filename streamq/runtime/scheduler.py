@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from .. import logs
+from ..brokers import ensure_topic
 from ..errors import BrokerError, CommitFailed, ConfigError, MemberFenced
 from ..message import Message, TopicPartition
 from ..schedules import JobSpec, Missed, Overlap, Tick
@@ -210,7 +211,7 @@ class Scheduler:
 
     def join(self) -> Backend:
         """Create the schedule's topic if needed and join its group (``start`` does this)."""
-        ensure_topic(self._broker, self.topic)
+        ensure_topic(self._broker, self.topic, 1, compact=True)
         consumer = self._broker.consumer(self.topic, self._settings)
         consumer.subscribe([self.topic], self._on_assign, self._on_revoke, self._on_lost)
         self._consumer = consumer
@@ -466,14 +467,3 @@ class Scheduler:
 
     def _count(self, name: str, outcome: str, n: int = 1) -> None:
         self._stats.jobs[(name, outcome)] += n
-
-
-def ensure_topic(broker: Broker, topic: str) -> None:
-    """Create the schedule's one-partition topic (compacted on Kafka) unless it exists."""
-    admin = broker.admin()
-    try:
-        if topic not in admin.list_topics():
-            with contextlib.suppress(ConfigError):  # another member created it first
-                admin.create_topic(topic, 1, compact=True)
-    finally:
-        admin.close()

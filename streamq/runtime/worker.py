@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 
 from .. import deadline, logs
 from .._native import IMPLEMENTATION
-from ..brokers import connect, in_process
+from ..brokers import connect, ensure_topic, in_process
 from ..brokers.base import Backend, Broker
 from ..crashes import CrashCounter, counter_url
 from ..credentials import redact_url
 from ..dedup import RedisDedup
+from ..delays import ensure_delay_topic
 from ..errors import (
     EXIT_SHUTDOWN_TIMEOUT,
     ConfigError,
@@ -136,6 +137,8 @@ class Worker:
             if self.metrics:
                 exporter = Exporter(app.stats, self.runners)
                 exporter.start(settings.poll_ttl, settings.consuming_ttl)
+            if self._groups is None:
+                prepare_retries(app, broker)
             if app.jobs and self._groups is None:
                 scheduler = Scheduler(app.name, app.jobs, broker, settings, app.stats)
                 self.scheduler = scheduler
@@ -285,3 +288,25 @@ def crash_counter(
         )
         return None
     return CrashCounter(url, group, settings.crash_limit, settings.dedup_ttl, settings.redis_secret)
+
+
+def prepare_retries(app: App, broker: Broker) -> None:
+    """Create what ``retry="later"`` handlers send to, before anything is read.
+
+    That is the delay topic, and their retry topics with as many partitions as the topic
+    each retries.
+    """
+    later = [s for s in app.handlers.values() if s.retry_topic not in (None, s.topic)]
+    if not later:
+        return
+    settings = app.settings
+    ensure_delay_topic(broker, settings)
+    admin = broker.admin()
+    try:
+        counts = admin.list_topics()
+    finally:
+        admin.close()
+    for spec in later:
+        assert spec.retry_topic is not None
+        partitions = counts.get(spec.topic) or settings.delay_partitions
+        ensure_topic(broker, spec.retry_topic, partitions)

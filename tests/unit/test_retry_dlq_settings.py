@@ -115,7 +115,8 @@ def test_a_retry_policy_and_the_flat_names_together_are_refused() -> None:
         @app.handler("orders", retry=RetryPolicy(max_retries=5), max_retries=1)
         def both(msg: Message) -> None: ...
 
-    with pytest.raises(ConfigError, match=r"retry: must be a streamq\.RetryPolicy"):
+    refused = r"retry: must be 'in_place', 'later' or a streamq\.RetryPolicy"
+    with pytest.raises(ConfigError, match=refused):
 
         @app.handler("orders", retry={"max_retries": 5})  # type: ignore[arg-type]
         def loose(msg: Message) -> None: ...
