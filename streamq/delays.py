@@ -12,6 +12,7 @@ it is due, on every broker.
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from datetime import datetime, timedelta
@@ -48,10 +49,14 @@ def due_ms(
     if deliver_at is not None:
         if not isinstance(deliver_at, datetime):
             raise ConfigError(f"deliver_at: must be a datetime, got {type(deliver_at).__name__}")
-        return round(deliver_at.timestamp() * 1000)  # naive: local time, as datetime says
+        try:
+            return round(deliver_at.timestamp() * 1000)  # naive: local time, as datetime says
+        except (OverflowError, ValueError, OSError) as exc:
+            raise ConfigError(f"deliver_at: {deliver_at!r} is no time ({exc})") from None
     if isinstance(delay, timedelta):
         delay = delay.total_seconds()
-    if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+    if (isinstance(delay, bool) or not isinstance(delay, int | float) or not math.isfinite(delay)
+            or delay < 0):  # fmt: skip
         raise ConfigError(f"delay: must be seconds >= 0 or a timedelta, got {delay!r}")
     return round((now + delay) * 1000)
 

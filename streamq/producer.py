@@ -70,7 +70,9 @@ class Producer:
                 then it waits in the delay topic (``Settings.delay_topic``), which the
                 workers of any app on this broker move from (``streamq.delays``). The
                 future then names where it waits.
-            deliver_at: The same as a time (aware; naive means local time).
+            deliver_at: The same as a time (aware; naive means local time). A delayed
+                record's ``partition`` is checked when it is moved (a missing one holds it
+                back, said in an error line), and its ``timestamp`` is the move's.
 
         Raises:
             ConfigError: The value, key or topic cannot be sent.

@@ -445,6 +445,10 @@ class MemoryConsumer(Backend):
             refused = [tp for tp in offsets if g.owner.get(tp) != self._id]
             if refused or self._id not in g.members:
                 raise CommitFailed(f"group {self._group_name}: no longer owns {sorted(refused)}")
+            for out in outputs:  # all or nothing: refuse before anything is appended
+                parts = self._log.topics.get(out.topic)
+                if out.partition is not None and (parts is None or out.partition >= len(parts)):
+                    raise CommitFailed(f"{out.topic} has no partition {out.partition}")
             producer = MemoryProducer(self._broker)
             for out in outputs:
                 producer.send(out.topic, out.value, out.key, out.headers, out.partition)

@@ -92,6 +92,8 @@ class DelayMover:
         self._thread: threading.Thread | None = None
         self.closed = threading.Event()
         self.moved = 0
+        self._failures: dict[bytes, int] = {}  # id -> moves of it alone that failed
+        self._solo_until = 0.0  # monotonic: after a batch failed, move one at a time
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -176,8 +178,10 @@ class DelayMover:
         if tps:
             log.info("delayed records: this member no longer moves %s[%s]", self.topic,
                      ",".join(str(tp.partition) for tp in tps))  # fmt: skip
-        for tp in tps:
-            self._parts.pop(tp, None)  # the next owner reads its records again
+        gone = {tp.partition for tp in tps if self._parts.pop(tp, None) is not None}
+        if gone:  # the next owner reads these records again (maybe this member, later)
+            self._due = [e for e in self._due if e[1] not in gone]
+            heapq.heapify(self._due)
 
     def _wait(self) -> float:
         due = self._due
@@ -205,11 +209,17 @@ class DelayMover:
         now = int(self._clock() * 1000)
         moving: list[tuple[TopicPartition, bytes]] = []
         due = self._due
-        while due and len(moving) < MAX_MOVE and due[0][0] <= now:
+        limit = 1 if time.monotonic() < self._solo_until else MAX_MOVE
+        chosen: set[bytes] = set()
+        while due and len(moving) < limit and due[0][0] <= now:
             entry = heapq.heappop(due)
             tp = TopicPartition(self.topic, entry[1])
             owned = self._parts.get(tp)
-            if owned is not None and entry[3] in owned.held:
+            # a record moves only past its partition's barrier (pushed again then), and once
+            # per turn (a failed move pushes a second entry for its id)
+            if (owned is not None and not owned.barrier and entry[3] in owned.held
+                    and entry[3] not in chosen):  # fmt: skip
+                chosen.add(entry[3])
                 moving.append((tp, entry[3]))
         if moving or any(p.tombstones for p in self._parts.values()):
             self._move(moving)
@@ -265,15 +275,12 @@ class DelayMover:
             offsets[tp] = min(left) if left else part.position
         try:
             self._consumer.commit_transaction(offsets, outputs)
-        except (CommitFailed, BrokerError) as exc:
-            log.warning("delayed records: moving %d failed (%s); trying again", len(moving), exc)
-            for tp, key in moving:
-                off, due, _ = self._parts[tp].held[key]
-                heapq.heappush(self._due, (due, tp.partition, off, key))
-            return
         except MemberFenced as exc:
             log.warning("delayed records: this member was fenced (%s); it rejoins", exc)
             raise
+        except (CommitFailed, BrokerError) as exc:
+            self._failed(moving, exc)
+            return
         for tp, keys in removed.items():
             part = self._parts[tp]
             for key in keys:
@@ -282,6 +289,32 @@ class DelayMover:
             part.tombstones.clear()
         self.moved += len(moving)
         self._stats.delayed["moved"] += len(moving)
+        for _, key in moving:
+            self._failures.pop(key, None)
+
+    def _failed(self, moving: list[tuple[TopicPartition, bytes]], exc: BaseException) -> None:
+        """A refused move is tried again; one record that fails alone waits longer each time.
+
+        A batch that failed is tried again record by record (``_solo``), so one record that
+        cannot move (a partition its topic does not have) holds back only itself: it is
+        retried with a growing delay (never earlier than it was due) and named in an error.
+        """
+        now = int(self._clock() * 1000)
+        if len(moving) > 1:
+            log.warning("delayed records: moving %d failed (%s); trying them one by one",
+                        len(moving), exc)  # fmt: skip
+            self._solo_until = time.monotonic() + 10.0
+        for tp, key in moving:
+            off, due, out = self._parts[tp].held[key]
+            if len(moving) == 1:
+                n = self._failures[key] = self._failures.get(key, 0) + 1
+                wait = min(30.0, 0.5 * 2 ** min(n, 10))
+                due = max(due, now + round(wait * 1000))
+                self._parts[tp].held[key] = (off, due, out)
+                log.error("delayed record for %s (%s[%d]@%d) cannot move (%s); trying again "
+                          "in %.1fs", out.topic, tp.topic, tp.partition, off, exc,
+                          wait)  # fmt: skip
+            heapq.heappush(self._due, (due, tp.partition, off, key))
 
     def _flow(self) -> None:
         assert self._consumer is not None
