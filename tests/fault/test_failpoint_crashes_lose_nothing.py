@@ -89,7 +89,9 @@ def test_a_crash_inside_a_revoke_before_its_commit_loses_nothing(broker, tmp_pat
     group, ledger = unique("fp-revoke"), tmp_path / "ledger"
     # steady-state commits every 30 s: the revoke's commit is the one that matters
     spec = ledger_app(extra={"lease_ttl": 3, "max_poll_records": 50, "commit_interval": 30})
-    env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.002")
+    # 5 ms a record: the first member is still busy when the joiner, a fresh process on a
+    # loaded machine, has started and joined (at 2 ms it could finish the lot first)
+    env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.005")
     with observe(broker, topic, group, 4) as observer:
         first = start_worker(tmp_path, spec, {**env, "STREAMQ_FAILPOINTS": "in_revoke:exit@1"})
         wait_until(lambda: len(read_ledger(ledger)) > 300, 90, "the first member to handle")
