@@ -11,7 +11,8 @@ Points, in the order a record meets them:
 ``after_mark``    their dedup keys marked, not yet reported for commit (loop thread)
 ``after_dlq``     a DLQ record acknowledged, not yet reported (loop thread)
 ``in_transaction`` exactly once: outputs and offsets sent in a transaction not yet committed
-                  (Kafka), or about to run the commit script (Redis) (poll thread)
+                  (Kafka), or about to run the commit script (Redis); only transactions
+                  with outputs count, so ``exit@N`` is the Nth that publishes (poll thread)
 ``after_commit``  a commit sent (acknowledged, when synchronous) (poll thread)
 ``in_revoke``     inside a revoke, before its synchronous commit (poll thread)
 """
