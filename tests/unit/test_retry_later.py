@@ -73,3 +73,18 @@ def test_a_poison_record_goes_around_then_to_the_dlq_while_the_rest_flows(
     assert headers["streamq-retry-of"] == f"t:{first.partition}:{first.offset}".encode()
     assert headers["streamq-attempts"] == b"3"
     assert headers["streamq-original-topic"] == b"t.g.retry"
+
+
+def test_the_scheduled_example_runs() -> None:
+    """examples/scheduled.py: a job, delayed reminders and retries later, on memory://."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "STREAMQ_BROKER"}
+    result = subprocess.run([sys.executable, "-m", "examples.scheduled"], capture_output=True,
+                            text=True, env=env, timeout=120)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "4 reminders sent by the job, 4 delivered (2 after a retry later), early: 0" in (
+        result.stdout
+    )
