@@ -39,6 +39,7 @@ from ..delays import BARRIER, unwrap
 from ..errors import BrokerError, CommitFailed, MemberFenced
 from ..message import Message, TopicPartition
 from ..pipeline import Output
+from .scheduler import MAX_WAIT, poll_until
 
 if TYPE_CHECKING:
     from ..brokers.base import Backend, Broker, ProducerBackend, RecordMetadata
@@ -52,7 +53,6 @@ log = logs.get_logger("streamq.delays")
 CHECK_EVERY = 10.0  # seconds between looks for the delay topic, until it exists
 MAX_HELD = 100_000  # records held per partition before it is paused
 MAX_MOVE = 1000  # records moved per transaction
-MAX_WAIT = 0.5  # the loop wakes at least this often (polls drive heartbeats)
 
 
 @dataclass
@@ -130,14 +130,7 @@ class DelayMover:
 
     def _run(self, consumer: Backend) -> None:
         while not self._stop.is_set():
-            wait = self._wait()
-            if wait >= MAX_WAIT:
-                records = consumer.poll_batch(500, wait)
-            else:  # a record is nearly due: sleep here (broker timeouts are coarse)
-                records = consumer.poll_batch(500, 0)
-                if not records:
-                    self._stop.wait(wait)
-            self.step(records)
+            self.step(poll_until(consumer, 500, self._wait(), self._stop))
 
     def _wait_for_topic(self) -> bool:
         """Block until the delay topic exists; False if stopped first."""

@@ -59,6 +59,22 @@ MAX_STATE_BYTES = 4000
 MAX_WAIT = 0.5
 
 
+def poll_until(
+    consumer: Backend, max_records: int, wait: float, stop: threading.Event
+) -> list[Message]:
+    """Poll for up to ``wait`` seconds, waking on time for a deadline nearer than ``MAX_WAIT``.
+
+    Brokers time a blocking read out coarsely (Redis on its next cron tick, 1/hz s), so for
+    a near deadline this polls without blocking and sleeps here instead.
+    """
+    if wait >= MAX_WAIT:
+        return consumer.poll_batch(max_records, wait)
+    records = consumer.poll_batch(max_records, 0)
+    if not records:
+        stop.wait(wait)
+    return records
+
+
 def schedule_topic(app_name: str) -> str:
     """The schedule's topic, and the consumer group of the members that compete for it."""
     return f"{app_name}.schedule"
@@ -192,14 +208,7 @@ class Scheduler:
             consumer = self._consumer or self.join()
             try:
                 while not self._stop.is_set():
-                    wait = self._wait()
-                    if wait >= MAX_WAIT:
-                        records = consumer.poll_batch(100, wait)
-                    else:  # a tick is near: sleep here, as brokers time out blocking reads
-                        records = consumer.poll_batch(100, 0)  # coarsely (Redis: 1/hz)
-                        if not records:
-                            self._stop.wait(wait)
-                    self.step(records)
+                    self.step(poll_until(consumer, 100, self._wait(), self._stop))
             finally:
                 consumer.close()
                 self.state = None
