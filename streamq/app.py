@@ -73,7 +73,7 @@ class App:
         group: str | None = None,
         batch: bool = False,
         max_batch: int = 500,
-        ordering: Literal["partition", "key"] = "partition",
+        ordering: Literal["partition", "key", "none"] = "partition",
         max_retries: int = 3,
         retry_backoff: float = 0.2,
         retry_backoff_max: float = 30.0,
@@ -89,6 +89,7 @@ class App:
         dedup_key: Callable[[Message], str] | None = None,
         executor: Literal["inline", "threads", "asyncio", "processes"] | None = None,
         outputs: Sequence[str] | None = None,
+        concurrency: int | None = None,
     ) -> Callable[[F], F]:
         """Register the decorated function as the handler of ``topic``.
 
@@ -104,8 +105,16 @@ class App:
                 record. A failing batch is retried whole, then each record alone once; records
                 that still fail are dead-lettered.
             max_batch: Largest batch handed to a ``batch=True`` handler.
-            ordering: ``"partition"`` (one at a time per partition) or ``"key"`` (per key
-                lane: different keys in parallel, each key in order).
+            ordering: ``"partition"`` (one at a time per partition), ``"key"`` (per key
+                lane: different keys in parallel, each key in order) or ``"none"`` (queue
+                mode: up to ``concurrency`` records of this worker at once, from any
+                partition; a sync handler then runs on the threads executor unless
+                ``executor`` says otherwise). Commits stay gap-safe: a partition's commit
+                never passes a record still running, so a crash redelivers only unfinished
+                ones (and those finished above them).
+            concurrency: ``ordering="none"`` only: handler calls running at once in this
+                worker (default 32). A record retrying in place holds one of them, and the
+                few records queued behind it in its slot; the rest flow.
             max_retries: In-place retries after the first attempt, in order.
             retry_backoff: First retry delay in seconds; doubles each retry (Celery's name).
             retry_backoff_max: Cap on one delay, in seconds.
@@ -177,6 +186,7 @@ class App:
                 redis_password=self.settings.redis_secret,
                 executor=executor,
                 outputs=outputs,
+                concurrency=concurrency,
             )
             key = (spec.group, spec.topic)
             if key in self.handlers:

@@ -42,6 +42,11 @@ class Ordering(StrEnum):
     KEY = "key"
     """Per key lane inside a partition: different keys run in parallel, each key in order."""
 
+    NONE = "none"
+    """No order: up to ``concurrency`` records of the worker run at once, from any partition,
+    each committed when every record before it is done too (the commit never passes an
+    unfinished one)."""
+
 
 class Executor(StrEnum):
     """Where a handler runs."""
@@ -93,6 +98,8 @@ class HandlerSpec:
     dlq_topic: str | None
     commit: CommitMode
     executor: Executor = Executor.INLINE
+    # ordering="none": handler calls of this spec running at once in one worker
+    concurrency: int = 1
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     dont_retry_on: tuple[type[BaseException], ...] = ()
     timeout: float | None = None
@@ -150,6 +157,7 @@ def build_spec(
     redis_password: str | None = None,
     executor: str | None = None,
     outputs: Any = None,
+    concurrency: int | None = None,
 ) -> HandlerSpec:
     name = getattr(fn, "__qualname__", repr(fn))
     problems: list[str] = []
@@ -220,7 +228,11 @@ def build_spec(
         invoke, is_async = build_invoker(fn, batch=batch)
     except ConfigError as exc:
         problems.extend(exc.problems)
+    unordered = ordering_v is Ordering.NONE
+    if executor is None and unordered and invoke is not None and not is_async:
+        executor = "threads"  # a sync handler on the event loop would run one at a time
     executor_v = _executor(fn, executor, is_async, invoke is not None, problems)
+    concurrency_v = _concurrency(concurrency, unordered, problems)
     if (
         timeout is not None
         and invoke is not None
@@ -253,6 +265,7 @@ def build_spec(
         dlq_topic=dlq_topic,
         commit=commit_v,
         executor=executor_v,
+        concurrency=concurrency_v,
         retry_on=retry_on_v,
         dont_retry_on=dont_retry_on_v,
         timeout=timeout,
@@ -263,6 +276,25 @@ def build_spec(
         outputs=outputs_v,
         retry_topic=retry_topic_of(topic, group) if later else None,
     )
+
+
+# ordering="none" without a concurrency: as many at once as the default thread pool runs
+DEFAULT_CONCURRENCY = 32
+
+
+def _concurrency(value: int | None, unordered: bool, problems: list[str]) -> int:
+    if value is None:
+        return DEFAULT_CONCURRENCY if unordered else 1
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 4096:
+        problems.append(f"concurrency: must be an integer from 1 to 4096, got {value!r}")
+        return 1
+    if not unordered and value != 1:
+        problems.append(
+            "concurrency: needs ordering='none' (records of a partition, or of a key, run one "
+            "at a time to keep their order; ordering='key' runs different keys in parallel)"
+        )
+        return 1
+    return value
 
 
 def retry_topic_of(topic: str, group: str) -> str:

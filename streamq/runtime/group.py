@@ -118,7 +118,7 @@ class GroupRunner:
             group, producer, stats, on_critical, self._tracer, settings,
             offset_text=self._backend.offset_text,
         )  # fmt: skip
-        pools = pools or Pools(settings.threads, settings.processes)
+        pools = pools or Pools.for_specs(settings.threads, settings.processes, specs.values())
         self._lanes = Lanes(
             group,
             loop,

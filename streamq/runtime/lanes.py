@@ -25,6 +25,7 @@ from ..message import Message, TopicPartition
 from ..stats import E2E_BUCKETS, HANDLER_BUCKETS, Labels, Latency
 
 __all__ = [
+    "UNORDERED_UNIT",
     "Chunk",
     "Completion",
     "Lane",
@@ -37,6 +38,11 @@ __all__ = [
 ]
 
 LaneKey = tuple[TopicPartition, int]
+
+# ordering="none": the largest unit a lane takes from its partition's shared queue. Small
+# enough that a record stuck in a retry holds few others back; large enough that a unit's
+# fixed cost (a dedup check, a report, a pool round trip) is spread over several records.
+UNORDERED_UNIT = 16
 
 
 class Unit(NamedTuple):
@@ -97,6 +103,7 @@ class Lane:
         "labels",
         "last_dead",
         "lease",
+        "peers",
         "pending",
         "progress",
         "reported",
@@ -125,7 +132,9 @@ class Lane:
         self.spec = spec
         self.run = run
         self.lease = lease  # Redis: no handler starts past lease.deadline
+        # ordering="none": the partition's lanes share lane 0's deque; lane 0 lists them
         self.pending: deque[list[Message]] = deque()
+        self.peers: list[Lane] | None = None
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
         self.halted = False

@@ -13,13 +13,24 @@ import threading
 import time
 
 from ..crashes import CrashCounter
+from ..dispatch import Lease
 from ..errors import WorkerLost
-from ..handlers import Executor
+from ..handlers import Executor, HandlerSpec, Ordering
 from ..logs import get_logger
 from ..message import Message, TopicPartition
 from ..stats import Stats
 from .executors import LaneExecutor
-from .lanes import Chunk, Completion, Lane, LaneKey, Probe, Reporter, Unit, dedup_keys
+from .lanes import (
+    UNORDERED_UNIT,
+    Chunk,
+    Completion,
+    Lane,
+    LaneKey,
+    Probe,
+    Reporter,
+    Unit,
+    dedup_keys,
+)
 from .outbox import Outbox
 from .outcome import Outcomes
 
@@ -57,6 +68,8 @@ class Lanes:
         # one suspect at a time in the whole worker, so a death is charged to one record only
         self._probe_lock = probe_lock
         self._lanes: dict[LaneKey, Lane] = {}  # loop thread
+        # ordering="none": per topic, the handler's calls allowed to run at once
+        self._slots: dict[str, asyncio.Semaphore] = {}
 
     # -- the poll thread's side ----------------------------------------------------------------
 
@@ -97,21 +110,63 @@ class Lanes:
 
     def enqueue(self, units: list[Unit]) -> None:
         lanes = self._lanes
-        for key, epoch, spec, lease, msgs in units:
+        for unit in units:
+            key, epoch, spec, lease, msgs = unit
+            if spec.ordering is Ordering.NONE:
+                self._enqueue_unordered(unit)
+                continue
             lane = lanes.get(key)
             if lane is None or lane.epoch != epoch:
-                tp = key[0]
-                labels = (self._group, tp.topic, str(tp.partition), spec.name)
-                outbox = self._outbox
-                if outbox is not None and (spec.produces or outbox.exactly_once):
-                    spec = outbox.bind(spec, tp, epoch)
-                run = self._executors[spec.executor].runner_for(spec)
-                lane = lanes[key] = Lane(key, epoch, spec, lease, labels, run)
+                lane = lanes[key] = self._lane(key, epoch, spec, lease)
             if lane.stopped or lane.halted:
                 continue
             lane.pending.append(msgs)
             if lane.task is None:
                 lane.task = self._loop.create_task(self._run_lane(lane))
+
+    def _lane(self, key: LaneKey, epoch: int, spec: HandlerSpec, lease: Lease | None) -> Lane:
+        tp = key[0]
+        labels = (self._group, tp.topic, str(tp.partition), spec.name)
+        outbox = self._outbox
+        if outbox is not None and (spec.produces or outbox.exactly_once):
+            spec = outbox.bind(spec, tp, epoch)
+        run = self._executors[spec.executor].runner_for(spec)
+        return Lane(key, epoch, spec, lease, labels, run)
+
+    def _enqueue_unordered(self, unit: Unit) -> None:
+        """Queue mode: a partition's lanes share one queue of small units.
+
+        Each free lane takes the next, so a slow record (a retry's backoff) holds back only
+        the rest of its own unit. The handler's slots cap the lanes running worker-wide.
+        """
+        (tp, _), epoch, spec, lease, msgs = unit
+        lanes = self._lanes
+        first = lanes.get((tp, 0))
+        if first is None or first.epoch != epoch:
+            first = lanes[(tp, 0)] = self._lane((tp, 0), epoch, spec, lease)
+            first.peers = [first]
+        if first.stopped:
+            return
+        shared = first.pending
+        if type(msgs) is list:  # a Probe or a Chunk (streamq.crashes) stays whole
+            size = min(UNORDERED_UNIT, -(-len(msgs) // spec.concurrency))
+            shared.extend(msgs[i : i + size] for i in range(0, len(msgs), size))
+        else:
+            shared.append(msgs)
+        peers = first.peers
+        assert peers is not None
+        running = sum(1 for lane in peers if lane.task is not None)
+        while len(peers) < min(spec.concurrency, running + len(shared)):
+            lane = lanes[(tp, len(peers))] = self._lane((tp, len(peers)), epoch, spec, lease)
+            lane.pending = shared
+            peers.append(lane)
+        todo = len(shared)
+        for lane in peers:
+            if todo <= 0:
+                break
+            if lane.task is None and not lane.halted:
+                lane.task = self._loop.create_task(self._run_lane(lane))
+                todo -= 1
 
     async def _stop_lanes(
         self, tps: list[TopicPartition] | None, finished: threading.Event
@@ -139,8 +194,18 @@ class Lanes:
         limit = spec.max_batch
         crashes, tp = self._crashes, lane.key[0]
         report = self._reporter.report
+        slots = self._slots_of(spec) if spec.ordering is Ordering.NONE else None
+        held = False
         try:
             while lane.pending and not lane.stopped:
+                if slots is not None:  # one slot per unit, so waiting lanes take turns
+                    if held:
+                        slots.release()
+                    held = False
+                    await slots.acquire()
+                    held = True
+                    if not lane.pending or lane.stopped:
+                        break
                 unit = lane.take(limit)
                 kind = type(unit)
                 marked = -1
@@ -175,7 +240,15 @@ class Lanes:
                     lane.halted = halted
                     break
         finally:
+            if held and slots is not None:
+                slots.release()
             lane.task = None
+
+    def _slots_of(self, spec: HandlerSpec) -> asyncio.Semaphore:
+        slots = self._slots.get(spec.topic)
+        if slots is None:
+            slots = self._slots[spec.topic] = asyncio.Semaphore(spec.concurrency)
+        return slots
 
     async def _run_probe(self, lane: Lane, unit: Probe) -> int:
         """Handle one suspect alone, charged to the crash counter while its handler runs."""

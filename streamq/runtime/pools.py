@@ -17,12 +17,14 @@ import multiprocessing
 import os
 import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any
 
 from ..dispatch import Lease, call_each, call_each_until
+from ..handlers import Executor as HandlerExecutor
+from ..handlers import HandlerSpec
 from ..message import Message
 
 if TYPE_CHECKING:
@@ -56,6 +58,15 @@ class Pools:
         self._processes_n = processes or os.cpu_count() or 1
         self._threads: ThreadPoolExecutor | None = None
         self._processes: ProcessPoolExecutor | None = None
+
+    @classmethod
+    def for_specs(cls, threads: int, processes: int | None, specs: Iterable[HandlerSpec]) -> Pools:
+        """Pools with threads enough for every ``ordering="none"`` handler's concurrency.
+
+        A smaller pool would cap it silently.
+        """
+        wanted = [s.concurrency for s in specs if s.executor is HandlerExecutor.THREADS]
+        return cls(max([threads, *wanted]), processes)
 
     def threads(self) -> Executor:
         if self._threads is None:

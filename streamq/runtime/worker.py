@@ -111,7 +111,7 @@ class Worker:
         broker = connect(settings.broker, settings)
         producer = broker.producer()
         probe_lock = asyncio.Lock()
-        pools = Pools(settings.threads, settings.processes)
+        pools = Pools.for_specs(settings.threads, settings.processes, app.handlers.values())
         exporter: Exporter | None = None
         scheduler: Scheduler | None = None
         mover: DelayMover | None = None
