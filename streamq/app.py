@@ -73,7 +73,7 @@ class App:
         group: str | None = None,
         batch: bool = False,
         max_batch: int = 500,
-        ordering: Literal["partition", "key", "none"] = "partition",
+        ordering: Literal["partition", "key", "none"] | None = None,
         max_retries: int = 3,
         retry_backoff: float = 0.2,
         retry_backoff_max: float = 30.0,
@@ -90,6 +90,7 @@ class App:
         executor: Literal["inline", "threads", "asyncio", "processes"] | None = None,
         outputs: Sequence[str] | None = None,
         concurrency: int | None = None,
+        group_type: Literal["classic", "share"] = "classic",
     ) -> Callable[[F], F]:
         """Register the decorated function as the handler of ``topic``.
 
@@ -105,7 +106,7 @@ class App:
                 record. A failing batch is retried whole, then each record alone once; records
                 that still fail are dead-lettered.
             max_batch: Largest batch handed to a ``batch=True`` handler.
-            ordering: ``"partition"`` (one at a time per partition), ``"key"`` (per key
+            ordering: ``"partition"`` (the default: one at a time per partition), ``"key"`` (per key
                 lane: different keys in parallel, each key in order) or ``"none"`` (queue
                 mode: up to ``concurrency`` records of this worker at once, from any
                 partition; a sync handler then runs on the threads executor unless
@@ -115,6 +116,12 @@ class App:
             concurrency: ``ordering="none"`` only: handler calls running at once in this
                 worker (default 32). A record retrying in place holds one of them, and the
                 few records queued behind it in its slot; the rest flow.
+            group_type: ``"classic"`` or ``"share"`` (queue mode: any number of members
+                read the same partitions, each record acknowledged on its own; implies
+                ``ordering="none"``). Kafka 4.2+ share groups, or Redis competing
+                consumers; a record redelivered after its member died runs alone, and one
+                delivered ``crash_limit + 2`` times goes to the DLQ as ``WorkerLost``. Every
+                handler of one group has the same type.
             max_retries: In-place retries after the first attempt, in order.
             retry_backoff: First retry delay in seconds; doubles each retry (Celery's name).
             retry_backoff_max: Cap on one delay, in seconds.
@@ -187,8 +194,16 @@ class App:
                 executor=executor,
                 outputs=outputs,
                 concurrency=concurrency,
+                group_type=group_type,
             )
             key = (spec.group, spec.topic)
+            kinds = {s.group_type for (g, _), s in self.handlers.items() if g == spec.group}
+            if kinds and kinds != {spec.group_type}:
+                raise ConfigError(
+                    f"handler {spec.name!r}: group {spec.group!r} already has "
+                    f"{kinds.pop()} handlers; a group is either classic or share (give this "
+                    "one another group)"
+                )
             if key in self.handlers:
                 other = self.handlers[key].name
                 raise ConfigError(

@@ -48,6 +48,17 @@ class Ordering(StrEnum):
     unfinished one)."""
 
 
+class GroupType(StrEnum):
+    """What kind of consumer group reads a handler's topic."""
+
+    CLASSIC = "classic"
+    """Each partition read by one member at a time, committed by position."""
+
+    SHARE = "share"
+    """Queue mode: every member reads every partition, each record acknowledged on its own
+    (Kafka 4.2+ share groups, KIP-932; Redis competing consumers). Implies no order."""
+
+
 class Executor(StrEnum):
     """Where a handler runs."""
 
@@ -100,6 +111,7 @@ class HandlerSpec:
     executor: Executor = Executor.INLINE
     # ordering="none": handler calls of this spec running at once in one worker
     concurrency: int = 1
+    group_type: GroupType = GroupType.CLASSIC
     retry_on: tuple[type[BaseException], ...] = (Exception,)
     dont_retry_on: tuple[type[BaseException], ...] = ()
     timeout: float | None = None
@@ -137,7 +149,7 @@ def build_spec(
     group: str,
     batch: bool,
     max_batch: int,
-    ordering: str,
+    ordering: str | None,
     max_retries: int,
     retry_backoff: float,
     retry_backoff_max: float,
@@ -158,6 +170,7 @@ def build_spec(
     executor: str | None = None,
     outputs: Any = None,
     concurrency: int | None = None,
+    group_type: str = "classic",
 ) -> HandlerSpec:
     name = getattr(fn, "__qualname__", repr(fn))
     problems: list[str] = []
@@ -167,7 +180,18 @@ def build_spec(
         problems.append("group: must be a non-empty string")
     if not isinstance(max_batch, int) or isinstance(max_batch, bool) or max_batch < 1:
         problems.append("max_batch: must be an integer >= 1")
-    ordering_v = enum_choice(Ordering, ordering, "ordering", problems)
+    group_type_v = enum_choice(GroupType, group_type, "group_type", problems)
+    shared = group_type_v is GroupType.SHARE
+    ordering_v = enum_choice(Ordering, ordering or ("none" if shared else "partition"),
+                             "ordering", problems)  # fmt: skip
+    if shared and ordering_v not in (None, Ordering.NONE):
+        problems.append(
+            f"ordering={ordering!r}: a share group hands the records of one partition to "
+            "many members, so there is no order to keep; leave ordering out (or 'none')"
+        )
+    if shared and commit == "before":
+        problems.append("commit='before': a share group acknowledges each record after it "
+                        "is handled (at-most-once needs a classic group)")  # fmt: skip
     commit_v = enum_choice(CommitMode, commit, "commit", problems)
     if not isinstance(dlq, bool) and not (isinstance(dlq, str) and dlq):
         problems.append("dlq: must be True, False or a topic name")
@@ -266,6 +290,7 @@ def build_spec(
         commit=commit_v,
         executor=executor_v,
         concurrency=concurrency_v,
+        group_type=group_type_v or GroupType.CLASSIC,
         retry_on=retry_on_v,
         dont_retry_on=dont_retry_on_v,
         timeout=timeout,

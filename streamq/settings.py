@@ -132,6 +132,11 @@ class Settings(BaseSettings):
     """Redis: seconds a partition lease lives unless renewed (every third of it). A member
     that stops renewing stops its partitions at once; a dead one's move after this long."""
 
+    visibility_timeout: float = Field(30.0, ge=0.5)
+    """Redis share groups: seconds a record taken by a member stays its own unacknowledged;
+    then another member may claim it (it died, or its handler ran longer: a duplicate). On
+    Kafka the broker's ``group.share.record.lock.duration.ms`` plays this part."""
+
     redis_maxlen: int | None = Field(None, ge=1)
     """Redis: trim each partition stream to about this many entries on produce (``MAXLEN ~``).
     Risky: trimming can delete entries still pending, which are then reported as lost."""

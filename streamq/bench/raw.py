@@ -30,6 +30,8 @@ def raw_drain(spec: BenchSpec, slot: int, stop: threading.Event) -> None:
             kafka = spec.broker.startswith("kafka://")
             loop = raw_kafka_transform if kafka else raw_redis_transform
             loop(spec, transform, tick, stop)
+        elif spec.group_type == "share" and spec.broker.startswith("kafka://"):
+            _raw_kafka_share(spec, _batch_runner(spec, work, tick, sleep_s), stop)
         elif spec.broker.startswith("kafka://"):
             _raw_kafka(spec, work, tick, stop)
         elif spec.broker.startswith(("redis://", "rediss://")):
@@ -65,11 +67,83 @@ def _raw_kafka(spec: BenchSpec, work: Any, tick: Any, stop: threading.Event) -> 
         consumer.close()
 
 
+def _batch_runner(spec: BenchSpec, work: Any, tick: Any, sleep_s: float) -> Any:
+    """The per-batch work of a Kafka share loop, as a user would write it.
+
+    In order; or, for work that sleeps (I/O) with a ``--concurrency``, through a thread pool
+    of that size.
+    """
+    if not (sleep_s and spec.concurrency):
+
+        def serial(records: list[Any]) -> None:
+            for m in records:
+                work(m.value())
+                tick(m.timestamp()[1])
+
+        return serial
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(spec.concurrency)
+
+    def one(m: Any) -> None:
+        work(m.value())
+        tick(m.timestamp()[1])
+
+    def pooled(records: list[Any]) -> None:
+        for _ in pool.map(one, records):
+            pass
+
+    return pooled
+
+
+def _raw_kafka_share(spec: BenchSpec, run_batch: Any, stop: threading.Event) -> None:
+    """A skilled user's share-group loop: poll, the work, ACCEPT each.
+
+    The next poll carries the acknowledgements to the broker.
+    """
+    from confluent_kafka import AcknowledgeType, ShareConsumer
+
+    from ..brokers.kafka import KafkaBroker
+    from ..brokers.kafka.share import configure_share_group
+    from ..settings import load_settings
+
+    broker = KafkaBroker(spec.broker, load_settings(broker=spec.broker))
+    configure_share_group(broker, spec.group)
+    consumer = ShareConsumer(broker.share_consumer_config(spec.group))
+    consumer.subscribe(spec.topics)
+    accept = AcknowledgeType.ACCEPT
+    try:
+        while not stop.is_set():
+            batch = [m for m in consumer.poll(0.1) if m.error() is None]
+            run_batch(batch)
+            for m in batch:
+                consumer.acknowledge(m, accept)
+    finally:
+        consumer.close()
+
+
 def _raw_redis(spec: BenchSpec, work: Any, tick: Any, stop: threading.Event) -> None:
+    """XREADGROUP over the partition streams, the work, one pipelined XACK per batch.
+
+    The same loop is a share group's (competing consumers); with ``--concurrency`` and work
+    that sleeps, each stream's entries go through a thread pool of that size.
+    """
     r, keys = redis_group_streams(spec)
     consumer = f"raw-{os.getpid()}"
     streams = dict.fromkeys(keys, ">")
     size = spec.max_poll_records
+
+    def one(entry: Any) -> None:
+        entry_id, fields = entry
+        work(fields[b"v"])
+        stamp = fields.get(b"t")
+        tick(int(stamp) if stamp is not None else int(entry_id.split(b"-")[0]))
+
+    pool = None
+    if spec.concurrency and parse_handler(spec.handler)[1]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(spec.concurrency)
     while not stop.is_set():
         reply = r.xreadgroup(spec.group, consumer, streams, count=size, block=100)
         if not reply:
@@ -77,11 +151,16 @@ def _raw_redis(spec: BenchSpec, work: Any, tick: Any, stop: threading.Event) -> 
         pipe = r.pipeline(transaction=False)
         for key, entries in reply:
             ids = []
-            for entry_id, fields in entries:
-                work(fields[b"v"])
-                stamp = fields.get(b"t")
-                tick(int(stamp) if stamp is not None else int(entry_id.split(b"-")[0]))
-                ids.append(entry_id)
+            if pool is None:  # the tight loop: nothing per record but the work
+                for entry_id, fields in entries:
+                    work(fields[b"v"])
+                    stamp = fields.get(b"t")
+                    tick(int(stamp) if stamp is not None else int(entry_id.split(b"-")[0]))
+                    ids.append(entry_id)
+            else:
+                for _ in pool.map(one, entries):
+                    pass
+                ids = [entry_id for entry_id, _ in entries]
             pipe.xack(key, spec.group, *ids)
         pipe.execute()
     r.close()

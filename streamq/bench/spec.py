@@ -31,6 +31,10 @@ class BenchSpec:
     handler: str = "json"
     executor: str = "inline"
     ordering: str = "partition"
+    # queue mode: ordering="none" runs up to this many records at once per worker (on the
+    # raw side, a thread pool of that size per batch when the work sleeps)
+    concurrency: int | None = None
+    group_type: str = "classic"  # "share": Kafka share groups, Redis competing consumers
     workers: int = 1
     dedup: str = "none"
     metrics: bool = False  # streamq side: Prometheus metrics on, server on a free port
@@ -77,8 +81,19 @@ class BenchSpec:
             problems.append(f"--handler: {exc}")
         if self.executor not in EXECUTORS:
             problems.append(f"--executor: one of {', '.join(EXECUTORS)}")
-        if self.ordering not in ("partition", "key"):
-            problems.append("--ordering: partition or key")
+        if self.ordering not in ("partition", "key", "none"):
+            problems.append("--ordering: partition, key or none")
+        if self.group_type not in ("classic", "share"):
+            problems.append("--group-type: classic or share")
+        if self.group_type == "share" and self.ordering != "none":
+            problems.append("--group-type share: records of a partition go to many members, "
+                            "so give --ordering none")  # fmt: skip
+        if self.group_type == "share" and self.transform:
+            problems.append("--group-type share: without --transform")
+        if self.concurrency is not None and self.ordering != "none":
+            problems.append("--concurrency: with --ordering none")
+        if self.concurrency is not None and self.concurrency < 1:
+            problems.append("--concurrency: must be >= 1")
         if self.workers > 1 and self.broker.startswith("memory://"):
             problems.append("--workers: memory:// lives in one process; use Kafka or Redis")
         if not (self.dedup in ("none", "memory") or self.dedup.startswith("redis://")):

@@ -34,6 +34,10 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
     if slot is not None:
         tick = Tally(spec.shm, slot).tick_fn()
     options: dict[str, Any] = {"ordering": spec.ordering, "dlq": False}
+    if spec.concurrency is not None:
+        options["concurrency"] = spec.concurrency
+    if spec.group_type == "share":
+        options["group_type"] = "share"
     if spec.executor in ("threads", "processes"):
         options["executor"] = spec.executor
     if spec.dedup != "none":

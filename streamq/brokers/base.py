@@ -168,6 +168,14 @@ class Backend(Protocol):
     # -- exactly once ----------------------------------------------------------------------------
 
     #: Whether ``commit_transaction`` is served: ``guarantee="exactly_once"`` needs it.
+    # A share group's member (``group_type="share"``): it reads every partition with the
+    # others, in rounds (the next poll only once the last one is committed), records may be
+    # redelivered with ``Message.attempt`` > 1, and ``commit`` acknowledges each delivered
+    # record below the positions rather than moving a group position.
+    share: ClassVar[bool] = False
+    # share: whether the last poll returned a record delivered before (``attempt`` > 1)
+    redelivered: bool = False
+
     transactional: ClassVar[bool] = False
 
     def commit_transaction(
@@ -235,6 +243,14 @@ class Broker(Protocol):
     url: str
 
     def consumer(self, group: str, settings: Settings) -> Backend: ...
+
+    def share_consumer(self, group: str, settings: Settings, round_size: int) -> Backend:
+        """A member of the share group ``group`` (``group_type="share"``).
+
+        It takes about ``round_size`` records per poll at most: records taken and not yet
+        started die with their member, so rounds stay near what the handlers run at once.
+        """
+        ...
 
     def producer(self) -> ProducerBackend: ...
 

@@ -150,6 +150,13 @@ class MemoryBroker(Broker):
     def consumer(self, group: str, settings: Any) -> MemoryConsumer:
         return MemoryConsumer(self, group, getattr(settings, "auto_offset_reset", "earliest"))
 
+    def share_consumer(self, group: str, settings: Any, round_size: int) -> MemoryConsumer:
+        """A share group on memory:// is a classic one: one process reads the partitions.
+
+        Records run unordered all the same (``group_type="share"`` implies it).
+        """
+        return self.consumer(group, settings)
+
     def producer(self) -> MemoryProducer:
         return MemoryProducer(self)
 

@@ -46,7 +46,24 @@ from .common import errors_as_exit_codes
     show_default=True,
 )
 @click.option(
-    "--ordering", type=click.Choice(["partition", "key"]), default="partition", show_default=True
+    "--ordering",
+    type=click.Choice(["partition", "key", "none"]),
+    default="partition",
+    show_default=True,
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="With --ordering none: records at once per worker (the raw side: a thread pool of "
+    "that size over each batch when the work sleeps).",
+)
+@click.option(
+    "--group-type",
+    type=click.Choice(["classic", "share"]),
+    default="classic",
+    show_default=True,
+    help="share: a Kafka 4.2 share group (the raw side: ShareConsumer) or Redis competing "
+    "consumers; with --ordering none.",
 )
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
@@ -97,6 +114,8 @@ def bench(
     handler: str,
     executor: str,
     ordering: str,
+    concurrency: int | None,
+    group_type: str,
     workers: int,
     transform: bool,
     guarantee: str,
@@ -114,7 +133,8 @@ def bench(
 
     spec = BenchSpec(
         broker=broker, messages=messages, size=size, partitions=partitions, keys=keys,
-        handler=handler, executor=executor, ordering=ordering, workers=workers, dedup=dedup,
+        handler=handler, executor=executor, ordering=ordering, concurrency=concurrency,
+        group_type=group_type, workers=workers, dedup=dedup,
         metrics=metrics, rounds=rounds, max_seconds=max_seconds, latency_messages=latency_messages,
         latency_rate=latency_rate, raw=not no_raw, transform=transform, guarantee=guarantee,
     )  # fmt: skip
@@ -135,6 +155,8 @@ def bench(
 
         result = run_bench(spec, progress)
     title = f"{handler} handler, {executor}, ordering={ordering}, workers={workers}"
+    if concurrency is not None or group_type == "share":
+        title += f", concurrency={concurrency or 'default'}, {group_type} group"
     if transform:
         title += f", transform, {guarantee}"
     table = Table(title=title)

@@ -47,13 +47,17 @@ class Committer:
         clock: Callable[[], float] = time.monotonic,
         outbox: Outbox | None = None,
         sync_wait: float = 5.0,
+        share: bool = False,
     ) -> None:
         self._group = group
         self._outbox = outbox  # outputs of producing handlers (streamq.runtime.outbox)
         self._sync_wait = sync_wait  # a synchronous commit waits this long for their acks
         self._backend = backend
         self._tracker = tracker
-        self._every = every
+        # a share group's commits acknowledge records: each round's positions, including a
+        # round of redelivered records below the last one (a rewind no commit would follow)
+        self._every_position = share
+        self._every = 1 if share else every  # share: commits are the acks of each round
         self._interval = interval
         self._clock = clock
         self._since_commit = 0
@@ -100,7 +104,9 @@ class Committer:
         self._since_commit = 0
         # A synchronous commit re-asserts every position, which also repairs an earlier
         # asynchronous commit that failed without the tracker knowing.
-        positions = self._tracker.positions() if sync else self._tracker.dirty_positions()
+        tracker = self._tracker
+        every = sync or self._every_position
+        positions = tracker.positions() if every else tracker.dirty_positions()
         if only is not None:
             keep = set(only)
             positions = {tp: pos for tp, pos in positions.items() if tp in keep}

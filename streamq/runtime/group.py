@@ -52,6 +52,7 @@ from .loop import Lanes
 from .outbox import outbox_for
 from .outcome import Outcomes
 from .pools import Pools
+from .share import consumer_for, lone_runs_allowed, redelivered_units
 
 __all__ = ["GroupRunner"]
 
@@ -91,7 +92,8 @@ class GroupRunner:
             specs = {topic: self._tracer.traced(spec) for topic, spec in specs.items()}
         self._specs = specs
         self._settings = settings
-        self._backend: Backend = backend or broker.consumer(group, settings)
+        self._backend: Backend = backend or consumer_for(broker, group, settings, specs)
+        self._share = self._backend.share  # memory:// and replay run share handlers classic
         self._loop = loop
         self._stats = stats
         self._dispatcher = Dispatcher()
@@ -107,6 +109,7 @@ class GroupRunner:
             self._backend,
             self._tracker,
             every=settings.commit_every,
+            share=self._share,
             interval=settings.commit_interval,
             clock=clock,
             outbox=self._outbox,
@@ -129,6 +132,7 @@ class GroupRunner:
             crashes,
             probe_lock or asyncio.Lock(),
             self._outbox,
+            lone_runs_allowed(settings),
         )
         # poll-thread state
         self._assigned: dict[TopicPartition, int] = {}
@@ -280,6 +284,8 @@ class GroupRunner:
             elif spec.ordering is Ordering.KEY:
                 for lane, sub in self._dispatcher.split_keys(msgs, lanes).items():
                     units.append(Unit((tp, lane), epoch, spec, lease, sub))
+            elif self._share and self._backend.redelivered:
+                units += [Unit((tp, 0), epoch, spec, lease, u) for u in redelivered_units(msgs)]
             else:
                 units.append(Unit((tp, 0), epoch, spec, lease, msgs))
             if (

@@ -56,6 +56,7 @@ class Lanes:
         crashes: CrashCounter | None,
         probe_lock: asyncio.Lock,
         outbox: Outbox | None = None,
+        lone_runs: float = 0,
     ) -> None:
         self._group = group
         self._outbox = outbox
@@ -65,6 +66,8 @@ class Lanes:
         self._outcomes = outcomes
         self._reporter = reporter
         self._crashes = crashes
+        # share groups (no crash counter): lone runs of a redelivered record that may die
+        self._lone_runs = lone_runs
         # one suspect at a time in the whole worker, so a death is charged to one record only
         self._probe_lock = probe_lock
         self._lanes: dict[LaneKey, Lane] = {}  # loop thread
@@ -253,25 +256,31 @@ class Lanes:
     async def _run_probe(self, lane: Lane, unit: Probe) -> int:
         """Handle one suspect alone, charged to the crash counter while its handler runs."""
         crashes = self._crashes
-        assert crashes is not None
         tp, msg = lane.key[0], unit[0]
         async with self._probe_lock:
             if lane.stopped:
                 return 0
-            if unit.starts >= crashes.limit:
+            limit = crashes.limit if crashes is not None else self._lone_runs
+            if unit.starts >= limit:
                 self._stats.failed_by[lane.labels] += 1
+                how = (
+                    f"after dying in the range it was part of (crash_limit={limit})"
+                    if crashes is not None
+                    else f"after the first redelivery; it was delivered {msg.attempt} "
+                    f"times and never acknowledged (crash_limit={limit})"
+                )
                 lost = WorkerLost(
-                    f"the worker died {unit.starts} times while handling this record alone "
-                    f"(crash_limit={crashes.limit}), after dying in the range it was part of",
+                    f"the worker died {unit.starts} times while handling this record alone {how}",
                     topic=msg.topic,
                     partition=msg.partition,
                     offset=msg.offset,
                 )
                 done = 1 if await self._outcomes.dead_letter(lane, msg, lost, 0) else 0
             else:
-                crashes.begin(tp, msg.offset, unit.starts + 1)
+                if crashes is not None:
+                    crashes.begin(tp, msg.offset, unit.starts + 1)
                 done = await lane.run(lane, unit)
-            if done:
+            if done and crashes is not None:
                 crashes.end(tp, msg.offset)
             return done
 

@@ -35,6 +35,7 @@ from .delays import DelayMover
 from .group import GroupRunner
 from .pools import Pools
 from .scheduler import Scheduler
+from .share import is_share_group
 
 if TYPE_CHECKING:
     from ..app import App
@@ -270,6 +271,7 @@ def crash_counter(
         settings.crash_limit == 0
         or in_process(settings.broker)  # the log dies with the process anyway
         or any(s.commit is CommitMode.BEFORE for s in specs.values())  # at-most-once
+        or is_share_group(specs)  # the broker's delivery count does it (runtime.share)
     ):
         return None
     dedup_urls = [

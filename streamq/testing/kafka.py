@@ -306,6 +306,8 @@ BASE_SETTINGS = {
     "group.share.heartbeat.interval.ms": "500",
     "group.share.min.session.timeout.ms": "1000",
     "group.share.session.timeout.ms": "6000",
+    # share groups: tests run visibility timeouts (record locks) of a few seconds
+    "group.share.min.record.lock.duration.ms": "1000",
     # internal topics: one partition each, so the first join or transaction is quick
     "offsets.topic.num.partitions": "1",
     "transaction.state.log.num.partitions": "1",

@@ -1,5 +1,6 @@
-"""``ordering="none"`` (queue mode on a classic group) on memory://: registration, the
-worker-wide concurrency cap, retries that hold back no one else, and gap-safe commits.
+"""Queue mode on memory://: ``ordering="none"`` (registration, the worker-wide concurrency
+cap, retries that hold back no one else, gap-safe commits) and what ``group_type="share"``
+checks and plans without a broker (the brokers' share groups: tests/integration).
 
 Counts, never timings: how many handler calls ran at once is counted by the handler itself.
 """
@@ -18,7 +19,9 @@ import streamq
 from streamq.brokers.memory import get_log, parse_url
 from streamq.brokers.view import read_topic
 from streamq.errors import ConfigError
-from streamq.handlers import DEFAULT_CONCURRENCY, Executor, Ordering
+from streamq.handlers import DEFAULT_CONCURRENCY, Executor, GroupType, Ordering
+from streamq.runtime.lanes import Probe
+from streamq.runtime.share import redelivered_units
 from streamq.settings import load_settings
 
 
@@ -191,3 +194,64 @@ def test_commits_never_pass_an_unfinished_record() -> None:
     assert while_held[-1][0] > 100  # the rest ran meanwhile
     assert all(position is None or position <= 3 for _, position in while_held), while_held
     assert group["g"].committed[tp] == 200
+
+
+# -- group_type="share" ---------------------------------------------------------------------
+
+
+def test_share_groups_imply_no_order_and_refuse_what_they_cannot_do() -> None:
+    app = streamq.App("a", broker=url())
+
+    @app.handler("jobs", group_type="share", concurrency=8)
+    async def job(value: dict) -> None: ...
+
+    spec = app.handlers[("a", "jobs")]
+    assert spec.group_type is GroupType.SHARE and spec.ordering is Ordering.NONE
+    assert spec.concurrency == 8
+    with pytest.raises(ConfigError, match="no order to keep"):
+        app.handler("x", group="b", group_type="share", ordering="key")(job)
+    with pytest.raises(ConfigError, match="at-most-once needs a classic group"):
+        app.handler("y", group="c", group_type="share", commit="before")(job)
+    with pytest.raises(ConfigError, match="a group is either classic or share"):
+        app.handler("z", group="a")(job)  # group "a" is a share group already
+    with pytest.raises(ConfigError, match="group_type"):
+        app.handler("w", group="d", group_type="queue")(job)  # type: ignore[arg-type]
+
+
+def test_a_share_group_refuses_exactly_once_when_it_starts() -> None:
+    app = streamq.App("a", broker=url(), guarantee="exactly_once")
+
+    @app.handler("jobs", group_type="share")
+    async def job(value: dict) -> None: ...
+
+    with pytest.raises(ConfigError, match=r"exactly_once.*needs a classic group"):
+        app.run(until_idle=0.5)
+
+
+def test_redelivered_records_run_alone_in_order() -> None:
+    """A first redelivery runs with the rest (a dead member's innocent records); from the
+    third delivery a record runs alone, counting its lone runs."""
+    msgs = [streamq.Message("t", 0, i, None, b"{}") for i in range(7)]
+    msgs[1].attempt = 2
+    msgs[2].attempt = 3
+    msgs[3].attempt = 5
+    units = redelivered_units(msgs)
+    assert [[m.offset for m in u] for u in units] == [[0, 1], [2], [3], [4, 5, 6]]
+    assert [type(u) for u in units] == [list, Probe, Probe, list]
+    assert [u.starts for u in units if isinstance(u, Probe)] == [0, 2]
+
+
+def test_a_share_group_on_memory_runs_like_a_classic_one() -> None:
+    broker = url(2)
+    app = streamq.App("g", broker=broker)
+    gauge, seen = Gauge(), []
+
+    @app.handler("t", group_type="share", concurrency=4)
+    async def handle(value: dict) -> None:
+        with gauge:
+            await asyncio.sleep(0.005)
+        seen.append(value["i"])
+
+    produce(broker, "t", 100)
+    app.run(until_idle=1.0)
+    assert sorted(seen) == list(range(100)) and gauge.most == 4

@@ -38,6 +38,7 @@ from .client import check_client_version
 from .consumer import KafkaConsumer
 from .errors import client_log, on_error
 from .producer import KafkaProducer
+from .share import KafkaShareConsumer
 from .view import KafkaView
 
 __all__ = ["KafkaBroker"]
@@ -168,6 +169,18 @@ class KafkaBroker(Broker):
 
     def consumer(self, group: str, settings: Settings) -> KafkaConsumer:
         return KafkaConsumer(self, group)
+
+    def share_consumer(self, group: str, settings: Settings, round_size: int) -> KafkaShareConsumer:
+        return KafkaShareConsumer(self, group, round_size)
+
+    def share_consumer_config(self, group: str, round_size: int = 500) -> dict[str, Any]:
+        """A ``ShareConsumer``'s: explicit acknowledgements, the client's own settings."""
+        return {
+            "group.id": group,
+            "client.id": f"streamq-{group}",
+            "share.acknowledgement.mode": "explicit",
+            "max.poll.records": round_size,
+        } | self.client_config()
 
     def producer(self) -> KafkaProducer:
         return KafkaProducer(self)

@@ -18,6 +18,7 @@ from .consumer import RedisConsumer
 from .errors import UNAVAILABLE
 from .keys import stream_key, topic_key
 from .producer import RedisProducer
+from .share import RedisShareConsumer
 from .view import RedisView
 
 __all__ = ["RedisBroker"]
@@ -100,6 +101,9 @@ class RedisBroker(Broker):
 
     def consumer(self, group: str, settings: Settings) -> RedisConsumer:
         return RedisConsumer(self, group)
+
+    def share_consumer(self, group: str, settings: Settings, round_size: int) -> RedisShareConsumer:
+        return RedisShareConsumer(self, group, round_size)
 
     def producer(self) -> RedisProducer:
         return RedisProducer(self)

@@ -1,0 +1,151 @@
+"""Queue mode (issue 20): share groups on Redis and on Apache Kafka 4.2.
+
+One partition, a handler doing 20 ms of I/O (tests/apps/queue.py), three workers with
+``concurrency=32``. What is asserted are counts and sets from the handlers' ledger: every
+record handled once (at least once through a kill, duplicates only among what the dead
+member held), every member took part, many records in flight at once across members, a
+poison record in the DLQ once. Throughput against a classic ``ordering="partition"`` group
+on the same topic is measured and printed, never asserted (the machines are shared).
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from streamq.errors import UnknownTopicOrPartition
+from tests.integration.helpers import (
+    app_env,
+    app_spec,
+    read_ledger,
+    start_worker,
+    unique,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.timeout(300)]
+
+WORKERS = 3
+CONCURRENCY = 32
+
+
+def produce(broker, topic: str, n: int) -> set[int]:
+    broker.produce(topic, [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(n)])
+    return set(range(n))
+
+
+def dead_lettered(broker, topic: str) -> list[tuple[int, int]]:
+    """(partition, offset) of each record in the topic's DLQ; none if it was never made."""
+    try:
+        return broker.dlq_origins(topic)
+    except UnknownTopicOrPartition:
+        return []
+
+
+def peak_in_flight(ledger: Path) -> int:
+    """The most records between their S and E lines at once, over every worker."""
+    events = [(e.mono_ns, 1) for e in read_ledger(ledger, "S")]
+    events += [(e.mono_ns, -1) for e in read_ledger(ledger, "E")]
+    now = most = 0
+    for _, step in sorted(events):
+        now += step
+        most = max(most, now)
+    return most
+
+
+def run_group(broker, tmp_path: Path, topic: str, n: int, name: str, **env: str) -> tuple:
+    """Three workers of one group until idle; (seconds from the first record started to the
+    last finished, from the ledger; the ledger; the workers' outputs)."""
+    group, ledger = unique(name), tmp_path / f"ledger.{name}"
+    spec = app_spec("queue", extra={"visibility_timeout": 3})
+    environ = app_env(broker.url, topic, group, ledger, **{"CONCURRENCY": str(CONCURRENCY),
+                                                           **env})  # fmt: skip
+    workers = [start_worker(tmp_path, spec, environ, "--until-idle", "3")
+               for _ in range(WORKERS)]  # fmt: skip
+    wait_until(lambda: len({e.id for e in read_ledger(ledger)}) >= n, 240, f"{name} to drain")
+    stamps = [e.mono_ns for e in read_ledger(ledger, "S") + read_ledger(ledger)]
+    drained = (max(stamps) - min(stamps)) / 1e9
+    outputs = []
+    for w in workers:
+        code, out = w.finish(120)
+        assert code == 0, out[-3000:]
+        outputs.append(out)
+    return drained, ledger, outputs
+
+
+def test_three_members_share_one_partition(broker, tmp_path: Path) -> None:
+    topic = broker.topic(1)
+    expected = produce(broker, topic, 1200)
+    took, ledger, _ = run_group(broker, tmp_path, topic, len(expected), "share")
+    done = read_ledger(ledger)
+    counts = Counter(e.id for e in done)
+    assert set(counts) == expected
+    assert not [i for i, c in counts.items() if c > 1], "a record handled twice with no fault"
+    members = Counter(e.pid for e in done)
+    assert len(members) == WORKERS, f"not every member took part: {members}"
+    peak = peak_in_flight(ledger)
+    assert peak > CONCURRENCY, f"never more in flight than one member runs: {peak}"
+
+    # the same records through a classic group, one at a time: a sample is enough
+    sample = 60
+    small = broker.topic(1)
+    produce(broker, small, sample)
+    classic = {"GROUP_TYPE": "classic", "ORDERING": "partition", "CONCURRENCY": ""}
+    took_classic, *_ = run_group(broker, tmp_path, small, sample, "classic", **classic)
+    ratio = (len(expected) / took) / (sample / took_classic)
+    print(f"\n{broker.kind}: share group {len(expected)} records in {took:.1f}s "
+          f"({len(expected) / took:.0f}/s, peak {peak} in flight, members {dict(members)}); "
+          f"classic partition order {sample / took_classic:.0f}/s; ratio {ratio:.0f}x "
+          f"(first record started to last finished)")  # fmt: skip
+
+
+def test_a_poison_record_goes_to_the_dlq_while_the_rest_flows(broker, tmp_path: Path) -> None:
+    topic = broker.topic(1)
+    expected = produce(broker, topic, 400)
+    _, ledger, _ = run_group(broker, tmp_path, topic, len(expected) - 1, "poison",
+                                   POISON_ID="17")  # fmt: skip
+    assert {e.id for e in read_ledger(ledger)} == expected - {17}
+    origins = dead_lettered(broker, topic)
+    assert len(origins) == 1, origins
+    starts = [e for e in read_ledger(ledger, "S") if e.id == 17]
+    assert len(starts) == 3, f"record 17: {len(starts)} attempts, not 1 + max_retries=2"
+
+
+def test_a_killed_members_records_are_delivered_again(broker, tmp_path: Path) -> None:
+    """Record 300 SIGKILLs the first worker that runs it, with up to 31 others in flight:
+    the others claim them after the visibility timeout; nothing is lost, and only records
+    the dead member had started run twice."""
+    topic = broker.topic(1)
+    expected = produce(broker, topic, 900)
+    mark = tmp_path / "killed"
+    group, ledger = unique("kill"), tmp_path / "ledger"
+    spec = app_spec("queue", extra={"visibility_timeout": 3})
+    env = app_env(broker.url, topic, group, ledger, CONCURRENCY=str(CONCURRENCY),
+                  KILL_ID="300", KILL_MARK=str(mark))  # fmt: skip
+    workers = [start_worker(tmp_path, spec, env, "--until-idle", "3") for _ in range(WORKERS)]
+    wait_until(mark.exists, 120, "record 300 to kill its worker")
+    victim = int(mark.read_text())
+    codes = {}
+    for w in workers:
+        code, out = w.finish(180)
+        codes[w.pid] = code
+        if w.pid != victim:
+            assert code == 0, out[-3000:]
+    assert codes[victim] == -signal.SIGKILL, codes
+    starts, ends = read_ledger(ledger, "S"), read_ledger(ledger)
+    took = {e.id for e in starts if e.pid == victim}
+    held = took - {e.id for e in ends if e.pid == victim}  # started, never finished
+    assert 300 in held and len(held) > 1, f"the victim held {sorted(held)}"
+    counts = Counter(e.id for e in ends)
+    assert set(counts) == expected, f"lost: {sorted(expected - set(counts))[:20]}"
+    twice = {i for i, c in counts.items() if c > 1}
+    assert twice <= took, f"handled twice though the dead member never started them: {twice}"
+    assert dead_lettered(broker, topic) == [], "an innocent record was dead-lettered"
+    redone = {e.id for e in starts if e.pid != victim} & held
+    assert redone == held, f"not delivered again: {sorted(held - redone)}"
+    print(f"\n{broker.kind}: the victim held {len(held)} unfinished records, all delivered "
+          f"again; {len(twice)} handled twice (finished, not acknowledged)")  # fmt: skip
