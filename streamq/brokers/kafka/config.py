@@ -174,13 +174,20 @@ class KafkaBroker(Broker):
         return KafkaShareConsumer(self, group, round_size)
 
     def share_consumer_config(self, group: str, round_size: int = 500) -> dict[str, Any]:
-        """A ``ShareConsumer``'s: explicit acknowledgements, the client's own settings."""
+        """A ``ShareConsumer``'s: explicit acknowledgements, the client's own settings.
+
+        Classic-group settings in ``kafka=`` (session, heartbeat, assignor) are left out: a
+        share group takes them from the broker (``group.share.*``), and the same app may
+        run classic groups that need them.
+        """
+        config = {k: v for k, v in self.client_config().items()
+                  if k not in _BROKER_SIDE_UNDER_KIP848 and k != "group.protocol"}  # fmt: skip
         return {
             "group.id": group,
             "client.id": f"streamq-{group}",
             "share.acknowledgement.mode": "explicit",
             "max.poll.records": round_size,
-        } | self.client_config()
+        } | config
 
     def producer(self) -> KafkaProducer:
         return KafkaProducer(self)

@@ -87,7 +87,10 @@ class KafkaShareConsumer(Backend):
         self._broker = broker
         self._settings = broker.settings
         self._group = group
-        self._consumer = ck.ShareConsumer(broker.share_consumer_config(group, round_size))
+        try:
+            self._consumer = ck.ShareConsumer(broker.share_consumer_config(group, round_size))
+        except (KafkaException, ValueError) as exc:
+            raise ConfigError(f"group {group!r}: cannot create a share consumer: {exc}") from None
         self._consumer.set_acknowledgement_commit_callback(self._on_acks)
         self._held: dict[TopicPartition, deque[int]] = {}  # delivered, not acknowledged
         self._assignment: list[TopicPartition] = []
