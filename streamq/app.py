@@ -119,9 +119,9 @@ class App:
             group_type: ``"classic"`` or ``"share"`` (queue mode: any number of members
                 read the same partitions, each record acknowledged on its own; implies
                 ``ordering="none"``). Kafka 4.2+ share groups, or Redis competing
-                consumers; a record redelivered after its member died runs alone, and one
-                delivered ``crash_limit + 2`` times goes to the DLQ as ``WorkerLost``. Every
-                handler of one group has the same type.
+                consumers; a record delivered a third time runs alone, and one delivered
+                ``crash_limit + 3`` times goes to the DLQ as ``WorkerLost``. Every handler of
+                one group has the same type.
             max_retries: In-place retries after the first attempt, in order.
             retry_backoff: First retry delay in seconds; doubles each retry (Celery's name).
             retry_backoff_max: Cap on one delay, in seconds.

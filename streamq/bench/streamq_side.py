@@ -38,8 +38,8 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
         options["concurrency"] = spec.concurrency
     if spec.group_type == "share":
         options["group_type"] = "share"
-    if spec.executor in ("threads", "processes"):
-        options["executor"] = spec.executor
+    if spec.executor in ("threads", "processes") or spec.ordering == "none":
+        options["executor"] = spec.executor  # ordering="none" would pick threads for def
     if spec.dedup != "none":
         options["dedup"] = spec.dedup
     app = streamq.App(

@@ -28,6 +28,7 @@ inherit those defaults.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -68,6 +69,52 @@ class RecordMetadata(NamedTuple):
     topic: str
     partition: int
     offset: int
+
+
+class Round:
+    """A share group member's round in flight: how many of its records are not finished.
+
+    The backend starts it with the records a poll returned (poll thread, between rounds);
+    the runtime counts it down as records finish (event loop thread, during the round);
+    ``done`` is set at zero, so a poll waiting for the round's end wakes once, then, not
+    at every finished unit (a wake mid-round would fight the loop for the GIL).
+
+    ``size`` is how many records the next poll may take: from ``least`` (what the handlers
+    run at once, twice) it doubles while rounds end within ``_QUICK`` seconds, up to
+    ``most``, and halves when one takes longer than ``_SLOW``. Cheap handlers then pay a
+    round's fixed cost over many records, while slow ones keep what a member holds (and
+    what its death sends back, and what it keeps from the other members) small.
+    """
+
+    __slots__ = ("_least", "_most", "_started", "done", "left", "size")
+
+    _QUICK, _SLOW = 0.05, 0.5
+
+    def __init__(self, least: int = 1, most: int = 1) -> None:
+        self.left = 0
+        self.done = threading.Event()
+        self.done.set()
+        self._least, self._most = least, max(least, most)
+        self.size = least
+        self._started = 0.0
+
+    def start(self, records: int) -> None:
+        now = time.monotonic()
+        if self._started:  # the last round, which just ended: adapt the size
+            took = now - self._started
+            if took < self._QUICK and records >= self.size:
+                self.size = min(self._most, self.size * 2)
+            elif took > self._SLOW:
+                self.size = max(self._least, self.size // 2)
+        self._started = now if records else 0.0
+        self.left = records
+        if records:
+            self.done.clear()
+
+    def finished(self, records: int) -> None:
+        self.left -= records
+        if self.left <= 0:
+            self.done.set()
 
 
 class Backend(Protocol):
@@ -175,6 +222,15 @@ class Backend(Protocol):
     share: ClassVar[bool] = False
     # share: whether the last poll returned a record delivered before (``attempt`` > 1)
     redelivered: bool = False
+    # share: the round in flight, which the runtime counts down as records finish
+    round: Round | None = None
+
+    def acknowledge(self, tp: TopicPartition, records: Sequence[Message]) -> None:
+        """Share groups: these records of ``tp`` are finished (handled, or dead-lettered).
+
+        The next commit, or poll, sends that to the broker.
+        """
+        raise TypeError("only a share group's member acknowledges records alone")
 
     transactional: ClassVar[bool] = False
 

@@ -54,9 +54,10 @@ class Committer:
         self._sync_wait = sync_wait  # a synchronous commit waits this long for their acks
         self._backend = backend
         self._tracker = tracker
-        # a share group's commits acknowledge records: each round's positions, including a
-        # round of redelivered records below the last one (a rewind no commit would follow)
-        self._every_position = share
+        # a share group acknowledges each finished record (``Backend.acknowledge``); its
+        # commits only send them (its positions mean nothing: records of a partition go to
+        # many members, and redelivered ones come below the last round's)
+        self._acks_each = share
         self._every = 1 if share else every  # share: commits are the acks of each round
         self._interval = interval
         self._clock = clock
@@ -83,6 +84,8 @@ class Committer:
             tp, epoch, msgs, stopped = completions.popleft()
             if not tracker.complete(tp, epoch, msgs):
                 continue
+            if self._acks_each:  # share: each record on its own, whatever lies below it
+                self._backend.acknowledge(tp, msgs)
             if progress is not None:
                 position = tracker.parts[tp].position
                 seen = progress.get(tp)
@@ -105,7 +108,7 @@ class Committer:
         # A synchronous commit re-asserts every position, which also repairs an earlier
         # asynchronous commit that failed without the tracker knowing.
         tracker = self._tracker
-        every = sync or self._every_position
+        every = sync or self._acks_each
         positions = tracker.positions() if every else tracker.dirty_positions()
         if only is not None:
             keep = set(only)

@@ -116,7 +116,7 @@ class GroupRunner:
             sync_wait=min(settings.revoke_timeout, settings.shutdown_timeout),
         )
         self._completions: deque[Completion] = deque()
-        reporter = Reporter(self._completions, metrics=metrics)
+        reporter = Reporter(self._completions, metrics=metrics, round=self._backend.round)
         outcomes = Outcomes(
             group, producer, stats, on_critical, self._tracer, settings,
             offset_text=self._backend.offset_text,

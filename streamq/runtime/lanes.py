@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 from .. import failpoints
-from ..brokers.base import Lease
+from ..brokers.base import Lease, Round
 from ..dedup import coordinates
 from ..dispatch import coordinate_keys
 from ..handlers import HandlerSpec
@@ -26,6 +26,7 @@ from ..stats import E2E_BUCKETS, HANDLER_BUCKETS, Labels, Latency
 
 __all__ = [
     "UNORDERED_UNIT",
+    "UNORDERED_UNIT_INLINE",
     "Chunk",
     "Completion",
     "Lane",
@@ -43,6 +44,7 @@ LaneKey = tuple[TopicPartition, int]
 # enough that a record stuck in a retry holds few others back; large enough that a unit's
 # fixed cost (a dedup check, a report, a pool round trip) is spread over several records.
 UNORDERED_UNIT = 16
+UNORDERED_UNIT_INLINE = 64  # inline handlers run one at a time anyway
 
 
 class Unit(NamedTuple):
@@ -178,8 +180,16 @@ class Reporter:
     ``e2e_latency`` are read by ``streamq.metrics`` from its own thread.
     """
 
-    def __init__(self, completions: deque[Completion], *, metrics: bool) -> None:
+    def __init__(
+        self,
+        completions: deque[Completion],
+        *,
+        metrics: bool,
+        round: Round | None = None,
+    ) -> None:
         self.completions = completions
+        # a share group's round, counted down here (its poll waits for the end: Round)
+        self.round = round
         self._metrics = metrics
         self.handler_latency: dict[Labels, Latency] = {}
         self.e2e_latency: dict[Labels, Latency] = {}
@@ -201,6 +211,8 @@ class Reporter:
                 if failpoints.ACTIVE:
                     failpoints.hit("after_mark")
             self.completions.append(Completion(lane.key[0], lane.epoch, done, halted))
+            if self.round is not None:
+                self.round.finished(len(done))
             lane.reported = upto
             if self._metrics and done:
                 self._time(lane, done)

@@ -22,6 +22,7 @@ from ..stats import Stats
 from .executors import LaneExecutor
 from .lanes import (
     UNORDERED_UNIT,
+    UNORDERED_UNIT_INLINE,
     Chunk,
     Completion,
     Lane,
@@ -152,7 +153,9 @@ class Lanes:
             return
         shared = first.pending
         if type(msgs) is list:  # a Probe or a Chunk (streamq.crashes) stays whole
-            size = min(UNORDERED_UNIT, -(-len(msgs) // spec.concurrency))
+            # inline handlers share the loop and never overlap: small units only cost them
+            most = UNORDERED_UNIT_INLINE if spec.executor is Executor.INLINE else UNORDERED_UNIT
+            size = min(most, -(-len(msgs) // spec.concurrency))
             shared.extend(msgs[i : i + size] for i in range(0, len(msgs), size))
         else:
             shared.append(msgs)
@@ -303,5 +306,7 @@ class Lanes:
             return unit
         skipped = [m for m, seen in zip(unit, flags, strict=True) if seen]
         self._reporter.completions.append(Completion(lane.key[0], lane.epoch, skipped, False))
+        if self._reporter.round is not None:
+            self._reporter.round.finished(len(skipped))
         self._stats.deduplicated_by[lane.labels] += len(skipped)
         return [m for m, seen in zip(unit, flags, strict=True) if not seen]

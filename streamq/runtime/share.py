@@ -43,7 +43,8 @@ def consumer_for(
             f"group {group!r}: guarantee='exactly_once' needs a classic group (a share "
             "group's acknowledgements cannot join a transaction)"
         )
-    # what the handlers run at once, twice over: one round runs while the next is read
+    # the least a round takes: what the handlers run at once, twice over (Round grows it
+    # up to max_poll_records while rounds end quickly)
     wanted = 2 * sum(spec.concurrency for spec in specs.values())
     return broker.share_consumer(group, settings, max(1, min(settings.max_poll_records, wanted)))
 

@@ -18,7 +18,7 @@ other members get it at once instead of after the lock.
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +26,7 @@ from ...dispatch import Lease, kafka_messages
 from ...errors import ConfigError, UnknownTopicOrPartition
 from ...logs import get_logger
 from ...message import Message, TopicPartition
-from ..base import Backend, Rebalance
+from ..base import Backend, Rebalance, Round
 from .client import AdminClient, KafkaError, KafkaException, ck
 from .errors import error_log, translate, wait_for_broker
 
@@ -38,8 +38,9 @@ __all__ = ["KafkaShareConsumer", "configure_share_group"]
 
 log = get_logger("streamq.kafka")
 
-# Seconds the poll thread waits between looks at its acknowledgements while a round runs.
-_ROUND_WAIT = 0.001
+# Seconds finished records of a round still running may wait before their acknowledgements
+# are sent (commit_async); the next poll sends them anyway once the round is done.
+_ACK_EVERY = 0.05
 
 
 def configure_share_group(broker: KafkaBroker, group: str) -> None:
@@ -87,17 +88,22 @@ class KafkaShareConsumer(Backend):
         self._broker = broker
         self._settings = broker.settings
         self._group = group
+        # max.poll.records is fixed for the client's life (not the adaptive size of Redis
+        # rounds), and only a soft limit: the broker hands out whole producer batches
+        # (KIP-1206's strict limit is not in librdkafka)
         try:
             self._consumer = ck.ShareConsumer(broker.share_consumer_config(group, round_size))
         except (KafkaException, ValueError) as exc:
             raise ConfigError(f"group {group!r}: cannot create a share consumer: {exc}") from None
         self._consumer.set_acknowledgement_commit_callback(self._on_acks)
-        self._held: dict[TopicPartition, deque[int]] = {}  # delivered, not acknowledged
+        self._held: dict[TopicPartition, set[int]] = {}  # delivered, not acknowledged
         self._assignment: list[TopicPartition] = []
         self._callbacks: tuple[Rebalance, Rebalance, Rebalance] | None = None
         self._closed = False
         self._events: Counter[tuple[str, str, str]] = Counter()
         self.redelivered = False
+        self.round = self._round = Round()
+        self._acks_since = 0.0  # when the oldest acknowledgement not yet sent was made
 
     def subscribe(
         self, topics: Sequence[str], on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance
@@ -123,7 +129,7 @@ class KafkaShareConsumer(Backend):
         for topic in topics:
             for p in sorted(meta.topics[topic].partitions):
                 tp = TopicPartition(topic, p)
-                self._held[tp] = deque()
+                self._held[tp] = set()
                 self._assignment.append(tp)
         try:
             self._consumer.subscribe(list(topics))
@@ -138,7 +144,7 @@ class KafkaShareConsumer(Backend):
 
     def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
         if any(self._held.values()):  # the client refuses a poll before the last is acked
-            time.sleep(min(timeout, _ROUND_WAIT))
+            self._round.done.wait(timeout)  # the runtime counts the round down
             return []
         try:
             raw = self._consumer.poll(timeout)
@@ -161,8 +167,14 @@ class KafkaShareConsumer(Backend):
             i += 1
         self.redelivered = redelivered
         held = self._held
-        for m in msgs:
-            held[TopicPartition(m.topic, m.partition)].append(m.offset)
+        at: tuple[str, int] = ("", -1)
+        offsets: set[int] = set()
+        for m in msgs:  # sorted: one partition's records in a row
+            if m.partition != at[1] or m.topic != at[0]:
+                at = (m.topic, m.partition)
+                offsets = held[TopicPartition(*at)]
+            offsets.add(m.offset)
+        self._round.start(len(msgs))
         return msgs
 
     def _record_error(self, err: KafkaError) -> None:
@@ -188,16 +200,40 @@ class KafkaShareConsumer(Backend):
 
     # -- acknowledging -----------------------------------------------------------------------
 
-    def commit(self, offsets: Mapping[TopicPartition, int], *, sync: bool) -> None:
-        """ACCEPT every delivered record below each position; sync sends them now."""
+    def acknowledge(self, tp: TopicPartition, records: Sequence[Message]) -> None:
+        """ACCEPT each (local until a poll or commit carries it)."""
+        held = self._held.get(tp)
+        if not held:
+            return
         ack = self._consumer.acknowledge_offset
         accept = ck.AcknowledgeType.ACCEPT
-        for tp, position in offsets.items():
-            held = self._held.get(tp)
-            while held and held[0] < position:
-                ack(tp.topic, tp.partition, held.popleft(), accept)
+        topic, partition = tp
+        for m in records:
+            if m.offset in held:
+                held.discard(m.offset)
+                ack(topic, partition, m.offset, accept)
+        if not self._acks_since:
+            self._acks_since = time.monotonic()
+
+    def commit(self, offsets: Mapping[TopicPartition, int], *, sync: bool) -> None:
+        """Send the acknowledgements (``acknowledge``).
+
+        Sync sends them now; otherwise they go with the next poll, or with an asynchronous
+        commit once the oldest has waited ``_ACK_EVERY`` seconds in a round still running,
+        so a member that dies redoes at most that much finished work.
+        """
         if sync:
             self._send_acks()
+            self._acks_since = 0.0
+            return
+        now = time.monotonic()
+        if self._acks_since and now - self._acks_since >= _ACK_EVERY:
+            self._acks_since = 0.0
+            if any(self._held.values()):  # else the next poll, at once, carries them
+                try:
+                    self._consumer.commit_async()
+                except KafkaException as exc:
+                    raise translate(exc, "share acknowledge") from None
 
     def _send_acks(self) -> None:
         try:
@@ -217,8 +253,9 @@ class KafkaShareConsumer(Backend):
         """Hand back what did not finish: the other members get it now, not after the lock."""
         release = ck.AcknowledgeType.RELEASE
         for tp, held in self._held.items():
-            while held:
-                self._consumer.acknowledge_offset(tp.topic, tp.partition, held.popleft(), release)
+            for offset in sorted(held):
+                self._consumer.acknowledge_offset(tp.topic, tp.partition, offset, release)
+            held.clear()
 
     # -- what a share group does not have ----------------------------------------------------
 

@@ -16,7 +16,6 @@ only once every record of the last one is acknowledged (as Kafka's share consume
 from __future__ import annotations
 
 import time
-from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +23,7 @@ from ...dispatch import Lease, redis_messages
 from ...errors import BrokerError, BrokerUnavailable, ConfigError
 from ...logs import get_logger
 from ...message import Message, TopicPartition
-from ..base import Rebalance
+from ..base import Rebalance, Round
 from .admin import group_infos
 from .client import ResponseError
 from .consumer import RedisConsumer, script
@@ -40,8 +39,8 @@ __all__ = ["RedisShareConsumer"]
 
 log = get_logger("streamq.redis")
 
-# Seconds a member waits between looks at its acknowledgements while a round is in flight.
-_ROUND_WAIT = 0.001
+# Seconds finished records of a round still running may wait for their XACK.
+_ACK_EVERY = 0.05
 
 
 class RedisShareConsumer(RedisConsumer):
@@ -49,11 +48,13 @@ class RedisShareConsumer(RedisConsumer):
 
     def __init__(self, broker: RedisBroker, group: str, round_size: int = 500) -> None:
         super().__init__(broker, group)
-        self._round = round_size
+        self._acks: dict[TopicPartition, list[Any]] = {}  # finished, XACK not sent yet
+        self._acks_since = 0.0
+        self.round = self._round_in_flight = Round(round_size, self._settings.max_poll_records)
         self._hold = self._r.register_script(script("hold.lua"))
         self._next_hold = 0.0
         self._visibility_ms = int(self._settings.visibility_timeout * 1000)
-        self._delivered: dict[TopicPartition, deque[int]] = {}
+        self._delivered: dict[TopicPartition, set[int]] = {}  # taken, not acknowledged
         self._streams: dict[str, TopicPartition] = {}
         self._next_claim = 0.0
 
@@ -68,7 +69,7 @@ class RedisShareConsumer(RedisConsumer):
             for p in range(self._topics[topic]):
                 tp = TopicPartition(topic, p)
                 self._ensure_group(stream_key(tp))
-                self._delivered[tp] = deque()
+                self._delivered[tp] = set()
                 self._streams[stream_key(tp)] = tp
         self._beat()
         on_assign(list(self._delivered))  # every member reads every partition
@@ -108,7 +109,9 @@ class RedisShareConsumer(RedisConsumer):
         if any(self._delivered.values()):  # the last round is not all acknowledged yet
             if now >= self._next_hold:
                 self._keep_held(now)
-            time.sleep(min(timeout, _ROUND_WAIT))
+            if self._acks and now - self._acks_since >= _ACK_EVERY:  # a slow record waits
+                self.commit({}, sync=True)
+            self._round_in_flight.done.wait(timeout)  # the runtime counts the round down
             return []
         self._next_hold = now + self._visibility_ms / 3000
         self.redelivered = False
@@ -116,13 +119,14 @@ class RedisShareConsumer(RedisConsumer):
         if not readable:
             time.sleep(timeout)
             return []
-        max_records = min(max_records, self._round)
+        max_records = min(max_records, self._round_in_flight.size)
         try:
             if now >= self._next_claim:
                 self._next_claim = now + max(0.2, self._visibility_ms / 4000)
                 claimed = self._claim(readable, max_records)
                 if claimed:
                     self.redelivered = True
+                    self._round_in_flight.start(len(claimed))
                     return claimed
             streams = {stream_key(tp): ">" for tp in readable}
             reply: Any = self._r.xreadgroup(
@@ -142,6 +146,7 @@ class RedisShareConsumer(RedisConsumer):
         for raw_key, entries in reply or []:
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             out += self._take(self._streams[key], entries)
+        self._round_in_flight.start(len(out))
         return out
 
     def _keep_held(self, now: float) -> None:
@@ -200,7 +205,7 @@ class RedisShareConsumer(RedisConsumer):
         msgs = redis_messages(
             tp.topic, tp.partition, entries, offsets, trimmed, SEQ_BITS, decode_headers
         )
-        self._delivered[tp].extend(offsets)
+        self._delivered[tp].update(offsets)
         if trimmed:
             self._trims.report_lost(tp, trimmed)
             self._xack({tp: trimmed})
@@ -208,17 +213,31 @@ class RedisShareConsumer(RedisConsumer):
 
     # -- acknowledging -----------------------------------------------------------------------
 
+    def acknowledge(self, tp: TopicPartition, records: Sequence[Message]) -> None:
+        delivered = self._delivered.get(tp)
+        if not delivered:
+            return
+        ids = self._acks.setdefault(tp, [])
+        for m in records:
+            if m.offset in delivered:
+                delivered.discard(m.offset)
+                ids.append(offset_to_id(m.offset))
+        if not self._acks_since:
+            self._acks_since = time.monotonic()
+
     def commit(self, offsets: Mapping[TopicPartition, int], *, sync: bool) -> None:
-        """XACK every delivered entry before each position: finished, or dead-lettered."""
-        acks: dict[TopicPartition, list[Any]] = {}
-        for tp, position in offsets.items():
-            delivered = self._delivered.get(tp)
-            ids = []
-            while delivered and delivered[0] < position:
-                ids.append(offset_to_id(delivered.popleft()))
-            if ids:
-                acks[tp] = ids
-        if acks:
+        """Send the acknowledgements (``acknowledge``): XACK, one pipeline.
+
+        The runtime commits whenever records finish; the XACKs go out when the round is
+        done, on a synchronous commit, or ``_ACK_EVERY`` seconds after the oldest one
+        waiting: a member that dies redoes at most that much finished work.
+        """
+        acks = self._acks
+        if not acks:
+            return
+        now = time.monotonic()
+        if sync or now - self._acks_since >= _ACK_EVERY or not any(self._delivered.values()):
+            self._acks, self._acks_since = {}, 0.0
             self._xack(acks)
 
     def _xack(self, acks: Mapping[TopicPartition, Sequence[Any]]) -> None:
