@@ -369,7 +369,30 @@ class KafkaCluster:
         secure: SaslSsl | None = None,
         timeout: float = 90,
     ) -> KafkaCluster:
-        """Resolve, format and start ``nodes`` nodes; raise :class:`KafkaLaunchError` on failure."""
+        """Resolve, format and start ``nodes`` nodes; raise :class:`KafkaLaunchError` on failure.
+
+        The ports are free when chosen but only taken when the JVMs bind them, seconds later:
+        on a busy machine (tests in parallel) another process can take one first. A node
+        that then cannot bind is started again on fresh ports, twice at most.
+        """
+        for attempt in range(3):
+            try:
+                return cls._start_once(nodes, version, root, settings, secure, timeout)
+            except KafkaLaunchError as exc:
+                if attempt == 2 or root is not None or not _port_taken(str(exc)):
+                    raise
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def _start_once(
+        cls,
+        nodes: int,
+        version: str,
+        root: Path | None,
+        settings: dict[str, str] | None,
+        secure: SaslSsl | None,
+        timeout: float,
+    ) -> KafkaCluster:
         started = time.monotonic()
         java = _java()
         jars = resolve_jars(version)
@@ -488,6 +511,12 @@ class KafkaCluster:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _port_taken(why: str) -> bool:
+    """Whether a node's start failed on a port another process took first."""
+    return any(s in why for s in ("Unable to start acceptor", "Address already in use",
+                                  "BindException"))  # fmt: skip
 
 
 def _accepts(port: int) -> bool:

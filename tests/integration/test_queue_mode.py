@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -68,20 +69,35 @@ def peak_in_flight(ledger: Path) -> int:
     return most
 
 
-def run_group(broker, tmp_path: Path, topic: str, n: int, name: str, **env: str) -> tuple:
-    """Three workers of one group until idle; (seconds from the first record started to the
-    last finished, from the ledger; the ledger; the workers' outputs)."""
+def run_group(
+    broker, tmp_path: Path, topic: str, n: int, name: str,
+    until: Callable[[set[int]], bool] | None = None, workers: int = WORKERS, **env: str,
+) -> tuple:  # fmt: skip
+    """``workers`` workers of one group; ``n`` records produced once all joined (on a busy
+    machine one worker can start seconds after another, and would find nothing left);
+    stopped with SIGTERM once ``until`` says so of the ids handled (default: all).
+
+    Returns the seconds from the first record started to the last finished (from the
+    ledger), the ledger, and the workers' outputs.
+    """
     group, ledger = unique(name), tmp_path / f"ledger.{name}"
     spec = app_spec("queue", extra={"visibility_timeout": 3})
     environ = app_env(broker.url, topic, group, ledger, **{"CONCURRENCY": str(CONCURRENCY),
                                                            **env})  # fmt: skip
-    workers = [start_worker(tmp_path, spec, environ, "--until-idle", "3")
-               for _ in range(WORKERS)]  # fmt: skip
-    wait_until(lambda: len({e.id for e in read_ledger(ledger)}) >= n, 240, f"{name} to drain")
+    procs = [start_worker(tmp_path, spec, environ) for _ in range(workers)]
+    try:
+        wait_until(lambda: all(f"{group}: assigned" in w.output() for w in procs), 120,
+                   "every worker to join")  # fmt: skip
+        produce(broker, topic, n)
+        done = until or (lambda ids: len(ids) >= n)
+        wait_until(lambda: done({e.id for e in read_ledger(ledger)}), 240, f"{name} to drain")
+    finally:
+        for w in procs:
+            w.send_signal(signal.SIGTERM)
     stamps = [e.mono_ns for e in read_ledger(ledger, "S") + read_ledger(ledger)]
     drained = (max(stamps) - min(stamps)) / 1e9
     outputs = []
-    for w in workers:
+    for w in procs:
         code, out = w.finish(120)
         assert code == 0, out[-3000:]
         outputs.append(out)
@@ -90,7 +106,7 @@ def run_group(broker, tmp_path: Path, topic: str, n: int, name: str, **env: str)
 
 def test_three_members_share_one_partition(broker, tmp_path: Path) -> None:
     topic = broker.topic(1)
-    expected = produce(broker, topic, 1200)
+    expected = set(range(1200))
     took, ledger, _ = run_group(broker, tmp_path, topic, len(expected), "share")
     done = read_ledger(ledger)
     counts = Counter(e.id for e in done)
@@ -101,12 +117,13 @@ def test_three_members_share_one_partition(broker, tmp_path: Path) -> None:
     peak = peak_in_flight(ledger)
     assert peak > CONCURRENCY, f"never more in flight than one member runs: {peak}"
 
-    # the same records through a classic group, one at a time: a sample is enough
+    # the same records through a classic group, one at a time (one member: one partition);
+    # a sample is enough
     sample = 60
     small = broker.topic(1)
-    produce(broker, small, sample)
     classic = {"GROUP_TYPE": "classic", "ORDERING": "partition", "CONCURRENCY": ""}
-    took_classic, *_ = run_group(broker, tmp_path, small, sample, "classic", **classic)
+    took_classic, *_ = run_group(broker, tmp_path, small, sample, "classic", workers=1,
+                                 **classic)  # fmt: skip
     ratio = (len(expected) / took) / (sample / took_classic)
     print(f"\n{broker.kind}: share group {len(expected)} records in {took:.1f}s "
           f"({len(expected) / took:.0f}/s, peak {peak} in flight, members {dict(members)}); "
@@ -116,9 +133,13 @@ def test_three_members_share_one_partition(broker, tmp_path: Path) -> None:
 
 def test_a_poison_record_goes_to_the_dlq_while_the_rest_flows(broker, tmp_path: Path) -> None:
     topic = broker.topic(1)
-    expected = produce(broker, topic, 400)
-    _, ledger, _ = run_group(broker, tmp_path, topic, len(expected) - 1, "poison",
-                                   POISON_ID="17")  # fmt: skip
+    expected = set(range(400))
+
+    def drained(ids: set[int]) -> bool:  # and the poison record's DLQ write made
+        return len(ids) >= len(expected) - 1 and len(dead_lettered(broker, topic)) >= 1
+
+    _, ledger, _ = run_group(broker, tmp_path, topic, len(expected), "poison", drained,
+                             POISON_ID="17")  # fmt: skip
     assert {e.id for e in read_ledger(ledger)} == expected - {17}
     origins = dead_lettered(broker, topic)
     assert len(origins) == 1, origins

@@ -69,3 +69,34 @@ def test_cluster_ids_never_look_like_an_option() -> None:
     ids = [_random_uuid() for _ in range(5000)]  # about 78 would start with "-" otherwise
     assert not any(i.startswith("-") for i in ids)
     assert all(len(i) == 22 for i in ids)
+
+
+def test_a_port_taken_before_the_jvm_bound_it_means_fresh_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node that exits at start because another process took its port is started again
+    on fresh ports (twice at most); any other failure is said at once."""
+    taken = "Kafka node 1 exited at start: ERROR Unable to start acceptor for CONTROLLER"
+    calls: list[int] = []
+
+    def failing(why: str, times: int):
+        def start_once(cls, *args):  # type: ignore[no-untyped-def]
+            calls.append(1)
+            if len(calls) <= times:
+                raise kafka.KafkaLaunchError(why)
+            return "started"
+
+        return classmethod(start_once)
+
+    monkeypatch.setattr(kafka.KafkaCluster, "_start_once", failing(taken, 2))
+    assert kafka.KafkaCluster.start(1) == "started" and len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(kafka.KafkaCluster, "_start_once", failing(taken, 3))
+    with pytest.raises(kafka.KafkaLaunchError, match="Unable to start acceptor"):
+        kafka.KafkaCluster.start(1)
+    assert len(calls) == 3
+    calls.clear()
+    monkeypatch.setattr(kafka.KafkaCluster, "_start_once", failing("did not answer", 1))
+    with pytest.raises(kafka.KafkaLaunchError, match="did not answer"):
+        kafka.KafkaCluster.start(1)
+    assert len(calls) == 1

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ...dispatch import Lease, kafka_messages
-from ...errors import ConfigError, UnknownTopicOrPartition
+from ...errors import BrokerError, ConfigError, MemberFenced, UnknownTopicOrPartition
 from ...logs import get_logger
 from ...message import Message, TopicPartition
 from ..base import Backend, Rebalance, Round
@@ -149,7 +149,7 @@ class KafkaShareConsumer(Backend):
         try:
             raw = self._consumer.poll(timeout)
         except KafkaException as exc:
-            raise translate(exc, "share poll") from None
+            raise self._fatal_or(exc) from None
         if not raw:
             self.redelivered = False
             return []
@@ -176,6 +176,24 @@ class KafkaShareConsumer(Backend):
             offsets.add(m.offset)
         self._round.start(len(msgs))
         return msgs
+
+    def _fatal_or(self, exc: KafkaException) -> BrokerError:
+        """A fatal client error stops the worker: ``MemberFenced``, exit 5, not restarted.
+
+        Retrying cannot help. Seen on Kafka 4.1, which has no share groups on: the share
+        heartbeat's API version is not supported.
+        """
+        err = exc.args[0] if exc.args else None
+        text = err.str() if isinstance(err, KafkaError) else str(exc)
+        if not (isinstance(err, KafkaError) and err.fatal()) and "fatal" not in text.lower():
+            return translate(exc, "share poll")
+        hint = ""
+        if "not supported" in text.lower():
+            hint = (
+                "; share groups need Apache Kafka 4.2+ with share groups on "
+                "(share.version=1, the default of a cluster formatted by 4.2)"
+            )
+        return MemberFenced(f"group {self._group}: the share consumer stopped: {text}{hint}")
 
     def _record_error(self, err: KafkaError) -> None:
         error_log.warning("group %s: %s", self._group, err.str())
