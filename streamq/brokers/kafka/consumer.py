@@ -324,7 +324,10 @@ class KafkaConsumer(Backend):
             raw = self._consumer.consume(max_records, timeout)
         except KafkaException as exc:
             raise translate(exc, "consume") from None
-        if raw and self._down:
+        # a record, not an error event (consume also returns those, transport errors among
+        # them), shows the broker is back; an error event cleared this too (CI: /readyz
+        # stayed 200 through an outage, or flapped back to 200)
+        if raw and self._down and any(m.error() is None for m in raw):
             self._down = False
         return kafka_messages(raw, self._record_error)
 
