@@ -55,6 +55,7 @@ __all__ = [
     "ProducerBackend",
     "Rebalance",
     "RecordMetadata",
+    "ShareBackend",
     "wait_until_reachable",
 ]
 
@@ -243,6 +244,34 @@ class Backend(Protocol):
         again with its next commit) and MemberFenced when this member may never commit again.
         """
         raise ConfigError("guarantee='exactly_once': this broker cannot commit transactions")
+
+
+class ShareBackend(Backend):
+    """What every share group member refuses, said once.
+
+    A share group has no positions to move, keeps no partition state, and cannot
+    acknowledge inside a transaction.
+    """
+
+    share = True
+    transactional = False
+
+    def lease_of(self, tp: TopicPartition) -> Lease | None:
+        return None  # no member owns a partition
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        raise ConfigError(
+            "a share group has no position to move: records are acknowledged one by one "
+            "(replay into a classic group instead)"
+        )
+
+    def commit_transaction(
+        self, offsets: Mapping[TopicPartition, int], outputs: Sequence[Output]
+    ) -> None:
+        raise ConfigError("exactly_once is not available on a share group")
+
+    def save_state(self, tp: TopicPartition, offset: int, state: str) -> None:
+        raise ConfigError("a share group keeps no partition state")
 
 
 class ProducerBackend(Protocol):

@@ -157,6 +157,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.1)
 
 
+def max_overlap(path: Path) -> int:
+    """Most handlers running at one instant (every worker), from the S and E lines."""
+    events = [(e.mono_ns, 1) for e in read_ledger(path, "S")]
+    events += [(e.mono_ns, -1) for e in read_ledger(path, "E")]
+    running = peak = 0
+    for _, step in sorted(events):
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
 def check_per_key_order(entries: list[Entry]) -> None:
     """Per key, ids are first handled in increasing order (I3)."""
     first_seen: dict[str, list[int]] = defaultdict(list)

@@ -19,6 +19,7 @@ from .helpers import (
     app_env,
     app_spec,
     check_per_key_order,
+    max_overlap,
     read_ledger,
     start_worker,
     unique,
@@ -34,17 +35,6 @@ def _setup(broker: Broker, tmp_path: Path, n: int, partitions: int) -> tuple[str
     records = [(i, orjson.dumps({"i": i, "k": f"k{i % 20}"})) for i in range(n)]
     coords = broker.produce(topic, records)
     return topic, unique("g"), coords
-
-
-def _max_overlap(path: Path) -> int:
-    """Most handlers running at one instant, from the S and E lines."""
-    events = [(e.mono_ns, 1) for e in read_ledger(path, "S")]
-    events += [(e.mono_ns, -1) for e in read_ledger(path, "E")]
-    running = peak = 0
-    for _, step in sorted(events):
-        running += step
-        peak = max(peak, running)
-    return peak
 
 
 def _run(tmp_path: Path, env: dict) -> tuple[int, str, int]:
@@ -66,7 +56,7 @@ def test_threads_run_keys_in_parallel_and_each_key_in_order(broker: Broker, tmp_
     threads = {e.key for e in read_ledger(ledger, "T")}
     assert all(t.startswith("streamq-h") for t in threads), threads
     # one partition, 20 keys: with partition ordering this would never exceed 1
-    assert _max_overlap(ledger) >= 2
+    assert max_overlap(ledger) >= 2
     assert broker.uncommitted(topic, group, broker.ends(coords)) == {}
 
 

@@ -23,6 +23,7 @@ from streamq.errors import UnknownTopicOrPartition
 from tests.integration.helpers import (
     app_env,
     app_spec,
+    max_overlap,
     read_ledger,
     start_worker,
     unique,
@@ -56,17 +57,6 @@ def dead_lettered(broker, topic: str) -> list[tuple[int, int]]:
         return broker.dlq_origins(topic)
     except UnknownTopicOrPartition:
         return []
-
-
-def peak_in_flight(ledger: Path) -> int:
-    """The most records between their S and E lines at once, over every worker."""
-    events = [(e.mono_ns, 1) for e in read_ledger(ledger, "S")]
-    events += [(e.mono_ns, -1) for e in read_ledger(ledger, "E")]
-    now = most = 0
-    for _, step in sorted(events):
-        now += step
-        most = max(most, now)
-    return most
 
 
 def run_group(
@@ -114,7 +104,7 @@ def test_three_members_share_one_partition(broker, tmp_path: Path) -> None:
     assert not [i for i, c in counts.items() if c > 1], "a record handled twice with no fault"
     members = Counter(e.pid for e in done)
     assert len(members) == WORKERS, f"not every member took part: {members}"
-    peak = peak_in_flight(ledger)
+    peak = max_overlap(ledger)
     assert peak > CONCURRENCY, f"never more in flight than one member runs: {peak}"
 
     # the same records through a classic group, one at a time (one member: one partition);

@@ -22,16 +22,15 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ...dispatch import Lease, kafka_messages
+from ...dispatch import kafka_messages
 from ...errors import BrokerError, ConfigError, MemberFenced, UnknownTopicOrPartition
 from ...logs import get_logger
 from ...message import Message, TopicPartition
-from ..base import Backend, Rebalance, Round
+from ..base import Rebalance, Round, ShareBackend
 from .client import AdminClient, KafkaError, KafkaException, ck
 from .errors import error_log, translate, wait_for_broker
 
 if TYPE_CHECKING:
-    from ...pipeline import Output
     from .config import KafkaBroker
 
 __all__ = ["KafkaShareConsumer", "configure_share_group"]
@@ -81,9 +80,7 @@ def configure_share_group(broker: KafkaBroker, group: str) -> None:
         ) from None
 
 
-class KafkaShareConsumer(Backend):
-    share = True
-
+class KafkaShareConsumer(ShareBackend):
     def __init__(self, broker: KafkaBroker, group: str, round_size: int = 500) -> None:
         self._broker = broker
         self._settings = broker.settings
@@ -136,9 +133,6 @@ class KafkaShareConsumer(Backend):
         except KafkaException as exc:
             raise translate(exc, "subscribe") from None
         on_assign(list(self._assignment))  # every member reads every partition
-
-    def lease_of(self, tp: TopicPartition) -> Lease | None:
-        return None
 
     # -- fetching ----------------------------------------------------------------------------
 
@@ -277,25 +271,11 @@ class KafkaShareConsumer(Backend):
 
     # -- what a share group does not have ----------------------------------------------------
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        raise ConfigError(
-            "a share group has no position to move: records are acknowledged one by one "
-            "(replay into a classic group instead)"
-        )
-
     def offsets_for_times(self, topic: str, timestamp_ms: int) -> dict[TopicPartition, int | None]:
         raise ConfigError("a share group has no position to move (replay into a classic group)")
 
     def committed(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, int | None]:
         raise ConfigError("a share group has no committed offsets; its records are acked alone")
-
-    def commit_transaction(
-        self, offsets: Mapping[TopicPartition, int], outputs: Sequence[Output]
-    ) -> None:
-        raise ConfigError("exactly_once is not available on a share group")
-
-    def save_state(self, tp: TopicPartition, offset: int, state: str) -> None:
-        raise ConfigError("a share group keeps no partition state")
 
     @property
     def settled(self) -> bool:

@@ -19,20 +19,19 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ...dispatch import Lease, redis_messages
-from ...errors import BrokerError, BrokerUnavailable, ConfigError
+from ...dispatch import redis_messages
+from ...errors import BrokerError, BrokerUnavailable
 from ...logs import get_logger
 from ...message import Message, TopicPartition
-from ..base import Rebalance, Round
+from ..base import Rebalance, Round, ShareBackend
 from .admin import group_infos
 from .client import ResponseError
 from .consumer import RedisConsumer, script
 from .entries import SEQ_BITS, decode_headers, offset_to_id
-from .errors import UNAVAILABLE, wait_for_redis
+from .errors import UNAVAILABLE
 from .keys import members_key, stream_key
 
 if TYPE_CHECKING:
-    from ...pipeline import Output
     from .config import RedisBroker
 
 __all__ = ["RedisShareConsumer"]
@@ -43,9 +42,7 @@ log = get_logger("streamq.redis")
 _ACK_EVERY = 0.05
 
 
-class RedisShareConsumer(RedisConsumer):
-    share = True
-
+class RedisShareConsumer(ShareBackend, RedisConsumer):
     def __init__(self, broker: RedisBroker, group: str, round_size: int = 500) -> None:
         super().__init__(broker, group)
         self._acks: dict[TopicPartition, list[Any]] = {}  # finished, XACK not sent yet
@@ -61,17 +58,13 @@ class RedisShareConsumer(RedisConsumer):
     def subscribe(
         self, topics: Sequence[str], on_assign: Rebalance, on_revoke: Rebalance, on_lost: Rebalance
     ) -> None:
-        wait_for_redis(self._r, self._broker.client_url, self._settings.broker_timeout)
-        self._warn_eviction_policy()
-        self._callbacks = (on_assign, on_revoke, on_lost)
-        for topic in topics:
-            self._topics[topic] = self._broker.partitions(self._r, topic, create=True)
-            for p in range(self._topics[topic]):
+        # the classic member's: groups on every stream, then _beat (here: heartbeat only)
+        super().subscribe(topics, on_assign, on_revoke, on_lost)
+        for topic, count in self._topics.items():
+            for p in range(count):
                 tp = TopicPartition(topic, p)
-                self._ensure_group(stream_key(tp))
                 self._delivered[tp] = set()
                 self._streams[stream_key(tp)] = tp
-        self._beat()
         on_assign(list(self._delivered))  # every member reads every partition
 
     def _beat(self) -> None:
@@ -96,9 +89,6 @@ class RedisShareConsumer(RedisConsumer):
                 info is None or not (info.get("pending") or info.get("lag")) for info in infos
             )
         return self._caught_up
-
-    def lease_of(self, tp: TopicPartition) -> Lease | None:
-        return None
 
     # -- fetching ----------------------------------------------------------------------------
 
@@ -267,22 +257,6 @@ class RedisShareConsumer(RedisConsumer):
                             idle=self._visibility_ms, justid=True)  # fmt: skip
             delivered.clear()
         pipe.execute()
-
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        raise ConfigError(
-            "a share group has no position to move: records are acknowledged one by one "
-            "(replay into a classic group instead)"
-        )
-
-    transactional = False
-
-    def commit_transaction(
-        self, offsets: Mapping[TopicPartition, int], outputs: Sequence[Output]
-    ) -> None:
-        raise ConfigError("exactly_once is not available on a share group")
-
-    def save_state(self, tp: TopicPartition, offset: int, state: str) -> None:
-        raise ConfigError("a share group keeps no partition state")
 
     def close(self) -> None:
         if self._closed:
