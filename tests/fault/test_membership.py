@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from tests.integration.helpers import (
+    Worker,
     app_env,
     ledger_app,
     read_ledger,
@@ -28,34 +29,53 @@ from .observer import check_commits, observe
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(400)]
 
-TOTAL = 8000
+CHUNK = 1000  # records produced at a time to keep a backlog in front of the members
+LOW = 500  # a backlog under this is topped up while a member joins
+LIMIT = 40_000  # more than this means no member ever drains anything: a hang, not a race
 
 
 def test_members_join_one_by_one_then_leave_with_a_backlog(broker, tmp_path: Path) -> None:
+    """The backlog is topped up by the test, so a slow join on a busy machine cannot drain it.
+
+    A fixed backlog raced the joins: on a loaded CI machine the third member took its
+    partitions after the first two had handled everything, and no member left with work due.
+    """
     topic = broker.topic(6)
-    records = [(i, orjson.dumps({"i": i, "k": f"k{i % 60}"})) for i in range(TOTAL)]
-    broker.produce(topic, records)
     group, ledger = unique("b1"), tmp_path / "ledger"
     spec = ledger_app(extra={"lease_ttl": 3})
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.003")
+    produced: list[int] = []
 
-    def pids() -> set[int]:
-        return {e.pid for e in read_ledger(ledger)}
+    def produce(count: int) -> None:
+        ids = range(len(produced), len(produced) + count)
+        broker.produce(topic, [(i, orjson.dumps({"i": i, "k": f"k{i % 60}"})) for i in ids])
+        produced.extend(ids)
 
-    members = []
+    def handled() -> set[int]:
+        return {e.id for e in read_ledger(ledger)}
+
+    def joined(member: Worker) -> bool:
+        entries = read_ledger(ledger)
+        if len(produced) - len({e.id for e in entries}) < LOW:
+            assert len(produced) < LIMIT, "records were produced and never handled"
+            produce(CHUNK)
+        return member.pid in {e.pid for e in entries}
+
+    members: list[Worker] = []
+    produce(4 * CHUNK)
     with observe(broker, topic, group, 6) as observer:
         try:
             for n in (1, 2, 3):
                 members.append(start_worker(tmp_path, spec, env))
-                wait_until(lambda m=members[-1]: m.pid in pids(), 90,
-                           f"member {n} to handle records")  # fmt: skip
+                wait_until(lambda m=members[-1]: joined(m), 90, f"member {n} to handle records")
             for leaving in members[:2]:
-                left = TOTAL - len({e.id for e in read_ledger(ledger)})
-                assert left > 500, "the backlog was gone before the members left"
+                produce(2 * CHUNK)
+                left = len(produced) - len(handled())
+                assert left > LOW, "the backlog was gone before the members left"
                 leaving.send_signal(signal.SIGTERM)
                 code, out = leaving.finish(90)
                 assert code == 0, out[-3000:]
-            wait_until(lambda: len({e.id for e in read_ledger(ledger)}) == TOTAL, 240,
+            wait_until(lambda: len(handled()) == len(produced), 240,
                        "the last member to handle the rest")  # fmt: skip
         finally:
             for member in members:
@@ -65,7 +85,7 @@ def test_members_join_one_by_one_then_leave_with_a_backlog(broker, tmp_path: Pat
     assert codes == [0, 0, 0], codes
 
     entries = read_ledger(ledger)
-    dupes = check_run(entries, produced={i for i, _ in records}, starts=read_ledger(ledger, "S"))
+    dupes = check_run(entries, produced=set(produced), starts=read_ledger(ledger, "S"))
     check_commits(observer.samples, entries)
     assert len({e.pid for e in entries}) == 3
     assert dupes == [], f"{len(dupes)} records handled twice across graceful handovers"
