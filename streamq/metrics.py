@@ -187,6 +187,10 @@ class Exporter:
                 "Redis: entries trimmed from the stream before the group ever read them.",
                 ("group", "topic", "partition"),
             ),
+            **{
+                event: C(f"streamq_share_records_{name}", about, ("group", "topic", "partition"))
+                for event, name, about in _SHARE_EVENTS
+            },
         }
         self._dedup_errors = C(
             "streamq_dedup_errors",
@@ -348,6 +352,24 @@ class Exporter:
                 gauge.labels(*labels).set(0)
             self._waiting.labels(*labels).set(0)
         self._known[group] = set(sample.partitions)
+
+
+# Share groups' counts (the backends' events): event, metric name suffix, help
+_SHARE_EVENTS = (
+    ("share_accepted", "accepted",
+     "Share groups: records handled and acknowledged (Kafka ACCEPT, Redis XACK)."),
+    ("share_rejected", "rejected",
+     "Share groups: records dead-lettered, then acknowledged as given up (Kafka REJECT)."),
+    ("share_released", "released",
+     "Share groups: records a stopping member handed back unfinished, for the others to "
+     "take at once (Kafka RELEASE; Redis: claimable at once)."),
+    ("share_redelivered", "redelivered",
+     "Share groups: records delivered again (a member died, or held one past its lock or "
+     "visibility timeout); their delivery counts bound the attempts."),
+    ("share_ack_failed", "ack_failures",
+     "Share groups: partitions whose acknowledgements the broker refused (those records "
+     "come again once their locks lapse)."),
+)  # fmt: skip
 
 
 # -- the server side ---------------------------------------------------------------------------

@@ -233,6 +233,15 @@ class Backend(Protocol):
         """
         raise TypeError("only a share group's member acknowledges records alone")
 
+    def reject(self, record: Message) -> None:
+        """Share groups: ``record`` was dead-lettered; ``acknowledge`` rejects it, not accepts.
+
+        Called from the event loop's thread once the DLQ write is acknowledged, before the
+        record's completion reaches ``acknowledge``; the broker then never delivers it again
+        and counts it as given up, not as handled.
+        """
+        raise TypeError("only a share group's member rejects records")
+
     transactional: ClassVar[bool] = False
 
     def commit_transaction(
@@ -255,6 +264,10 @@ class ShareBackend(Backend):
 
     share = True
     transactional = False
+    # dead-lettered records (topic, partition, offset), rejected when acknowledged;
+    # and the counts behind the streamq_share_records_* metrics, by event, topic, partition
+    _rejected: set[tuple[str, int, int]]
+    _events: Counter[tuple[str, str, str]]
 
     def lease_of(self, tp: TopicPartition) -> Lease | None:
         return None  # no member owns a partition
@@ -272,6 +285,17 @@ class ShareBackend(Backend):
 
     def save_state(self, tp: TopicPartition, offset: int, state: str) -> None:
         raise ConfigError("a share group keeps no partition state")
+
+    def reject(self, record: Message) -> None:
+        self._rejected.add((record.topic, record.partition, record.offset))  # atomic (GIL)
+
+    def _count(self, tp: TopicPartition, accepted: int, rejected: int) -> None:
+        """Once per acknowledged unit, not per record."""
+        part = str(tp.partition)
+        if accepted:
+            self._events[("share_accepted", tp.topic, part)] += accepted
+        if rejected:
+            self._events[("share_rejected", tp.topic, part)] += rejected
 
 
 class ProducerBackend(Protocol):

@@ -74,6 +74,13 @@ class LogView(Protocol):
     def members(self, group: str) -> list[str]:
         """Active members of ``group``, for refusing a reset under them."""
 
+    def group_type(self, group: str) -> str:
+        """``"share"`` or ``"classic"``: what a position and an owner mean differ.
+
+        A share group's position is where its unfinished records start, and every member
+        reads every partition.
+        """
+
     def set_positions(self, group: str, topic: str, positions: dict[int, int]) -> None: ...
 
     def topics(self) -> dict[str, int]:

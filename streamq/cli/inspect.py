@@ -2,6 +2,11 @@
 
 Both read committed positions, ends and pending counts through the broker's ``LogView``
 and change nothing; ``status`` adds members, partition owners and dead-letter topic sizes.
+A share group's "committed" position is where its unfinished records start (Kafka: the
+share-partition start offset, as the broker saved it: Kafka writes it when the group next
+takes records, so it trails the last acknowledgements; Redis: past the last entry delivered,
+with the delivered but unacknowledged ones as pending), and every member reads every
+partition ("shared by N").
 """
 
 from __future__ import annotations
@@ -34,22 +39,26 @@ def lag(group: str, topic: str | None, as_json: bool, broker: str | None) -> Non
     view = view_of(broker)
     offset_text = view.offset_text
     try:
+        kind = view.group_type(group)
         topics = [topic] if topic else view.group_topics(group)
         rows: list[dict[str, Any]] = [
             {"topic": name, "partition": pos.partition, "committed": pos.committed,
-             "end": pos.end, "lag": pos.lag, "pending": pos.pending}
+             "end": pos.end, "lag": pos.lag, "pending": pos.pending, "group_type": kind}
             for name in topics
             for pos in view.positions(group, name)
         ]  # fmt: skip
     finally:
         view.close()
-    if not any(r["committed"] is not None for r in rows):
+    if kind != "share" and not any(r["committed"] is not None for r in rows):
         where = f" on {topic}" if topic else ""
         raise ConfigError(f"unknown group {group!r}: it has no committed position{where}")
     if as_json:
         click.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
         return
-    table = Table(title=f"lag of {group}: {sum(r['lag'] or 0 for r in rows)} records")
+    title = f"lag of {group}: {sum(r['lag'] or 0 for r in rows)} records"
+    if kind == "share":
+        title += " (share group: from where its unfinished records start, as last saved)"
+    table = Table(title=title)
     for column in ("topic", "partition", "committed", "end", "lag", "pending"):
         table.add_column(column, justify="left" if column == "topic" else "right")
     for r in rows:
@@ -115,6 +124,8 @@ def status(broker: str | None, only: str | None, as_json: bool, app_spec: str | 
         lag = sum(r["lag"] or 0 for r in g["partitions"])
         members = ", ".join(g["members"]) or "none"
         caption = f"members: {members}"
+        if g["group_type"] == "share":
+            caption += "; a share group: every member reads every partition"
         stage = g.get("stage")
         if stage is not None:
             reads = ", ".join(stage["reads"]) or "nothing of this app"
@@ -164,4 +175,5 @@ def _group_status(
                 view.count(dead, p, low, high) for p, (low, high) in view.bounds(dead).items()
             )
             dlq.append({"topic": dead, "records": size})
-    return {"group": group, "members": view.members(group), "partitions": rows, "dlq": dlq}
+    return {"group": group, "group_type": view.group_type(group), "members": view.members(group),
+            "partitions": rows, "dlq": dlq}  # fmt: skip

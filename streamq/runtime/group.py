@@ -52,14 +52,13 @@ from .loop import Lanes
 from .outbox import outbox_for
 from .outcome import Outcomes
 from .pools import Pools
-from .share import consumer_for, lone_runs_allowed, redelivered_units
+from .share import consumer_for, halt_share_member, lone_runs_allowed, redelivered_units
 
 __all__ = ["GroupRunner"]
 
 log = get_logger("streamq.worker")
 
-# Seconds between the poll thread's samples for health and gauges, and between lag samples
-# (lag may ask the broker: Redis XINFO).
+# Seconds between the poll thread's samples (health, gauges) and lag samples (Redis: XINFO).
 _SAMPLE_INTERVAL = 0.5
 _LAG_INTERVAL = 2.0
 
@@ -118,8 +117,7 @@ class GroupRunner:
         self._completions: deque[Completion] = deque()
         reporter = Reporter(self._completions, metrics=metrics, round=self._backend.round)
         outcomes = Outcomes(
-            group, producer, stats, on_critical, self._tracer, settings,
-            offset_text=self._backend.offset_text,
+            group, producer, stats, on_critical, self._tracer, settings, self._backend
         )  # fmt: skip
         pools = pools or Pools.for_specs(settings.threads, settings.processes, specs.values())
         self._lanes = Lanes(
@@ -339,6 +337,8 @@ class GroupRunner:
         progress = self._position_at if self._metrics else None
         for tp in self._committer.apply(self._completions, progress):
             self._flow.halt(tp)
+            if self._share:  # its rounds would wait for the halted record forever
+                halt_share_member(self.group, tp, self._stop)
         if self._flow.paused:
             self._flow.resume_drained()
 

@@ -20,7 +20,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from .. import failpoints
-from ..brokers.base import ProducerBackend
+from ..brokers.base import Backend, ProducerBackend
 from ..delays import envelope
 from ..dlq import H_ATTEMPT, H_RETRY_OF, attempt_of, dead_letter_record
 from ..errors import PoisonMessage, Reject
@@ -53,11 +53,12 @@ class Outcomes:
         on_critical: Callable[[BaseException], None],
         tracer: Tracer | None,
         settings: Settings,
-        *,
-        offset_text: Callable[[int], str] = str,
+        backend: Backend,
     ) -> None:
         self._group = group
-        self.at = offset_text  # offsets in log lines as the broker's users know them (Redis IDs)
+        self.at = backend.offset_text  # offsets in log lines as the broker's users know them
+        # a share group's member rejects a dead-lettered record instead of accepting it
+        self._rejects = backend.reject if backend.share else None
         # exactly once: the DLQ record (or a retry's copy) is an output of its input,
         # committed with its offset
         self._transactional_dlq = settings.guarantee == "exactly_once"
@@ -244,6 +245,8 @@ class Outcomes:
             spec.sink(msg, [Output(spec.dlq_topic, value, key, headers)])
         elif not await self._send_dead_letter(lane, spec.dlq_topic, msg, key, value, headers):
             return False
+        if self._rejects is not None:
+            self._rejects(msg)
         self._stats.dead_lettered_by[lane.labels] += 1
         lane.dead_lettered += 1
         lane.last_dead, lane.dead_run = seq, run

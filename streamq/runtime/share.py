@@ -17,15 +17,25 @@ one with ``ordering="none"``. Two things are its own:
 from __future__ import annotations
 
 import math
+import threading
 
 from ..brokers.base import Backend, Broker
 from ..errors import ConfigError
 from ..handlers import GroupType, HandlerSpec
-from ..message import Message
+from ..logs import get_logger
+from ..message import Message, TopicPartition
 from ..settings import Settings
 from .lanes import Probe
 
-__all__ = ["consumer_for", "is_share_group", "lone_runs_allowed", "redelivered_units"]
+__all__ = [
+    "consumer_for",
+    "halt_share_member",
+    "is_share_group",
+    "lone_runs_allowed",
+    "redelivered_units",
+]
+
+log = get_logger("streamq.worker")
 
 
 def is_share_group(specs: dict[str, HandlerSpec]) -> bool:
@@ -74,3 +84,22 @@ def redelivered_units(msgs: list[Message]) -> list[list[Message]]:
     if run:
         units.append(run)
     return units
+
+
+def halt_share_member(group: str, tp: TopicPartition, stop: threading.Event) -> None:
+    """A record that could be neither handled nor dead-lettered stops this member.
+
+    A classic member halts the one partition and goes on with the others; a share member
+    reads in rounds, and its next round waits for every record of this one. So it stops
+    (exit 4, not restarted by the supervisor), handing the record back unacknowledged:
+    the other members meet it in turn and stop too, and it waits in the group, with the
+    records after it, for a fixed deploy. Its delivery count still grows with each
+    member that takes it: Kafka gives it up (archived, not dead-lettered) at
+    ``group.share.delivery.count.limit``, 5 by default; Redis keeps it pending.
+    """
+    log.error(
+        "group %s: a record of %s[%d] could be neither handled nor dead-lettered; a share "
+        "group member cannot step past it, so this member stops (exit 4) and hands it back",
+        group, tp.topic, tp.partition,
+    )  # fmt: skip
+    stop.set()

@@ -3,7 +3,8 @@
 ``GROUP_TYPE`` (``share`` or ``classic``), ``ORDERING`` and ``CONCURRENCY`` choose the mode;
 the handler keeps the ledger (``S`` before the I/O, ``E`` after) so a test can count how many
 ran at once, and ``POISON_ID`` always raises, ``KILL_ID`` SIGKILLs its worker the first time
-it runs anywhere (``KILL_MARK`` is the file that says it did). Settings: ``APP_KAFKA``,
+it runs anywhere (``KILL_MARK`` is the file that says it did); ``DLQ=0`` turns the DLQ
+off. Settings: ``APP_KAFKA``,
 ``APP_EXTRA`` (more ``App`` keyword arguments).
 """
 
@@ -33,6 +34,8 @@ if os.environ.get("ORDERING"):
     options["ordering"] = os.environ["ORDERING"]
 if os.environ.get("CONCURRENCY"):
     options["concurrency"] = int(os.environ["CONCURRENCY"])
+if os.environ.get("DLQ") == "0":
+    options["dlq"] = False
 
 
 @app.handler(os.environ["TOPIC"], max_retries=2, retry_backoff=0.05, **options)

@@ -11,6 +11,7 @@ on the same topic is measured and printed, never asserted (the machines are shar
 from __future__ import annotations
 
 import signal
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,12 +21,15 @@ import pytest
 
 import streamq
 from streamq.errors import UnknownTopicOrPartition
+from tests.conftest import free_port
 from tests.integration.helpers import (
+    Scrape,
     app_env,
     app_spec,
     max_overlap,
     read_ledger,
     start_worker,
+    streamq_cmd,
     unique,
     wait_until,
 )
@@ -171,3 +175,112 @@ def test_a_killed_members_records_are_delivered_again(broker, tmp_path: Path) ->
     assert redone == held, f"not delivered again: {sorted(held - redone)}"
     print(f"\n{broker.kind}: the victim held {len(held)} unfinished records, all delivered "
           f"again; {len(twice)} handled twice (finished, not acknowledged)")  # fmt: skip
+
+
+def cli(broker, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(streamq_cmd(*args, "--broker", broker.url), capture_output=True,
+                          timeout=60)  # fmt: skip
+
+
+def lag_of(broker, group: str, topic: str) -> list[dict]:
+    done = cli(broker, "lag", "--group", group, "--topic", topic, "--json")
+    assert done.returncode == 0, done.stderr.decode()
+    return orjson.loads(done.stdout)
+
+
+def test_operators_see_the_share_group(broker, tmp_path: Path) -> None:
+    """``status``, ``lag``, metrics and ``offsets reset`` on a share group of two members.
+
+    Kafka's share groups are read over the broker's own protocol (librdkafka has no admin
+    API for them): their members, and each partition's start offset as the position.
+    """
+    topic = broker.topic(2)
+    group, ledger = unique("ops"), tmp_path / "ledger"
+    spec = app_spec("queue", extra={"visibility_timeout": 3})
+    env = app_env(broker.url, topic, group, ledger, POISON_ID="5")
+    ports = [free_port(), free_port()]
+    procs = [start_worker(tmp_path, spec, env, "--metrics-port", str(p)) for p in ports]
+    try:
+        wait_until(lambda: all(f"{group}: assigned" in w.output() for w in procs), 120,
+                   "both workers to join")  # fmt: skip
+
+        def status() -> dict:
+            done = cli(broker, "status", "--group", group, "--json")
+            assert done.returncode == 0, done.stderr.decode()
+            return orjson.loads(done.stdout)[0]
+
+        # Kafka: the broker assigns the partitions to the members in its own time
+        wait_until(lambda: len(status()["partitions"]) == 2, 60, "the partitions in status")
+        report = status()
+        assert report["group_type"] == "share", report
+        assert len(report["members"]) == 2, report["members"]
+        owners = {r["partition"]: r["owner"] for r in report["partitions"]}
+        assert owners == {0: "shared by 2", 1: "shared by 2"}, report
+
+        expected = produce(broker, topic, 200)
+
+        def drained() -> bool:
+            done = {e.id for e in read_ledger(ledger)}
+            return done >= expected - {5} and len(dead_lettered(broker, topic)) == 1
+
+        wait_until(drained, 120, "every record handled and the poison one dead-lettered")
+
+        def counted(name: str) -> float:
+            return sum(Scrape(p).total(f"streamq_share_records_{name}_total") for p in ports)
+
+        wait_until(lambda: counted("accepted") >= 199 and counted("rejected") == 1, 30,
+                   "the acknowledgements counted")  # fmt: skip
+    finally:
+        for w in procs:
+            w.send_signal(signal.SIGTERM)
+    for w in procs:
+        code, out = w.finish(120)
+        assert code == 0, out[-3000:]
+
+    rows = lag_of(broker, group, topic)
+    assert {r["group_type"] for r in rows} == {"share"}
+    assert all(r["committed"] is not None for r in rows), rows
+    before = sum(r["lag"] for r in rows)
+    if broker.kind == "redis":  # everything done: the poison record too (not pending)
+        assert before == 0 and all(r["pending"] == 0 for r in rows), rows
+    else:  # the start offset as Kafka saved it, which trails the last acknowledgements
+        assert 0 <= before < 200 and any(r["committed"] > 0 for r in rows), rows
+    produce(broker, topic, 50)
+    assert sum(r["lag"] for r in lag_of(broker, group, topic)) == before + 50
+
+    reset = cli(broker, "offsets", "reset", "--group", group, "--topic", topic, "--to-earliest")
+    if broker.kind == "kafka":  # no share-group admin API in librdkafka: refused, said how
+        assert reset.returncode == 2, reset.stderr.decode()
+        assert "share group" in reset.stderr.decode()
+        assert "kafka-share-groups.sh" in reset.stderr.decode()
+        assert sum(r["lag"] for r in lag_of(broker, group, topic)) == before + 50
+    else:  # Redis: the group's delivery cursor moves like a classic group's
+        assert reset.returncode == 0, reset.stderr.decode()
+        assert sum(r["lag"] for r in lag_of(broker, group, topic)) == 250
+
+
+def test_a_record_that_cannot_be_dead_lettered_stops_the_member_until_fixed(
+    broker, tmp_path: Path
+) -> None:
+    """``dlq=False`` and a poison record: the member cannot step past it (its next round
+    waits for every record of this one), so it stops with exit 4 and hands the record back;
+    a fixed deploy then handles it, and nothing else is lost or redone."""
+    topic = broker.topic(1)
+    group, ledger = unique("halt"), tmp_path / "ledger"
+    spec = app_spec("queue", extra={"visibility_timeout": 3})
+    env = app_env(broker.url, topic, group, ledger, POISON_ID="17", DLQ="0")
+    expected = produce(broker, topic, 100)
+    worker = start_worker(tmp_path, spec, env)
+    code, out = worker.finish(120)
+    assert code == 4, out[-3000:]
+    assert "cannot step past it" in out, out[-3000:]
+    handled = Counter(e.id for e in read_ledger(ledger))
+    assert 17 not in handled and len(handled) < len(expected)
+    assert dead_lettered(broker, topic) == []
+
+    fixed = start_worker(tmp_path, spec, {**env, "POISON_ID": "-1"}, "--until-idle", "3")
+    code, out = fixed.finish(120)
+    assert code == 0, out[-3000:]
+    counts = Counter(e.id for e in read_ledger(ledger))
+    assert set(counts) == expected, f"lost: {sorted(expected - set(counts))}"
+    assert [i for i, c in counts.items() if c > 1] == [], "a finished record handled again"

@@ -9,9 +9,10 @@ A record whose lock lapsed (its member died, or ran longer) comes again, to any 
 Two rules of the client shape this backend, both stated in its documentation: every record
 of a poll must be acknowledged before the next poll, and the consumer is not thread-safe.
 So the poll thread alone calls it, and reads in rounds: ``poll_batch`` polls only once
-``commit`` acknowledged every record of the last round (ACCEPT: handled, or dead-lettered
-after its DLQ write). Acknowledgements are local until the next poll or commit carries them;
-``commit(sync=True)`` sends them at once. On a stop, what did not finish is RELEASEd, so the
+``commit`` acknowledged every record of the last round (ACCEPT: handled; REJECT:
+dead-lettered, after its DLQ write, so the broker archives it as given up).
+Acknowledgements are local until the next poll or commit carries them; ``commit(sync=True)``
+sends them at once. On a stop, what did not finish is RELEASEd, so the
 other members get it at once instead of after the lock.
 """
 
@@ -94,6 +95,7 @@ class KafkaShareConsumer(ShareBackend):
             raise ConfigError(f"group {group!r}: cannot create a share consumer: {exc}") from None
         self._consumer.set_acknowledgement_commit_callback(self._on_acks)
         self._held: dict[TopicPartition, set[int]] = {}  # delivered, not acknowledged
+        self._rejected: set[tuple[str, int, int]] = set()  # dead-lettered, to REJECT
         self._assignment: list[TopicPartition] = []
         self._callbacks: tuple[Rebalance, Rebalance, Rebalance] | None = None
         self._closed = False
@@ -156,8 +158,10 @@ class KafkaShareConsumer(ShareBackend):
                 continue
             count = record.delivery_count()
             if count is not None and count > 1:
-                msgs[i].attempt = count
+                m = msgs[i]
+                m.attempt = count
                 redelivered = True
+                self._events[("share_redelivered", m.topic, str(m.partition))] += 1
             i += 1
         self.redelivered = redelivered
         held = self._held
@@ -196,7 +200,8 @@ class KafkaShareConsumer(ShareBackend):
         """The broker's answer to acknowledgements (served inside poll or commit)."""
         if exc is None:
             return
-        self._events[("ack_failed", self._group, "")] += 1
+        for tp in offsets or ():
+            self._events[("share_ack_failed", tp.topic, str(tp.partition))] += 1
         log.warning(
             "group %s: acknowledgements refused (%s): those records are delivered again once "
             "their locks lapse (a duplicate for records already handled)",
@@ -213,17 +218,26 @@ class KafkaShareConsumer(ShareBackend):
     # -- acknowledging -----------------------------------------------------------------------
 
     def acknowledge(self, tp: TopicPartition, records: Sequence[Message]) -> None:
-        """ACCEPT each (local until a poll or commit carries it)."""
+        """ACCEPT each, REJECT the dead-lettered (local until a poll or commit carries it)."""
         held = self._held.get(tp)
         if not held:
             return
         ack = self._consumer.acknowledge_offset
         accept = ck.AcknowledgeType.ACCEPT
         topic, partition = tp
+        rejected = self._rejected
+        accepted = dead = 0
         for m in records:
             if m.offset in held:
                 held.discard(m.offset)
+                if rejected and (topic, partition, m.offset) in rejected:
+                    rejected.discard((topic, partition, m.offset))
+                    ack(topic, partition, m.offset, ck.AcknowledgeType.REJECT)
+                    dead += 1
+                    continue
                 ack(topic, partition, m.offset, accept)
+                accepted += 1
+        self._count(tp, accepted, dead)
         if not self._acks_since:
             self._acks_since = time.monotonic()
 
@@ -267,6 +281,8 @@ class KafkaShareConsumer(ShareBackend):
         for tp, held in self._held.items():
             for offset in sorted(held):
                 self._consumer.acknowledge_offset(tp.topic, tp.partition, offset, release)
+            if held:
+                self._events[("share_released", tp.topic, str(tp.partition))] += len(held)
             held.clear()
 
     # -- what a share group does not have ----------------------------------------------------

@@ -4,6 +4,10 @@ A private, never-subscribed consumer (its own throwaway group id, auto commit of
 watermarks and times and reads ranges by manual assignment; the admin client lists groups
 and members; a consumer with the group's id is made only to read or write its committed
 offsets. Offsets are Kafka's own: dense, except in compacted topics.
+
+Share groups (KIP-932) are invisible to librdkafka's admin API; ``wire.ShareWire`` reads
+them: a share group's position on a partition is its start offset (every record below it is
+done with), its members all read every partition, and its start offsets are not moved here.
 """
 
 from __future__ import annotations
@@ -14,15 +18,19 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ...errors import BrokerUnavailable, ConfigError, UnknownTopicOrPartition
+from ...logs import get_logger
 from ...message import Message
 from ..view import GroupPosition, LogView
 from .client import AdminClient, ConsumerGroupTopicPartitions, KafkaError, ck, to_message
 from .errors import translate, wait_for_broker
+from .wire import ShareGroup, ShareWire
 
 if TYPE_CHECKING:
     from .config import KafkaBroker
 
 __all__ = ["KafkaView"]
+
+log = get_logger("streamq.kafka")
 
 # A reset refused with these: the group has members.
 _GROUP_ACTIVE = (
@@ -53,6 +61,20 @@ class KafkaView(LogView):
         except BaseException:
             self._reader.close()
             raise
+        self._wire = ShareWire(broker.bootstrap, broker.passthrough, settings.broker_timeout)
+        self._shares: dict[str, ShareGroup | None] = {}
+
+    def share_group(self, group: str) -> ShareGroup | None:
+        """``group`` as a share group, or None when it is none (asked once per view)."""
+        if group not in self._shares:
+            try:
+                self._shares[group] = self._wire.describe(group)
+            except ConfigError as exc:
+                if not self._wire.sasl:
+                    raise
+                log.warning("%s (group %s read as a classic group)", exc, group)
+                self._shares[group] = None
+        return self._shares[group]
 
     def partitions(self, topic: str) -> list[int]:
         try:
@@ -97,6 +119,11 @@ class KafkaView(LogView):
 
     def positions(self, group: str, topic: str) -> list[GroupPosition]:
         bounds = self.bounds(topic)
+        share = self.share_group(group)
+        if share is not None:  # the start offset: the lag counts records in flight too
+            return [
+                GroupPosition(p, share.start.get((topic, p)), end) for p, (_, end) in bounds.items()
+            ]
         consumer = self._group_consumer(group)
         try:
             found = consumer.committed([ck.TopicPartition(topic, p) for p in bounds], timeout=20)
@@ -118,7 +145,11 @@ class KafkaView(LogView):
             result = futures[group].result(timeout=20)
         except ck.KafkaException as exc:
             raise translate(exc, f"offsets of group {group}") from None
-        return sorted({tp.topic for tp in result.topic_partitions or [] if tp.offset >= 0})
+        found = {tp.topic for tp in result.topic_partitions or [] if tp.offset >= 0}
+        share = None if found else self.share_group(group)
+        if share is not None:  # a partition has a start offset once its records were read
+            found = {t for t, _ in share.start} | {t for a in share.members.values() for t in a}
+        return sorted(found)
 
     def members(self, group: str) -> list[str]:
         admin = AdminClient(self._config)
@@ -126,7 +157,10 @@ class KafkaView(LogView):
             result = admin.describe_consumer_groups([group])[group].result(timeout=20)
         except ck.KafkaException as exc:
             raise translate(exc, f"describe group {group}") from None
-        return [_member_name(m) for m in result.members or []]
+        if result.members:
+            return [_member_name(m) for m in result.members]
+        share = self.share_group(group)
+        return [] if share is None else sorted(share.members)
 
     def topics(self) -> dict[str, int]:
         try:
@@ -145,7 +179,14 @@ class KafkaView(LogView):
             result = admin.list_consumer_groups().result(timeout=20)
         except ck.KafkaException as exc:
             raise translate(exc, "list groups") from None
-        return sorted(g.group_id for g in result.valid if not g.group_id.startswith("streamq-ops-"))
+        found = {g.group_id for g in result.valid if not g.group_id.startswith("streamq-ops-")}
+        try:
+            meta = self._reader.list_topics(timeout=self._settings.broker_timeout)
+            brokers = [(b.host, b.port) for b in meta.brokers.values()]
+            found.update(self._wire.share_groups(brokers))
+        except (ck.KafkaException, ConfigError) as exc:  # SASL: say so, list the others
+            log.warning("share groups not listed: %s", exc)
+        return sorted(found)
 
     def owners(self, group: str, topic: str) -> dict[int, str]:
         admin = AdminClient(self._config)
@@ -153,6 +194,10 @@ class KafkaView(LogView):
             result = admin.describe_consumer_groups([group])[group].result(timeout=20)
         except ck.KafkaException:
             return {}  # not allowed to describe the group (ACLs): owners unknown
+        share = None if result.members else self.share_group(group)
+        if share is not None:
+            readers = [m for m, assignment in share.members.items() if topic in assignment]
+            return {p: f"shared by {len(readers)}" for p in self.partitions(topic) if readers}
         out: dict[int, str] = {}
         for m in result.members or []:
             for tp in getattr(m.assignment, "topic_partitions", None) or []:
@@ -161,6 +206,14 @@ class KafkaView(LogView):
         return out
 
     def set_positions(self, group: str, topic: str, positions: dict[int, int]) -> None:
+        if self.share_group(group) is not None:
+            raise ConfigError(
+                f"group {group!r} is a share group: its start offsets are moved with "
+                f"`kafka-share-groups.sh --reset-offsets --group {group} --topic {topic} "
+                "--to-earliest|--to-latest|--to-datetime ... --execute` while no member runs "
+                "(librdkafka has no share-group admin API); to handle a range again without "
+                "moving anything, use `streamq replay`"
+            )
         consumer = self._group_consumer(group)
         try:
             parts = [ck.TopicPartition(topic, p, o) for p, o in positions.items()]
@@ -259,8 +312,12 @@ class KafkaView(LogView):
         finally:
             consumer.unassign()
 
+    def group_type(self, group: str) -> str:
+        return "classic" if self.share_group(group) is None else "share"
+
     def close(self) -> None:
         self._reader.close()
+        self._wire.close()
 
 
 def _member_name(member: Any) -> str:

@@ -13,6 +13,8 @@ Key layout (all names are plain strings; ``<g>`` group, ``<t>`` topic, ``<p>`` p
   saved with its lease (``lua/state.lua``), such as the schedule's last fired ticks.
 - ``streamq:trimmed:<g>:<t>:<p>``      integer: entries of the partition trimmed before the
   group read them, so each loss is reported once, whichever member sees it.
+- ``streamq:share:<g>``                 string ``1``: the group is a share group (written by its
+  members when they join), so ``status`` and ``lag`` say so; no expiry.
 
 (``streamq.crashes`` and ``streamq.dedup`` keep their own keys, ``streamq:crash:`` and
 ``streamq:dedup:``, beside these.)
@@ -27,6 +29,7 @@ __all__ = [
     "lease_key",
     "members_key",
     "members_pattern",
+    "share_key",
     "state_key",
     "stream_key",
     "topic_key",
@@ -59,6 +62,10 @@ def lease_key(group: str, tp: TopicPartition) -> str:
 
 def state_key(group: str, tp: TopicPartition) -> str:
     return f"streamq:state:{group}:{tp.topic}:{tp.partition}"
+
+
+def share_key(group: str) -> str:
+    return f"streamq:share:{group}"
 
 
 def trimmed_key(group: str, tp: TopicPartition) -> str:

@@ -29,7 +29,7 @@ from .client import ResponseError
 from .consumer import RedisConsumer, script
 from .entries import SEQ_BITS, decode_headers, offset_to_id
 from .errors import UNAVAILABLE
-from .keys import members_key, stream_key
+from .keys import members_key, share_key, stream_key
 
 if TYPE_CHECKING:
     from .config import RedisBroker
@@ -52,6 +52,7 @@ class RedisShareConsumer(ShareBackend, RedisConsumer):
         self._next_hold = 0.0
         self._visibility_ms = int(self._settings.visibility_timeout * 1000)
         self._delivered: dict[TopicPartition, set[int]] = {}  # taken, not acknowledged
+        self._rejected: set[tuple[str, int, int]] = set()  # dead-lettered (counted apart)
         self._streams: dict[str, TopicPartition] = {}
         self._next_claim = 0.0
 
@@ -60,6 +61,10 @@ class RedisShareConsumer(ShareBackend, RedisConsumer):
     ) -> None:
         # the classic member's: groups on every stream, then _beat (here: heartbeat only)
         super().subscribe(topics, on_assign, on_revoke, on_lost)
+        try:
+            self._r.set(share_key(self._group), "1")
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis: marking the share group: {exc}") from None
         for topic, count in self._topics.items():
             for p in range(count):
                 tp = TopicPartition(topic, p)
@@ -181,6 +186,7 @@ class RedisShareConsumer(ShareBackend, RedisConsumer):
             for msg in msgs:
                 msg.attempt = int(counts.get(offset_to_id(msg.offset).encode(), 2))
             if msgs:
+                self._events[("share_redelivered", tp.topic, str(tp.partition))] += len(msgs)
                 log.warning(
                     "group %s: claimed %d records of %s[%d] another member took and did not "
                     "acknowledge within %.1fs (it died, or its handler ran longer)",
@@ -208,10 +214,17 @@ class RedisShareConsumer(ShareBackend, RedisConsumer):
         if not delivered:
             return
         ids = self._acks.setdefault(tp, [])
+        before = len(ids)
+        rejected = self._rejected
+        dead = 0
         for m in records:
             if m.offset in delivered:
                 delivered.discard(m.offset)
                 ids.append(offset_to_id(m.offset))
+                if rejected and (tp.topic, tp.partition, m.offset) in rejected:
+                    rejected.discard((tp.topic, tp.partition, m.offset))
+                    dead += 1
+        self._count(tp, len(ids) - before - dead, dead)
         if not self._acks_since:
             self._acks_since = time.monotonic()
 
@@ -255,6 +268,8 @@ class RedisShareConsumer(ShareBackend, RedisConsumer):
             for i in range(0, len(ids), 1000):
                 pipe.xclaim(stream_key(tp), self._group, self._member, 0, ids[i : i + 1000],
                             idle=self._visibility_ms, justid=True)  # fmt: skip
+            if ids:
+                self._events[("share_released", tp.topic, str(tp.partition))] += len(ids)
             delivered.clear()
         pipe.execute()
 

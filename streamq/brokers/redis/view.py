@@ -19,7 +19,7 @@ from .admin import RedisAdmin, group_infos
 from .client import ResponseError
 from .entries import entry_to_message, id_to_offset, offset_from_text, offset_to_id
 from .errors import wait_for_redis
-from .keys import lease_key, members_pattern, stream_key
+from .keys import lease_key, members_key, members_pattern, share_key, stream_key
 
 if TYPE_CHECKING:
     from .config import RedisBroker
@@ -124,8 +124,15 @@ class RedisView(LogView):
                     found.add(name.decode() if isinstance(name, bytes) else name)
         return sorted(found)
 
+    def group_type(self, group: str) -> str:
+        return "share" if self._r.exists(share_key(group)) else "classic"
+
     def owners(self, group: str, topic: str) -> dict[int, str]:
         parts = self.partitions(topic)
+        if self.group_type(group) == "share":
+            now_ms = int(time.time() * 1000)
+            readers = self._r.zcount(members_key(group, topic), now_ms, "+inf")
+            return {p: f"shared by {readers}" for p in parts} if readers else {}
         tokens = self._r.mget([lease_key(group, TopicPartition(topic, p)) for p in parts])
         # a lease token is "<member id>:<random>"
         return {
