@@ -36,7 +36,7 @@ from .. import failpoints
 from ..brokers.base import Backend, Broker, Lease, ProducerBackend
 from ..crashes import CHUNK, CrashCounter, Suspects
 from ..dispatch import Dispatcher
-from ..errors import BrokerError, MemberFenced
+from ..errors import BrokerError, ConfigError, MemberFenced
 from ..handlers import CommitMode, HandlerSpec, Ordering
 from ..logs import get_logger, partitions_text
 from ..message import Message, TopicPartition
@@ -237,7 +237,7 @@ class GroupRunner:
                     self._dispatch(batch)
                 else:
                     self._check_idle()
-        except BrokerError as exc:  # said clearly already; no traceback for an outage
+        except (BrokerError, ConfigError) as exc:  # said clearly: no traceback
             self.error = exc
             log.error("group %s: %s; stopping this worker", self.group, exc)
         except BaseException as exc:

@@ -284,3 +284,30 @@ def test_a_record_that_cannot_be_dead_lettered_stops_the_member_until_fixed(
     counts = Counter(e.id for e in read_ledger(ledger))
     assert set(counts) == expected, f"lost: {sorted(expected - set(counts))}"
     assert [i for i, c in counts.items() if c > 1] == [], "a finished record handled again"
+
+
+def test_a_member_of_the_other_group_type_is_refused(broker, tmp_path: Path) -> None:
+    """A classic member joining a live share group, or a share member joining a live
+    classic group, would take records the others expect to own (on Redis both read the same
+    streams): it stops at once with one line saying so (Kafka refuses it at the broker)."""
+    topic = broker.topic(1)
+    spec = app_spec("queue", extra={"visibility_timeout": 3})
+    for first, second, codes in (("share", "classic", {2}), ("classic", "share", {2, 5})):
+        group = unique("mixed")
+        env = app_env(broker.url, topic, group, tmp_path / f"ledger.{group}")
+        member = start_worker(tmp_path, spec, {**env, "GROUP_TYPE": first})
+        try:
+
+            def joined(g: str = group) -> bool:  # at the broker: Kafka's joins on its poll
+                done = cli(broker, "status", "--group", g, "--json")
+                return done.returncode == 0 and orjson.loads(done.stdout)[0]["members"] != []
+
+            wait_until(joined, 120, f"the {first} member to join")
+            refused = start_worker(tmp_path, spec, {**env, "GROUP_TYPE": second})
+            code, out = refused.finish(120)
+            assert code in codes, out[-3000:]
+            assert f"{first} group" in out or f"{first} consumer group" in out, out[-3000:]
+        finally:
+            member.send_signal(signal.SIGTERM)
+        code, out = member.finish(120)
+        assert code == 0, out[-3000:]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ... import deadline
 from ...dispatch import Lease, kafka_messages
-from ...errors import CommitFailed, MemberFenced, UnknownTopicOrPartition
+from ...errors import BrokerError, CommitFailed, ConfigError, MemberFenced, UnknownTopicOrPartition
 from ...logs import get_logger
 from ...message import Message, TopicPartition
 from ..base import Backend, Rebalance
@@ -23,6 +23,7 @@ from .client import KafkaError, KafkaException, ck, from_ck, to_ck
 from .errors import DISCONNECTED, FENCED, error_log, on_error, translate, wait_for_broker
 from .liveness import Liveness
 from .transactions import Transactions
+from .wire import ShareWire
 
 if TYPE_CHECKING:
     from ...pipeline import Output
@@ -53,6 +54,7 @@ class KafkaConsumer(Backend):
         self._callbacks: tuple[Rebalance, Rebalance, Rebalance] | None = None
         self._closed = False
         self._fatal: KafkaError | None = None  # from error_cb: raised by the next poll
+        self._share_checked = False  # whether the broker was asked if the group is a share group
         self._transactions: Transactions | None = None  # guarantee="exactly_once"
         # From the settings, never from the client inside a callback (see _apply).
         strategy = str(config.get("partition.assignment.strategy", ""))
@@ -319,7 +321,7 @@ class KafkaConsumer(Backend):
 
     def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
         if self._fatal is not None:
-            raise self._fenced(self._fatal)
+            raise self._share_group_refusal(self._fatal) or self._fenced(self._fatal)
         try:
             raw = self._consumer.consume(max_records, timeout)
         except KafkaException as exc:
@@ -333,10 +335,41 @@ class KafkaConsumer(Backend):
 
     def _record_error(self, err: KafkaError) -> None:
         if err.fatal() or err.code() == KafkaError._FATAL:
-            raise self._fenced(err)
+            raise self._share_group_refusal(err) or self._fenced(err)
         if err.code() == KafkaError._PARTITION_EOF:
             return
+        if err.code() == KafkaError.INCONSISTENT_GROUP_PROTOCOL:
+            refusal = self._share_group_refusal(err)
+            if refusal is not None:
+                raise refusal
         error_log.warning("group %s: %s", self._group, err.str())
+
+    def _share_group_refusal(self, err: KafkaError) -> ConfigError | None:
+        """The group is a share group: the broker refuses this member for good.
+
+        Classic members are told "inconsistent group protocol" at every join, KIP-848 ones
+        "the group id does not exist" as a fatal error; both also mean other things (members
+        with other assignors; a deleted group), so the broker is asked, once.
+        """
+        if self._share_checked or not (
+            err.code() == KafkaError.INCONSISTENT_GROUP_PROTOCOL or "does not exist" in err.str()
+        ):
+            return None
+        self._share_checked = True
+        wire = ShareWire(self._broker.bootstrap, self._broker.passthrough, 10.0)
+        try:
+            share = wire.describe(self._group)
+        except (BrokerError, ConfigError):
+            return None
+        finally:
+            wire.close()
+        if share is None:
+            return None
+        return ConfigError(
+            f"group {self._group!r} is a share group on this broker ({len(share.members)} live "
+            f"member(s)); a classic member cannot join it ({err.str()}): give it another "
+            "group name, or stop them first"
+        )
 
     def pause(self, tps: Sequence[TopicPartition]) -> None:
         self._flow(self._consumer.pause, tps)

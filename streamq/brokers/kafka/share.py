@@ -186,6 +186,12 @@ class KafkaShareConsumer(ShareBackend):
         if not (isinstance(err, KafkaError) and err.fatal()) and "fatal" not in text.lower():
             return translate(exc, "share poll")
         hint = ""
+        if "does not exist" in text.lower():  # what a 4.2 broker says of a classic group's id
+            hint = (
+                "; the group id is most likely a classic consumer group's on this broker "
+                "(live members or committed offsets), which a share group cannot take: give "
+                "the share group another name"
+            )
         if "not supported" in text.lower():
             hint = (
                 "; share groups need Apache Kafka 4.2+ with share groups on "

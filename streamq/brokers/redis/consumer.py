@@ -20,7 +20,13 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 from ...dispatch import Lease, redis_messages
-from ...errors import BrokerError, BrokerUnavailable, CommitFailed, UnknownTopicOrPartition
+from ...errors import (
+    BrokerError,
+    BrokerUnavailable,
+    CommitFailed,
+    ConfigError,
+    UnknownTopicOrPartition,
+)
 from ...logs import get_logger
 from ...message import Message, TopicPartition
 from ..base import Backend, Rebalance
@@ -28,7 +34,7 @@ from .admin import group_infos
 from .client import ResponseError
 from .entries import SEQ_BITS, decode_headers, id_to_offset, offset_to_id
 from .errors import UNAVAILABLE, wait_for_redis
-from .keys import lease_key, members_key, state_key, stream_key
+from .keys import lease_key, members_key, share_key, state_key, stream_key
 from .transactions import Transactions
 from .trims import TrimWatch
 
@@ -102,7 +108,37 @@ class RedisConsumer(Backend):
             self._topics[topic] = self._broker.partitions(self._r, topic, create=True)
             for p in range(self._topics[topic]):
                 self._ensure_group(stream_key(TopicPartition(topic, p)))
+        self._claim_group_type()
         self._beat()
+
+    def _claim_group_type(self) -> None:
+        """Refuse to join a group whose live members are of the other type.
+
+        A classic member and a share member of one group would read the same streams with
+        XREADGROUP, one under leases and one without: each would take entries the other
+        expects to own. Kafka refuses the mix at the broker; here the share members mark
+        the group (``share_key``) and the first member of an empty group sets its type.
+        """
+        mine = "share" if self.share else "classic"
+        now_ms = int(time.time() * 1000)
+        try:
+            marked = "share" if self._r.exists(share_key(self._group)) else "classic"
+            live = sum(
+                int(self._r.zcount(members_key(self._group, t), now_ms, "+inf"))
+                for t in self._topics
+            )
+            if marked != mine and live:
+                raise ConfigError(
+                    f"group {self._group!r} is a {marked} group with {live} live member(s); "
+                    f"a {mine} member would take entries they expect to own: give it another "
+                    "group name, or stop them first"
+                )
+            if mine == "share":
+                self._r.set(share_key(self._group), "1")
+            elif marked == "share":
+                self._r.delete(share_key(self._group))
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis: reading the group's type: {exc}") from None
 
     def _warn_eviction_policy(self) -> None:
         try:

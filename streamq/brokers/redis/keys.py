@@ -14,7 +14,8 @@ Key layout (all names are plain strings; ``<g>`` group, ``<t>`` topic, ``<p>`` p
 - ``streamq:trimmed:<g>:<t>:<p>``      integer: entries of the partition trimmed before the
   group read them, so each loss is reported once, whichever member sees it.
 - ``streamq:share:<g>``                 string ``1``: the group is a share group (written by its
-  members when they join), so ``status`` and ``lag`` say so; no expiry.
+  members when they join, removed by a classic member joining it empty), so ``status`` and
+  ``lag`` say so and a member of the other type is refused while it has live members.
 
 (``streamq.crashes`` and ``streamq.dedup`` keep their own keys, ``streamq:crash:`` and
 ``streamq:dedup:``, beside these.)

@@ -29,7 +29,7 @@ from .client import ResponseError
 from .consumer import RedisConsumer, script
 from .entries import SEQ_BITS, decode_headers, offset_to_id
 from .errors import UNAVAILABLE
-from .keys import members_key, share_key, stream_key
+from .keys import members_key, stream_key
 
 if TYPE_CHECKING:
     from .config import RedisBroker
@@ -61,10 +61,6 @@ class RedisShareConsumer(ShareBackend, RedisConsumer):
     ) -> None:
         # the classic member's: groups on every stream, then _beat (here: heartbeat only)
         super().subscribe(topics, on_assign, on_revoke, on_lost)
-        try:
-            self._r.set(share_key(self._group), "1")
-        except UNAVAILABLE as exc:
-            raise BrokerUnavailable(f"redis: marking the share group: {exc}") from None
         for topic, count in self._topics.items():
             for p in range(count):
                 tp = TopicPartition(topic, p)
