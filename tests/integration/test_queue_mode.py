@@ -98,6 +98,7 @@ def run_group(
     return drained, ledger, outputs
 
 
+@pytest.mark.any_protocol
 def test_three_members_share_one_partition(broker, tmp_path: Path) -> None:
     topic = broker.topic(1)
     expected = set(range(1200))
@@ -125,6 +126,7 @@ def test_three_members_share_one_partition(broker, tmp_path: Path) -> None:
           f"(first record started to last finished)")  # fmt: skip
 
 
+@pytest.mark.any_protocol
 def test_a_poison_record_goes_to_the_dlq_while_the_rest_flows(broker, tmp_path: Path) -> None:
     topic = broker.topic(1)
     expected = set(range(400))
@@ -141,6 +143,7 @@ def test_a_poison_record_goes_to_the_dlq_while_the_rest_flows(broker, tmp_path: 
     assert len(starts) == 3, f"record 17: {len(starts)} attempts, not 1 + max_retries=2"
 
 
+@pytest.mark.any_protocol
 def test_a_killed_members_records_are_delivered_again(broker, tmp_path: Path) -> None:
     """Record 300 SIGKILLs the first worker that runs it, with up to 31 others in flight:
     the others claim them after the visibility timeout; nothing is lost, and only records
@@ -188,6 +191,7 @@ def lag_of(broker, group: str, topic: str) -> list[dict]:
     return orjson.loads(done.stdout)
 
 
+@pytest.mark.any_protocol
 def test_operators_see_the_share_group(broker, tmp_path: Path) -> None:
     """``status``, ``lag``, metrics and ``offsets reset`` on a share group of two members.
 
@@ -259,6 +263,7 @@ def test_operators_see_the_share_group(broker, tmp_path: Path) -> None:
         assert sum(r["lag"] for r in lag_of(broker, group, topic)) == 250
 
 
+@pytest.mark.any_protocol
 def test_a_record_that_cannot_be_dead_lettered_stops_the_member_until_fixed(
     broker, tmp_path: Path
 ) -> None:
