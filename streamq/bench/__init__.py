@@ -4,12 +4,16 @@ Both consumers do the same work per record (the ``--handler``) on the same recor
 same run, alternating raw then streamq for ``--rounds`` rounds, each in a fresh consumer
 group. The report is the ratio, so a noisy shared machine moves both sides together.
 
-How one drain is measured, the same way for both sides:
+How one drain is measured:
 
-- Every record ticks a counter in shared memory (one slot per worker process). A monitor
-  samples the slots every few milliseconds: the drain starts when the first record is
-  handled and ends when all ``--messages`` are. That costs the handler one store per
-  record, identical for both sides, and keeps clocks and ``/proc`` reads off the hot path.
+- Each worker process counts into its slot of a shared-memory block, as a user's own code
+  would count: the raw loop per batch (after the batch's work), streamq's handler per
+  record in a local variable that a thread publishes every millisecond (``tally``). A
+  monitor samples the slots every 2 ms: the drain starts when the first record is handled
+  (the raw loop: when its first batch's work starts) and ends when all ``--messages`` are.
+  Neither side pays more per record than its user would; streamq's count reaches the
+  monitor up to a few milliseconds late (the publishing thread waits for the GIL), which
+  counts against streamq.
 - CPU seconds per million records: user plus system time of every worker process (from
   ``/proc``), across the drain window; this includes librdkafka's and redis-py's threads.
 - RSS: each worker's resident size when its first record arrives, and its peak (VmHWM).

@@ -68,6 +68,7 @@ def drain(spec: BenchSpec, side: str) -> dict[str, Any]:
             else:  # a module attribute: the spawned workers import it again by that name
                 streamq_side.app.run(workers=spec.workers, metrics_port=port)
             watcher.join(30)
+            streamq_side.close_tallies()
             if "error" in box:
                 raise box["error"]
             result = box["result"]

@@ -128,7 +128,8 @@ class Monitor:
                 break
             time.sleep(0.002)
         # from the first record handled (stamped by its handler) to the sample that saw the
-        # last one: at most one sampling interval late
+        # last one: at most one sampling interval late, plus, for streamq, its counting
+        # thread's millisecond (tally)
         elapsed = (time.monotonic_ns() - started) / 1e9
         pids = self.pids()
         # CPU from each process's first record (its handler stamped it) to now
@@ -140,6 +141,7 @@ class Monitor:
         lat: list[int] = []
         if handled >= n and spec.latency_topic:
             self.view[_PHASE] = 1
+            time.sleep(0.05)  # streamq's counting threads turn latency sampling on (tally)
             produce_latency()
             wait_until = time.monotonic() + 10 + spec.latency_messages / spec.latency_rate
             while self.count() < n + spec.latency_messages and time.monotonic() < wait_until:

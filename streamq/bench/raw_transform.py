@@ -25,12 +25,13 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from .spec import BenchSpec
+from .tally import Tally
 
 Transform = Callable[[bytes], bytes]
-Tick = Callable[[int], None]
 
 # KEYS: the batch's n input streams, then one output stream per output, in order.
 # ARGV: group, n, the n counts of entry IDs, the IDs stream by stream, then per output v, k.
@@ -79,7 +80,7 @@ class _Cadence:
 
 
 def raw_kafka_transform(
-    spec: BenchSpec, transform: Transform, tick: Tick, stop: threading.Event
+    spec: BenchSpec, transform: Transform, tally: Tally, stop: threading.Event
 ) -> None:
     from confluent_kafka import Consumer, Producer
 
@@ -125,7 +126,7 @@ def raw_kafka_transform(
         producer.begin_transaction()
     consumer.subscribe(spec.topics, on_revoke=on_revoke)
     try:
-        _kafka_loop(spec, consumer, producer, transform, tick, stop, cadence, commit)
+        _kafka_loop(spec, consumer, producer, transform, tally, stop, cadence, commit)
     finally:
         consumer.close()
         if eos:
@@ -146,7 +147,7 @@ def _kafka_loop(
     consumer: Any,
     producer: Any,
     transform: Transform,
-    tick: Tick,
+    tally: Tally,
     stop: threading.Event,
     cadence: _Cadence,
     commit: Callable[[], None],
@@ -154,17 +155,35 @@ def _kafka_loop(
     size, topic, produce = spec.max_poll_records, spec.output_topic, producer.produce
     while not stop.is_set():
         batch = consumer.consume(size, 0.1)
+        if batch:
+            tally.begin()
         for m in batch:
             if m.error() is None:
                 out = transform(m.value())
-                tick(m.timestamp()[1])
                 try:
                     produce(topic, out, m.key())
                 except BufferError:  # the local queue is full: let deliveries drain it
                     producer.flush()
                     produce(topic, out, m.key())
+        if batch:
+            tally.add(len(batch), partial(kafka_stamps, batch))
         if cadence.due(len(batch)):
             commit()
+
+
+def kafka_stamps(batch: list[Any]) -> list[int]:
+    """Each record's broker timestamp (ms), for latency sampling."""
+    return [m.timestamp()[1] for m in batch if m.error() is None]
+
+
+def redis_stamps(reply: list[Any]) -> list[int]:
+    """Each entry's producer timestamp (ms; its ID's time when it has none)."""
+    out = []
+    for _, entries in reply:
+        for entry_id, fields in entries:
+            stamp = fields.get(b"t")
+            out.append(int(stamp) if stamp is not None else int(entry_id.split(b"-")[0]))
+    return out
 
 
 def redis_group_streams(spec: BenchSpec) -> tuple[Any, list[str]]:
@@ -186,7 +205,7 @@ def redis_group_streams(spec: BenchSpec) -> tuple[Any, list[str]]:
 
 
 def raw_redis_transform(
-    spec: BenchSpec, transform: Transform, tick: Tick, stop: threading.Event
+    spec: BenchSpec, transform: Transform, tally: Tally, stop: threading.Event
 ) -> None:
     from ..brokers.redis.keys import stream_key
     from ..message import TopicPartition
@@ -211,9 +230,11 @@ def raw_redis_transform(
                 reply = r.xreadgroup(spec.group, consumer, reading, count=spec.max_poll_records,
                                      block=100)  # fmt: skip
                 if reply:
-                    _redis_script_batch(spec, script, reply, transform, tick, stream_for)
+                    tally.begin()
+                    _redis_script_batch(spec, script, reply, transform, stream_for)
+                    tally.add(sum(len(e) for _, e in reply), partial(redis_stamps, reply))
         else:
-            _redis_alo(spec, r, consumer, reading, transform, tick, stream_for, stop)
+            _redis_alo(spec, r, consumer, reading, transform, tally, stream_for, stop)
     finally:
         r.close()
 
@@ -224,7 +245,7 @@ def _redis_alo(
     consumer: str,
     reading: dict[str, str],
     transform: Transform,
-    tick: Tick,
+    tally: Tally,
     stream_for: Callable[[bytes], str],
     stop: threading.Event,
 ) -> None:
@@ -241,16 +262,18 @@ def _redis_alo(
             ackable = {}
             cadence.done(left=polled)  # this batch's XADDs have not returned yet
         handled: list[tuple[bytes, list[bytes]]] = []
+        if polled:
+            tally.begin()
         for key, entries in reply or ():
             ids = []
             for entry_id, fields in entries:
                 out = transform(fields[b"v"])
-                stamp = fields.get(b"t")
-                tick(int(stamp) if stamp is not None else int(entry_id.split(b"-")[0]))
                 k = fields[b"k"]
                 pipe.xadd(stream_for(k), {"v": out, "k": k})
                 ids.append(entry_id)
             handled.append((key, ids))
+        if polled:
+            tally.add(polled, partial(redis_stamps, reply))
         if len(pipe):
             pipe.execute()  # the XADDs returned: their inputs may be acknowledged
         for key, ids in handled:
@@ -262,7 +285,6 @@ def _redis_script_batch(
     script: Any,
     reply: list[Any],
     transform: Transform,
-    tick: Tick,
     stream_for: Callable[[bytes], str],
 ) -> None:
     inputs: list[bytes] = []
@@ -275,8 +297,6 @@ def _redis_script_batch(
         counts.append(len(entries))
         for entry_id, fields in entries:
             out = transform(fields[b"v"])
-            stamp = fields.get(b"t")
-            tick(int(stamp) if stamp is not None else int(entry_id.split(b"-")[0]))
             k = fields[b"k"]
             ids.append(entry_id)
             out_keys.append(stream_for(k))

@@ -35,6 +35,7 @@ class BenchSpec:
     # raw side, a thread pool of that size per batch when the work sleeps)
     concurrency: int | None = None
     group_type: str = "classic"  # "share": Kafka share groups, Redis competing consumers
+    batch: bool = False  # streamq side: a batch=True handler looping over its records
     workers: int = 1
     dedup: str = "none"
     metrics: bool = False  # streamq side: Prometheus metrics on, server on a free port
@@ -90,6 +91,12 @@ class BenchSpec:
                             "so give --ordering none")  # fmt: skip
         if self.group_type == "share" and self.transform:
             problems.append("--group-type share: without --transform")
+        if self.batch and (
+            self.transform
+            or self.executor != "inline"
+            or parse_handler(self.handler)[0] not in ("noop", "json")
+        ):
+            problems.append("--batch: with --handler noop or json, inline, without --transform")
         if self.concurrency is not None and self.ordering != "none":
             problems.append("--concurrency: with --ordering none")
         if self.concurrency is not None and self.concurrency < 1:

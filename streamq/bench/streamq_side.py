@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
+
 from ..message import Message
 from ..pipeline import Out
 from .spec import BenchSpec, parse_handler
@@ -32,8 +34,14 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
     kind, sleep_s = parse_handler(spec.handler)
     tick: Callable[[int], None] = _no_tick
     if slot is not None:
-        tick = Tally(spec.shm, slot).tick_fn()
+        tally = Tally(spec.shm, slot)
+        _tallies.append(tally)
+        if not spec.batch:
+            tick = tally.counter()
     options: dict[str, Any] = {"ordering": spec.ordering, "dlq": False}
+    if spec.batch:
+        options["batch"] = True
+        options["max_batch"] = spec.max_poll_records
     if spec.concurrency is not None:
         options["concurrency"] = spec.concurrency
     if spec.group_type == "share":
@@ -58,6 +66,8 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
 
     if spec.transform:
         register(_transform_handler(spec, kind, tick))
+    elif spec.batch:
+        register(_batch_handler(kind, tally.batch_counter() if slot is not None else _no_count))
     elif spec.executor == "processes":
         register(_POOL_HANDLERS[kind])
     elif spec.executor == "asyncio":
@@ -131,8 +141,40 @@ def _transform_handler(spec: BenchSpec, kind: str, tick: Callable[[int], None]) 
     return transform
 
 
+def _batch_handler(kind: str, count: Callable[[list[Message]], None]) -> Any:
+    """``--batch``: one call per partition batch, the work per record, the count per batch."""
+    if kind == "noop":
+
+        def handle_batch_noop(batch: list[Message]) -> None:
+            count(batch)
+
+        return handle_batch_noop
+    loads = orjson.loads
+
+    def handle_batch_json(batch: list[Message]) -> None:
+        for msg in batch:
+            loads(msg.value)  # type: ignore[arg-type]
+        count(batch)
+
+    return handle_batch_json
+
+
+def _no_count(batch: list[Message]) -> None:
+    pass
+
+
 def _no_tick(timestamp_ms: int) -> None:
     pass
+
+
+# The tallies ``build_app`` opened in this process: their counting threads publish until
+# closed, so a drain in this process (``memory://``) closes them before the next one.
+_tallies: list[Tally] = []
+
+
+def close_tallies() -> None:
+    while _tallies:
+        _tallies.pop().close()
 
 
 # -- module-level handlers for --executor processes: pool processes import them by name -------
@@ -145,7 +187,7 @@ def _pool_tick(timestamp_ms: int) -> None:
     if tick is None:
         spec = BenchSpec(**json.loads(os.environ["STREAMQ_BENCH_SPEC"]))
         _pool_state["sleep"] = parse_handler(spec.handler)[1]
-        tick = _pool_state["tick"] = Tally(spec.shm, None, spec.workers).tick_fn()
+        tick = _pool_state["tick"] = Tally(spec.shm, None, spec.workers).counter()
     tick(timestamp_ms)
 
 

@@ -1,8 +1,14 @@
-"""The shared-memory counters: one slot per worker process, ticked once per record.
+"""The shared-memory counters: one slot per worker process.
 
 The parent creates the block (``run_bench``); each consuming process attaches a ``Tally`` to
 its slot and the ``Monitor`` reads them all. The layout is a header, then one slot per worker
 process.
+
+How each side counts is what a user's own code would do, so the count costs neither side
+more than it would cost a user: the raw loops count per batch (``begin`` before a batch's
+work, ``add`` after it); streamq's handlers count per record in a local variable
+(``counter``), which a thread of the process publishes every millisecond. Latency is
+sampled per record on both sides only while the latency records flow, at a fixed rate.
 """
 
 from __future__ import annotations
@@ -10,9 +16,11 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from multiprocessing import shared_memory
+from typing import Any
 
 # Shared-memory layout: a header, then one slot per worker process. In the header: the phase
 # (latency records flowing) and, under --transform, the outputs a reader sees (``outputs``).
@@ -47,7 +55,7 @@ def _view(shm: shared_memory.SharedMemory) -> memoryview:
 
 
 class Tally:
-    """This process's slot in the shared counters; ``tick`` runs once per record."""
+    """This process's slot in the shared counters."""
 
     def __init__(self, shm_name: str, slot: int | None, first_free: int = 0) -> None:
         self._shm = _attach(shm_name)
@@ -56,6 +64,10 @@ class Tally:
             slot = self._claim(shm_name, first_free)
         self.base = _HEADER + slot * _SLOT
         self.view[self.base + _PID] = os.getpid()
+        self._count = 0
+        self._started = False
+        self._publisher: threading.Thread | None = None
+        self._closing = threading.Event()
         atexit.register(self.close)  # the view must go before the mapping can close
 
     def _claim(self, shm_name: str, first: int) -> int:
@@ -72,29 +84,113 @@ class Tally:
                     return slot
         raise RuntimeError("no free counter slot for this pool process")
 
-    def tick_fn(self) -> Callable[[int], None]:
-        """A closure: a local increment and one shared store per record; latency in phase 2."""
-        view, base = self.view, self.base
-        at_count, at_n, at_lat = base + _COUNT, base + _LAT_N, base + _LAT0
-        at_first = base + _FIRST
-        count = 0
+    # -- the raw loops: per batch ------------------------------------------------------------
 
-        def tick(timestamp_ms: int) -> None:
+    def begin(self) -> None:
+        """Before a batch's work: the first one stamps the drain's start (clock, CPU)."""
+        if not self._started:
+            self._started = True
+            self._stamp_first()
+
+    def add(self, n: int, stamps: Callable[[], Iterable[int]]) -> None:
+        """After a batch's work: its ``n`` records counted.
+
+        ``stamps()`` (each record's broker timestamp, ms) is read only while the latency
+        records flow.
+        """
+        self._count += n
+        view = self.view
+        view[self.base + _COUNT] = self._count
+        if view[_PHASE]:
+            self._latencies(stamps())
+
+    def _stamp_first(self) -> None:
+        at_first = self.base + _FIRST
+        self.view[at_first] = time.monotonic_ns()
+        self.view[at_first + 1] = time.process_time_ns()
+
+    def _latencies(self, stamps: Iterable[int]) -> None:
+        view, at_n, at_lat = self.view, self.base + _LAT_N, self.base + _LAT0
+        now_ms = time.time_ns() // 1_000_000
+        for timestamp_ms in stamps:
+            n = view[at_n]
+            if n >= _LAT_CAP:
+                return
+            view[at_lat + n] = now_ms - timestamp_ms
+            view[at_n] = n + 1
+
+    # -- streamq's handlers: per record, in a local ------------------------------------------
+
+    def counter(self) -> Callable[[int], None]:
+        """A handler's count: a local increment per record, as a user's handler would keep.
+
+        The first record stamps the drain's start. A thread of this process publishes the
+        count every millisecond (the monitor samples every 2 ms) and turns on latency
+        sampling once the latency records flow: their per-record cost is the raw loop's.
+        """
+        view, at_n, at_lat = self.view, self.base + _LAT_N, self.base + _LAT0
+        stamp_first = self._stamp_first
+        count = 0
+        sampling = False
+
+        def count_record(timestamp_ms: int) -> None:
             nonlocal count
             count += 1
-            if count == 1:  # before the count, so the monitor never sees one without it
-                view[at_first] = time.monotonic_ns()
-                view[at_first + 1] = time.process_time_ns()
-            view[at_count] = count
-            if view[_PHASE]:
+            if count == 1:
+                stamp_first()
+            if sampling:
                 n = view[at_n]
                 if n < _LAT_CAP:
                     view[at_lat + n] = time.time_ns() // 1_000_000 - timestamp_ms
                     view[at_n] = n + 1
 
-        return tick
+        self._start_publisher(count_record)
+        return count_record
+
+    def batch_counter(self) -> Callable[[list[Any]], None]:
+        """A batch handler's count: ``counter``'s, once per batch (streamq ``Message``s)."""
+        view, at_n, at_lat = self.view, self.base + _LAT_N, self.base + _LAT0
+        stamp_first = self._stamp_first
+        count = 0
+        sampling = False
+
+        def count_batch(batch: list[Any]) -> None:
+            nonlocal count
+            if not count:
+                stamp_first()
+            count += len(batch)
+            if sampling:
+                now_ms = time.time_ns() // 1_000_000
+                for msg in batch:
+                    n = view[at_n]
+                    if n < _LAT_CAP:
+                        view[at_lat + n] = now_ms - msg.timestamp
+                        view[at_n] = n + 1
+
+        self._start_publisher(count_batch)
+        return count_batch
+
+    def _start_publisher(self, fn: Callable[..., None]) -> None:
+        """The thread that publishes ``fn``'s local ``count`` (and sets its ``sampling``)."""
+        cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True))
+        self._publisher = threading.Thread(
+            target=self._publish, args=(cells["count"], cells["sampling"]), daemon=True,
+            name="bench-count",
+        )  # fmt: skip
+        self._publisher.start()
+
+    def _publish(self, count: Any, sampling: Any) -> None:
+        view, at_count = self.view, self.base + _COUNT
+        while not self._closing.wait(0.001):
+            view[at_count] = count.cell_contents
+            if not sampling.cell_contents and view[_PHASE]:
+                sampling.cell_contents = True
+        view[at_count] = count.cell_contents
 
     def close(self) -> None:
+        self._closing.set()
+        if self._publisher is not None and self._publisher is not threading.current_thread():
+            self._publisher.join(1.0)
         self.view.release()
         self._shm.close()
         atexit.unregister(self.close)

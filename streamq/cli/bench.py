@@ -65,6 +65,12 @@ from .common import errors_as_exit_codes
     help="share: a Kafka 4.2 share group (the raw side: ShareConsumer) or Redis competing "
     "consumers; with --ordering none.",
 )
+@click.option(
+    "--batch",
+    is_flag=True,
+    help="streamq side: a batch=True handler that loops over its records, as the raw loop "
+    "does (--handler noop or json).",
+)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option(
     "--transform",
@@ -116,6 +122,7 @@ def bench(
     ordering: str,
     concurrency: int | None,
     group_type: str,
+    batch: bool,
     workers: int,
     transform: bool,
     guarantee: str,
@@ -134,7 +141,7 @@ def bench(
     spec = BenchSpec(
         broker=broker, messages=messages, size=size, partitions=partitions, keys=keys,
         handler=handler, executor=executor, ordering=ordering, concurrency=concurrency,
-        group_type=group_type, workers=workers, dedup=dedup,
+        group_type=group_type, batch=batch, workers=workers, dedup=dedup,
         metrics=metrics, rounds=rounds, max_seconds=max_seconds, latency_messages=latency_messages,
         latency_rate=latency_rate, raw=not no_raw, transform=transform, guarantee=guarantee,
     )  # fmt: skip
@@ -159,6 +166,8 @@ def bench(
         title += f", concurrency={concurrency or 'default'}, {group_type} group"
     if transform:
         title += f", transform, {guarantee}"
+    if batch:
+        title += ", batch handler"
     table = Table(title=title)
     for col in ("side", "round", "msg/s", "MB/s", "CPU s/M", "p50 ms", "p99 ms", "RSS peak MB"):
         table.add_column(col, justify="right")

@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import Broker, free_port
 from tests.integration.helpers import (
     app_env,
+    get,
     kafka_committed,
     ledger_app,
     read_ledger,
@@ -28,7 +29,6 @@ from tests.integration.helpers import (
     unique,
     wait_until,
 )
-from tests.integration.test_observability import get
 
 from .invariants import check_run
 from .observer import check_commits, observe

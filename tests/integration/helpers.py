@@ -8,10 +8,12 @@ that reached the kernel survives SIGKILL (RELIABILITY.md, "Handler ledger").
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections import defaultdict
@@ -185,6 +187,17 @@ def duplicates(entries: list[Entry]) -> list[int]:
     for e in entries:
         counts[e.id] += 1
     return sorted(i for i, c in counts.items() if c > 1)
+
+
+def get(port: int, path: str) -> tuple[int, dict]:
+    """A worker's health route: (status, JSON body); (0, {}) while nothing listens."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return 0, {}
 
 
 class Scrape:

@@ -7,13 +7,10 @@ which always fail, which hang.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -27,21 +24,20 @@ from streamq.brokers.view import read_topic
 from streamq.settings import load_settings
 
 from ..conftest import free_port
-from .helpers import FAST_GROUP, Scrape, Worker, app_spec, streamq_cmd, unique, wait_until
+from .helpers import (
+    FAST_GROUP,
+    Scrape,
+    Worker,
+    app_spec,
+    get,
+    streamq_cmd,
+    unique,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.timeout(300)]
 
 OBSERVED_APP = app_spec("observed")  # tests/apps/observed.py: failures to count, a hang
-
-
-def get(port: int, path: str) -> tuple[int, dict]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
-    except OSError:
-        return 0, {}
 
 
 def scrape(port: int) -> Scrape | None:

@@ -26,6 +26,7 @@ from tests.integration.helpers import (
     Scrape,
     app_env,
     app_spec,
+    get,
     max_overlap,
     read_ledger,
     start_worker,
@@ -234,6 +235,10 @@ def test_operators_see_the_share_group(broker, tmp_path: Path) -> None:
 
         wait_until(lambda: counted("accepted") >= 199 and counted("rejected") == 1, 30,
                    "the acknowledgements counted")  # fmt: skip
+        for p in ports:  # a share member is live and ready by the classic rules
+            for route in ("/healthz", "/readyz"):
+                code, body = get(p, route)
+                assert code == 200, (route, body)
     finally:
         for w in procs:
             w.send_signal(signal.SIGTERM)
