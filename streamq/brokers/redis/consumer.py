@@ -48,6 +48,8 @@ log = get_logger("streamq.redis")
 
 # Lanes stop starting handlers this long before the lease could expire on the server.
 _LEASE_MARGIN = 0.2
+# With many partitions a poll reads a turn of them, at least this many records each.
+_MIN_PER_STREAM = 100
 
 
 def script(name: str) -> str:
@@ -86,6 +88,7 @@ class RedisConsumer(Backend):
         self._owned: dict[TopicPartition, _Owned] = {}
         self._waiting: set[TopicPartition] = set()
         self._paused: set[TopicPartition] = set()
+        self._window = 0  # where the next turn of partitions starts (_poll_window)
         self._lost_by_fence: list[TopicPartition] = []
         self._next_beat = 0.0
         self._caught_up = False
@@ -343,12 +346,37 @@ class RedisConsumer(Backend):
     # -- fetching ----------------------------------------------------------------------------
 
     def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
+        """One XREADGROUP, two with many partitions (``_poll_window``), each entry once."""
         if time.monotonic() >= self._next_beat or self._lost_by_fence:
             self._beat()
         readable = [tp for tp in self._owned if tp not in self._paused]
         if not readable:
             time.sleep(min(timeout, max(0.0, self._next_beat - time.monotonic())))
             return []
+        if max_records // len(readable) < _MIN_PER_STREAM and len(readable) > 1:
+            found = self._poll_window(readable, max_records)
+            if found:
+                return found
+        return self._read(readable, max_records, timeout)
+
+    def _poll_window(self, readable: list[TopicPartition], max_records: int) -> list[Message]:
+        """Many partitions: a turn of them, ``_MIN_PER_STREAM`` records each at least.
+
+        An XREADGROUP over every stream with ``max_records`` split among them reads a few
+        records per stream for the cost of all of them (measured: 256 partitions at 0.07x
+        the raw loop); a rotating window keeps the poll at ``max_records`` and each stream's
+        read worth its cost. Without BLOCK: when the window has nothing, the caller reads
+        them all, blocking.
+        """
+        k = max(1, max_records // _MIN_PER_STREAM)
+        start = self._window % len(readable)
+        self._window = start + k
+        window = (readable[start:] + readable[:start])[:k]
+        return self._read(window, max_records, 0.0)
+
+    def _read(
+        self, readable: list[TopicPartition], max_records: int, timeout: float
+    ) -> list[Message]:
         streams = {stream_key(tp): self._owned[tp].cursor for tp in readable}
         # no BLOCK for a history read, or for timeout 0 (Redis times a BLOCK out only on its
         # next cron tick, 1/hz s later: a caller with a deadline of its own sleeps itself)
