@@ -128,8 +128,7 @@ class Tally:
         count every millisecond (the monitor samples every 2 ms) and turns on latency
         sampling once the latency records flow: their per-record cost is the raw loop's.
         """
-        view, at_n, at_lat = self.view, self.base + _LAT_N, self.base + _LAT0
-        stamp_first = self._stamp_first
+        stamp_first, latencies = self._stamp_first, self._latencies
         count = 0
         sampling = False
 
@@ -138,19 +137,15 @@ class Tally:
             count += 1
             if count == 1:
                 stamp_first()
-            if sampling:
-                n = view[at_n]
-                if n < _LAT_CAP:
-                    view[at_lat + n] = time.time_ns() // 1_000_000 - timestamp_ms
-                    view[at_n] = n + 1
+            if sampling:  # only while the latency records flow, at a fixed rate
+                latencies((timestamp_ms,))
 
         self._start_publisher(count_record)
         return count_record
 
     def batch_counter(self) -> Callable[[list[Any]], None]:
         """A batch handler's count: ``counter``'s, once per batch (streamq ``Message``s)."""
-        view, at_n, at_lat = self.view, self.base + _LAT_N, self.base + _LAT0
-        stamp_first = self._stamp_first
+        stamp_first, latencies = self._stamp_first, self._latencies
         count = 0
         sampling = False
 
@@ -160,12 +155,7 @@ class Tally:
                 stamp_first()
             count += len(batch)
             if sampling:
-                now_ms = time.time_ns() // 1_000_000
-                for msg in batch:
-                    n = view[at_n]
-                    if n < _LAT_CAP:
-                        view[at_lat + n] = now_ms - msg.timestamp
-                        view[at_n] = n + 1
+                latencies(msg.timestamp for msg in batch)
 
         self._start_publisher(count_batch)
         return count_batch
