@@ -163,10 +163,13 @@ class Backend(Protocol):
         """
         return {}
 
-    def unfetched(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+    def unfetched(
+        self, tps: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int, int]] | None:
         """Of ``tps``, those with records past the fetch position: (position, how many).
 
-        For clients that can leave an owned, unpaused partition unfetched (Kafka).
+        For clients that can leave an owned, unpaused partition unfetched (Kafka). None
+        when the broker could not tell: not the same as nothing waiting.
         """
         return {}
 

@@ -60,6 +60,9 @@ class FlowControl:
         # partition -> (the position it is stuck at, since when; monotonic)
         self.unfetched_since: dict[TopicPartition, tuple[int, float]] = {}
         self.unfetched_told: set[TopicPartition] = set()
+        # assigned, and not yet asked whether records wait past the position: a member
+        # whose first fetch is slow must not count as caught up (--until-idle)
+        self.unchecked: set[TopicPartition] = set()
         self._next_unfetched = 0.0
 
     def halt(self, tp: TopicPartition) -> None:
@@ -70,6 +73,8 @@ class FlowControl:
     def assigned(self, tp: TopicPartition) -> None:
         self.paused.discard(tp)  # pause state never survives reassignment (C7)
         self.halted.discard(tp)
+        self.unchecked.add(tp)
+        self._next_unfetched = 0.0  # ask before the next poll
 
     def hold(self, tps: set[TopicPartition]) -> None:
         """Keep exactly ``tps`` paused while the broker refuses their outputs.
@@ -92,6 +97,7 @@ class FlowControl:
         self.held.discard(tp)
         self.unfetched_since.pop(tp, None)
         self.unfetched_told.discard(tp)
+        self.unchecked.discard(tp)
 
     def resume_drained(self) -> None:
         if self.over_worker_cap(0.5):
@@ -129,6 +135,10 @@ class FlowControl:
         )
         return self._tracker.in_flight_records - halted
 
+    def owes_work(self) -> bool:
+        """Records it owns are in flight, wait unfetched, or may wait (not yet asked)."""
+        return self.in_flight_unhalted() > 0 or bool(self.unfetched_since or self.unchecked)
+
     def unfetched_due(self) -> bool:
         return self._clock() >= self._next_unfetched
 
@@ -151,7 +161,13 @@ class FlowControl:
             and (tp not in parts or parts[tp].in_flight == 0)
         ]
         # records past the fetch position of a partition nobody fetches (Kafka; else none)
-        found = self._backend.unfetched(candidates) if connected and candidates else {}
+        if not connected:
+            return False
+        found = self._backend.unfetched(candidates) if candidates else {}
+        if found is None:
+            return False  # the broker did not answer: ask again at the next interval
+        # the rest are paused, halted or busy: fetched, or not this member's to fetch now
+        self.unchecked.clear()
         for tp in list(self.unfetched_since):
             if tp not in found or found[tp][0] != self.unfetched_since[tp][0]:
                 del self.unfetched_since[tp]  # fetched meanwhile: the position moved

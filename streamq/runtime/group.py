@@ -389,8 +389,7 @@ class GroupRunner:
     def _check_idle(self) -> None:
         """Idle means caught up: assignment settled, nothing in flight, everything committed."""
         self._apply_completions()
-        flow = self._flow
-        if not self._backend.settled or flow.in_flight_unhalted() > 0 or flow.unfetched_since:
+        if not self._backend.settled or self._flow.owes_work():
             self.idle_since = None
             return
         self._committer.step_over_markers(list(self._assigned))

@@ -291,3 +291,44 @@ def test_a_partition_nobody_fetches_is_found_resumed_and_reported(
         worker.request_stop()
         thread.join(60)
     assert not thread.is_alive()
+
+
+def test_until_idle_waits_for_a_first_fetch_that_is_slow(
+    kafka_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A member that owns records it has not fetched yet is not idle, however long that takes.
+
+    CI once saw ``--until-idle 1`` stop a member with nothing handled: its first fetch
+    took longer than the idle time on a loaded machine. Here the client is paused inside
+    its assignment callback, behind the runner's back, so no fetch comes at all until the
+    runner finds the records waiting, says so and resumes the partitions.
+    """
+    import asyncio
+
+    from streamq.brokers.kafka.consumer import KafkaConsumer
+    from streamq.runtime import flow as flow_mod
+    from streamq.runtime.worker import Worker
+
+    monkeypatch.setattr(flow_mod, "UNFETCHED_AFTER", 1.0)
+    paused: list[int] = []
+    real_assigned = KafkaConsumer._assigned
+
+    def assigned(self: KafkaConsumer, consumer, parts: list) -> None:
+        real_assigned(self, consumer, parts)
+        consumer.pause(parts)  # the fault: owned, unpaused for the runner, never fetched
+        paused.append(len(parts))
+
+    monkeypatch.setattr(KafkaConsumer, "_assigned", assigned)
+    topic = create_topic(kafka_url, 2)
+    produce_keyed(kafka_url, topic, 20)
+    app = streamq.App(unique("slowfirst"), broker=kafka_url, kafka=FAST_GROUP, poll_timeout=0.05)
+    seen: list[int] = []
+
+    @app.handler(topic)
+    def handle(value: dict) -> None:
+        seen.append(value["i"])
+
+    asyncio.run(asyncio.wait_for(Worker(app, 0.3).serve(), 120))
+    assert paused, "the assignment was never paused"
+    assert "not fetched for" in caplog.text, "the runner never found the records waiting"
+    assert sorted(seen) == list(range(20)), f"stopped idle with {len(seen)} of 20 handled"

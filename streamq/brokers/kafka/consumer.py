@@ -223,7 +223,9 @@ class KafkaConsumer(Backend):
                 out[tp] = max(0, high - position)
         return out
 
-    def unfetched(self, tps: Sequence[TopicPartition]) -> dict[TopicPartition, tuple[int, int]]:
+    def unfetched(
+        self, tps: Sequence[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int, int]] | None:
         """Per partition with records past the consumer's position: (position, how many).
 
         The runner asks about partitions it does not pause and has nothing in flight for:
@@ -231,47 +233,59 @@ class KafkaConsumer(Backend):
         offsets come from the broker in one request (ListOffsets, LATEST: the last stable
         offset under read_committed); the position is librdkafka's own, which steps over
         transaction markers, or, until a record was consumed since the assignment, the
-        group's committed offset (one more request).
+        group's committed offset (one more request), or for a group new to the partition
+        its start (ListOffsets, EARLIEST). None when the broker did not answer: the runner
+        must not take that for "nothing waiting" (``--until-idle`` would stop a member
+        whose first fetch is slow).
         """
         if not tps:
             return {}
         timeout = min(1.0, self._settings.broker_timeout)  # on the poll thread
         out: dict[TopicPartition, tuple[int, int]] = {}
         try:
-            ends = {
-                TopicPartition(e.topic, e.partition): e.offset
-                for e in self._consumer.offsets_for_times(
-                    [ck.TopicPartition(tp.topic, tp.partition, -1) for tp in tps], timeout=timeout
-                )
-                if e.error is None and e.offset > 0
-            }
-            if not ends:
-                return {}
+            ends = self._list_offsets(tps, -1, timeout)
+            if ends is None:
+                return None
+            ends = {tp: end for tp, end in ends.items() if end > 0}
             unknown = []
-            for p in self._consumer.position([to_ck(tp) for tp in ends]):
+            for p in self._consumer.position([to_ck(tp) for tp in ends]) if ends else ():
                 tp = TopicPartition(p.topic, p.partition)
                 if p.offset >= 0:
                     if ends[tp] > p.offset:
                         out[tp] = (p.offset, ends[tp] - p.offset)
                 else:
                     unknown.append(tp)
-            if unknown:
-                earliest = self._settings.auto_offset_reset == "earliest"
-                for c in self._consumer.committed([to_ck(tp) for tp in unknown], timeout=timeout):
-                    tp = TopicPartition(c.topic, c.partition)
-                    if c.offset >= 0:
-                        start = c.offset
-                    elif earliest:
-                        start = self._consumer.get_watermark_offsets(c, cached=True)[0]
-                        if start is None or start < 0:
-                            continue
-                    else:
-                        continue  # latest: nothing before the end is this group's
-                    if ends[tp] > start:
-                        out[tp] = (start, ends[tp] - start)
+            if not unknown:
+                return out
+            fresh = []
+            for c in self._consumer.committed([to_ck(tp) for tp in unknown], timeout=timeout):
+                tp = TopicPartition(c.topic, c.partition)
+                if c.offset >= 0:
+                    if ends[tp] > c.offset:
+                        out[tp] = (c.offset, ends[tp] - c.offset)
+                elif self._settings.auto_offset_reset == "earliest":
+                    fresh.append(tp)
+                # latest: nothing before the end is this group's
+            starts = self._list_offsets(fresh, -2, timeout) if fresh else {}
+            if starts is None:
+                return None
+            for tp, start in starts.items():
+                if ends[tp] > start:
+                    out[tp] = (start, ends[tp] - start)
         except KafkaException:
-            return {}
+            return None
         return out
+
+    def _list_offsets(
+        self, tps: Sequence[TopicPartition], at: int, timeout: float
+    ) -> dict[TopicPartition, int] | None:
+        """One ListOffsets request: ``at`` -1 for the end (LSO), -2 for the start."""
+        found = self._consumer.offsets_for_times(
+            [ck.TopicPartition(tp.topic, tp.partition, at) for tp in tps], timeout=timeout
+        )
+        if any(e.error is not None for e in found):
+            return None
+        return {TopicPartition(e.topic, e.partition): e.offset for e in found}
 
     def lease_of(self, tp: TopicPartition) -> Lease:
         """One liveness lease for every partition: see ``Liveness``."""
