@@ -342,3 +342,43 @@ def test_entries_trimmed_before_the_group_read_them_are_reported_once(
     assert len(lines) == 1 and f"10 entries of {topic}[0]" in lines[0], err
     assert len(read_ledger(ledger)) == 50
     client.close()
+
+
+def test_one_commit_acks_every_partition_and_refuses_only_the_one_it_lost(
+    redis_server: RedisServer,
+) -> None:
+    """A commit acks all its partitions in one pipelined round trip, fenced per partition.
+
+    The scripts are flushed first (a restarted Redis forgets them): the commit must load
+    the script again, not fail. Then one partition's lease is taken away: the commit is
+    refused for that partition only, and its entries stay pending for the next owner.
+    """
+    from streamq.brokers.redis.keys import lease_key
+    from tests.contract import Member
+
+    url = redis_server.url
+    topic = new_topic(url, 3)
+    counts = Counter(m.partition for m in produce_keyed(url, topic, 60))
+    assert len(counts) == 3
+    group = unique("acks")
+    member = Member(url, group, topic, **LEASES)
+    client = redis.Redis.from_url(url)
+    try:
+        got = member.poll_until(60)
+        assert len(got) == 60
+        tps = [streamq.TopicPartition(topic, p) for p in range(3)]
+        ends = {tp: max(m.offset for m in got if m.partition == tp.partition) + 1 for tp in tps}
+        pending = {p: client.xpending(f"{topic}:{p}", group)["pending"] for p in range(3)}
+        assert pending == dict(counts)
+        client.script_flush()
+        assert client.script_exists(member.backend._ack.sha) == [False]  # the fault happened
+        member.backend.commit({tps[0]: ends[tps[0]]}, sync=True)
+        assert client.xpending(f"{topic}:0", group)["pending"] == 0
+        client.set(lease_key(group, tps[1]), "someone-else")  # partition 1 is lost
+        with pytest.raises(streamq.CommitFailed, match=r"no longer owns"):
+            member.backend.commit({tps[1]: ends[tps[1]], tps[2]: ends[tps[2]]}, sync=True)
+        after = {p: client.xpending(f"{topic}:{p}", group)["pending"] for p in range(3)}
+        assert after == {0: 0, 1: counts[1], 2: 0}
+    finally:
+        client.close()
+        member.close()

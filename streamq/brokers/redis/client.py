@@ -4,7 +4,12 @@ from __future__ import annotations
 
 try:
     import redis
-    from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+    from redis.exceptions import (
+        AuthenticationError,
+        NoPermissionError,
+        NoScriptError,
+        ResponseError,
+    )
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
@@ -15,6 +20,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 __all__ = [
     "AuthenticationError",
     "NoPermissionError",
+    "NoScriptError",
     "RedisConnectionError",
     "RedisTimeoutError",
     "ResponseError",
