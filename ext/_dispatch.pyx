@@ -268,13 +268,16 @@ def redis_messages(str topic, object partition, object entries_in, list delivere
     The offset is the entry ID ``ms-seq`` as ``ms << seq_bits | seq``; the timestamp is the
     producer's (field ``t``), else the ID's milliseconds. Entries whose fields are gone
     (trimmed, then redelivered from the pending list) go to ``trimmed``; the offsets of the
-    others to ``delivered``.
+    others to ``delivered``. ``fields`` is a dict, or the reply's own flat list
+    ``[name, value, ...]``: the consumer reads XREADGROUP unparsed, since redis-py's
+    per-entry dicts cost more than this whole loop.
     """
     cdef list entries = _as_list(entries_in, "entries")
     cdef list out = []
-    cdef object entry_id, fields, stamp, hblob, offset_obj
+    cdef object entry_id, fields, stamp, hblob, offset_obj, key, value, name
+    cdef list flat
     cdef const char* raw
-    cdef Py_ssize_t n, pos
+    cdef Py_ssize_t n, pos, j
     cdef int64_t ms, seq
     for entry in entries:
         entry_id, fields = entry
@@ -292,11 +295,26 @@ def redis_messages(str topic, object partition, object entries_in, list delivere
             pos += 1
             seq = _digits(raw, n, &pos)
         offset_obj = (ms << seq_bits) | seq
-        stamp = (<dict>fields).get(_F_STAMP)
-        hblob = (<dict>fields).get(_F_HEADERS)
+        if type(fields) is dict:
+            stamp = (<dict>fields).get(_F_STAMP)
+            hblob = (<dict>fields).get(_F_HEADERS)
+            key = (<dict>fields).get(_F_KEY)
+            value = (<dict>fields).get(_F_VALUE)
+        else:  # flat: the last of a name repeated wins, as in redis-py's dict
+            flat = <list?>fields
+            stamp = hblob = key = value = None
+            for j in range(0, len(flat) - 1, 2):
+                name = flat[j]
+                if name == _F_VALUE:
+                    value = flat[j + 1]
+                elif name == _F_KEY:
+                    key = flat[j + 1]
+                elif name == _F_STAMP:
+                    stamp = flat[j + 1]
+                elif name == _F_HEADERS:
+                    hblob = flat[j + 1]
         out.append(_make(
-            topic, partition, offset_obj, (<dict>fields).get(_F_KEY),
-            (<dict>fields).get(_F_VALUE),
+            topic, partition, offset_obj, key, value,
             decode_headers(hblob) if hblob else None,
             int(stamp) if stamp is not None else ms,
         ))

@@ -213,10 +213,13 @@ def _redis_messages_py(
 
     The offset is the entry ID ``ms-seq`` as ``ms << seq_bits | seq``; the timestamp is the
     producer's (field ``t``), else the ID's milliseconds. Entries whose fields are gone go
-    to ``trimmed``; the offsets of the others to ``delivered``.
+    to ``trimmed``; the offsets of the others to ``delivered``. ``fields`` is a dict or the
+    reply's flat list ``[name, value, ...]`` (the last of a repeated name wins).
     """
     out: list[Message] = []
     for entry_id, fields in entries:
+        if type(fields) is list:
+            fields = dict(zip(fields[::2], fields[1::2], strict=False))
         if not fields:
             trimmed.append(entry_id)
             continue

@@ -240,3 +240,39 @@ def test_redis_entries_become_messages_alike_in_both_cores() -> None:
         (1700000000123 << 20) | 7,
         (1700000000300 << 20) | 2,
     ]
+
+
+def test_redis_entries_read_unparsed_give_the_same_messages_as_parsed_ones() -> None:
+    """The consumer reads XREADGROUP as Redis sent it: flat field lists, nil when trimmed."""
+    from streamq.brokers.redis.entries import decode_headers, encode_headers
+
+    parsed = [
+        (b"1700000000123-0", {b"v": b'{"a":1}', b"k": b"key", b"t": b"1699999999999"}),
+        (b"1700000000123-7", {b"v": b"x", b"h": encode_headers([("h", b"1")])}),
+        (b"1700000000200-1", None),  # trimmed away, redelivered from the pending list
+        (b"1700000000300-2", {b"v": b"second"}),  # a repeated name: the last one wins
+    ]
+    flat = [
+        [b"1700000000123-0", [b"v", b'{"a":1}', b"k", b"key", b"t", b"1699999999999"]],
+        [b"1700000000123-7", [b"h", encode_headers([("h", b"1")]), b"v", b"x"]],
+        [b"1700000000200-1", None],
+        [b"1700000000300-2", [b"v", b"first", b"x", b"other", b"v", b"second"]],
+    ]
+    shapes = []
+    for convert in [c.redis_messages for c in CORES]:
+        for entries in (parsed, flat):
+            delivered: list[int] = []
+            trimmed: list = []
+            out = convert("orders", 3, entries, delivered, trimmed, 20, decode_headers)
+            shapes.append(([_fields(m) for m in out], delivered, trimmed))
+    assert len(shapes) == 2 * len(CORES) and all(shape == shapes[0] for shape in shapes)
+    assert shapes[0][2] == [b"1700000000200-1"] and len(shapes[0][0]) == 3
+
+
+def test_unparsed_stream_replies_come_as_pairs_on_both_protocols() -> None:
+    from streamq.brokers.redis.entries import stream_replies
+
+    entries = [[b"1-0", [b"v", b"x"]]]
+    assert list(stream_replies({b"t:0": entries})) == [(b"t:0", entries)]  # RESP3: a map
+    assert list(stream_replies([[b"t:0", entries]])) == [[b"t:0", entries]]  # RESP2
+    assert list(stream_replies(None)) == [] and list(stream_replies({})) == []

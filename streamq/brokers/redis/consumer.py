@@ -32,7 +32,14 @@ from ...message import Message, TopicPartition
 from ..base import Backend, Rebalance
 from .admin import group_infos
 from .client import NoScriptError, ResponseError
-from .entries import SEQ_BITS, decode_headers, id_to_offset, offset_to_id
+from .entries import (
+    SEQ_BITS,
+    decode_headers,
+    id_to_offset,
+    offset_to_id,
+    read_unparsed,
+    stream_replies,
+)
 from .errors import UNAVAILABLE, wait_for_redis
 from .keys import lease_key, members_key, share_key, state_key, stream_key
 from .transactions import Transactions
@@ -74,6 +81,7 @@ class RedisConsumer(Backend):
         self._settings = broker.settings
         self._group = group
         self._r = broker.client()
+        read_unparsed(self._r)  # its XREADGROUP replies: see stream_replies
         self._member = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._ttl = self._settings.lease_ttl
         self._ttl_ms = int(self._ttl * 1000)
@@ -400,7 +408,7 @@ class RedisConsumer(Backend):
             for own in self._owned.values():
                 own.cursor = own.last_id
             raise BrokerUnavailable(f"redis: XREADGROUP: {exc}") from None
-        return self._messages(reply or [])
+        return self._messages(reply)
 
     def _ensure_group_after_loss(self, tp: TopicPartition) -> None:
         self._recreate_group(stream_key(tp))
@@ -408,9 +416,9 @@ class RedisConsumer(Backend):
         if own is not None:
             own.cursor = b"0"
 
-    def _messages(self, reply: list[Any]) -> list[Message]:
+    def _messages(self, reply: Any) -> list[Message]:
         out: list[Message] = []
-        for raw_key, entries in reply:
+        for raw_key, entries in stream_replies(reply):
             key = raw_key.decode()
             topic, _, p = key.rpartition(":")
             tp = TopicPartition(topic, int(p))

@@ -8,6 +8,7 @@ tracker orders Redis entries exactly like Kafka offsets. People see the entry ID
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 from typing import Any
 
 from ...message import Headers, Message
@@ -22,10 +23,35 @@ __all__ = [
     "id_to_offset",
     "offset_from_text",
     "offset_to_id",
+    "read_unparsed",
+    "stream_replies",
 ]
 
 SEQ_BITS = 20
 _SEQ_MASK = (1 << SEQ_BITS) - 1
+
+
+def read_unparsed(client: Any) -> None:
+    """Have ``client`` return XREADGROUP replies as Redis sent them (``stream_replies``).
+
+    redis-py turns every entry's field list into a dict (and, on RESP3, converts the reply
+    to its RESP2 shape first): in the Redis consumer's poll that was about a third of the
+    poll thread. ``redis_messages`` reads the flat field lists itself, in the compiled core.
+    The callback is the client's own, so only that client's reads change.
+    """
+    client.set_response_callback("XREADGROUP", _as_sent)
+
+
+def _as_sent(response: Any, **options: Any) -> Any:
+    return response
+
+
+def stream_replies(reply: Any) -> Iterable[tuple[Any, list[Any]]]:
+    """(stream key, entries) of an unparsed XREADGROUP reply: a map on RESP3, pairs on RESP2."""
+    if not reply:
+        return ()
+    pairs: Iterable[tuple[Any, list[Any]]] = reply.items() if isinstance(reply, dict) else reply
+    return pairs
 
 
 def id_to_offset(entry_id: bytes | str) -> int:

@@ -27,7 +27,7 @@ from ..base import Rebalance, Round, ShareBackend
 from .admin import group_infos
 from .client import ResponseError
 from .consumer import RedisConsumer, script
-from .entries import SEQ_BITS, decode_headers, offset_to_id
+from .entries import SEQ_BITS, decode_headers, offset_to_id, stream_replies
 from .errors import UNAVAILABLE
 from .keys import members_key, stream_key
 
@@ -134,7 +134,7 @@ class RedisShareConsumer(ShareBackend, RedisConsumer):
         except UNAVAILABLE as exc:
             raise BrokerUnavailable(f"redis: XREADGROUP: {exc}") from None
         out: list[Message] = []
-        for raw_key, entries in reply or []:
+        for raw_key, entries in stream_replies(reply):  # unparsed: RedisConsumer
             key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
             out += self._take(self._streams[key], entries)
         self._round_in_flight.start(len(out))
