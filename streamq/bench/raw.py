@@ -154,10 +154,16 @@ def _raw_redis(spec: BenchSpec, work: Any, tally: Tally, stop: threading.Event) 
         from concurrent.futures import ThreadPoolExecutor
 
         pool = ThreadPoolExecutor(spec.concurrency)
+    # The drain starts when the read that brought the first records began: that read can
+    # hold the whole backlog (Tally.reading). Data is there, so it does not wait on BLOCK.
+    started = False
     while not stop.is_set():
+        if not started:
+            tally.reading()
         reply = r.xreadgroup(spec.group, consumer, streams, count=size, block=100)
         if not reply:
             continue
+        started = True
         tally.begin()
         pipe = r.pipeline(transaction=False)
         n = 0
