@@ -147,7 +147,7 @@ class Lane:
         self.seq_base = 0  # records of this lane before the current unit
         self.last_dead = -2  # lane sequence number of the last dead-lettered record
         self.dead_run = 0  # consecutive dead-lettered records ending at last_dead
-        self.yielded_at = 0.0  # inline lanes: when this lane last gave the loop back
+        self.yielded_at = 0.0  # inline lanes: when this lane last got the loop back
         self.timed_at = 0.0  # metrics: when the records being reported started running
 
     def take(self, limit: int) -> list[Message]:

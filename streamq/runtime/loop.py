@@ -202,6 +202,9 @@ class Lanes:
         report = self._reporter.report
         slots = self._slots_of(spec) if spec.ordering is Ordering.NONE else None
         held = False
+        # the loop just gave this task its turn: an inline lane's hold starts now, so a lane
+        # that was idle does not yield (and report) after its first few records
+        lane.yielded_at = time.monotonic()
         try:
             while lane.pending and not lane.stopped:
                 if slots is not None:  # one slot per unit, so waiting lanes take turns
