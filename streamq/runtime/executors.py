@@ -126,6 +126,9 @@ class InlineExecutor(LaneExecutor):
                         return i
             if failed:
                 finished(lane, unit, i, marks)
+                if lane.spill is not None:  # a partition's shared lane: the key waits alone
+                    lane.spill(lane, unit, i, failed.pop())
+                    return i
                 if not await self._outcomes.recover(lane, unit[i], failed.pop(), i, self.call):
                     return i
                 i += 1

@@ -47,7 +47,7 @@ from ..tracing import tracer
 from .committer import Committer
 from .executors import executors
 from .flow import FlowControl
-from .lanes import Chunk, Completion, Probe, Reporter, Unit
+from .lanes import ALL_KEYS, Chunk, Completion, Probe, Reporter, Unit
 from .loop import Lanes
 from .outbox import outbox_for
 from .outcome import Outcomes
@@ -131,6 +131,7 @@ class GroupRunner:
             probe_lock or asyncio.Lock(),
             self._outbox,
             lone_runs_allowed(settings),
+            settings.key_lanes,
         )
         # poll-thread state
         self._assigned: dict[TopicPartition, int] = {}
@@ -225,8 +226,7 @@ class GroupRunner:
                     continue
                 failures = 0
                 self._connected = True
-                # asynchronous commits that failed (Kafka), served inside that poll: the
-                # tracker had marked them committed
+                # async commits that failed (Kafka), served in that poll: marked committed
                 failed = self._backend.take_failed_commits()
                 if failed:
                     self._tracker.mark_uncommitted(failed)
@@ -279,13 +279,14 @@ class GroupRunner:
             suspects = self._suspects.get(tp) if self._suspects else None
             if suspects is not None:
                 self._add_with_suspects(units, tp, epoch, spec, lease, msgs, suspects)
-            elif spec.ordering is Ordering.KEY:
+            elif spec.ordering is Ordering.KEY and not spec.merges_keys:
                 for lane, sub in self._dispatcher.split_keys(msgs, lanes).items():
                     units.append(Unit((tp, lane), epoch, spec, lease, sub))
             elif self._share and self._backend.redelivered:
                 units += [Unit((tp, 0), epoch, spec, lease, u) for u in redelivered_units(msgs)]
-            else:
-                units.append(Unit((tp, 0), epoch, spec, lease, msgs))
+            else:  # the partition's lane (all its keys' lane, when the handler merges them)
+                lane = ALL_KEYS if spec.merges_keys else 0
+                units.append(Unit((tp, lane), epoch, spec, lease, msgs))
             if (
                 part.in_flight >= self._settings.max_in_flight
                 or part.bytes >= self._settings.max_in_flight_bytes

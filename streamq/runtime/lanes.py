@@ -25,6 +25,7 @@ from ..message import Message, TopicPartition
 from ..stats import E2E_BUCKETS, HANDLER_BUCKETS, Labels, Latency
 
 __all__ = [
+    "ALL_KEYS",
     "UNORDERED_UNIT",
     "UNORDERED_UNIT_INLINE",
     "Chunk",
@@ -33,6 +34,7 @@ __all__ = [
     "LaneKey",
     "Probe",
     "Reporter",
+    "Retrying",
     "RunUnit",
     "Unit",
     "dedup_keys",
@@ -45,6 +47,10 @@ LaneKey = tuple[TopicPartition, int]
 # fixed cost (a dedup check, a report, a pool round trip) is spread over several records.
 UNORDERED_UNIT = 16
 UNORDERED_UNIT_INLINE = 64  # inline handlers run one at a time anyway
+
+# The lane number of a partition's shared lane when its handler merges keys
+# (``HandlerSpec.merges_keys``); key lanes are numbered from 0.
+ALL_KEYS = -1
 
 
 class Unit(NamedTuple):
@@ -88,6 +94,20 @@ class Chunk(list[Message]):
     __slots__ = ()
 
 
+class Retrying(list[Message]):
+    """A record whose handler failed in its partition's shared lane, recovered in its key's.
+
+    Its first call already failed with ``exc``: the key lane goes straight to the retries,
+    so the record gets no more attempts than it would have had in place.
+    """
+
+    __slots__ = ("exc",)
+
+    def __init__(self, msg: Message, exc: BaseException) -> None:
+        super().__init__((msg,))
+        self.exc = exc
+
+
 # How a lane runs one unit: its executor's per-record loop, or the batch path; chosen once
 # when the lane is set up. Returns how many records of the unit finished.
 RunUnit = Callable[["Lane", list[Message]], Awaitable[int]]
@@ -105,6 +125,7 @@ class Lane:
         "labels",
         "last_dead",
         "lease",
+        "origin",
         "peers",
         "pending",
         "progress",
@@ -112,6 +133,7 @@ class Lane:
         "run",
         "seq_base",
         "spec",
+        "spill",
         "stopped",
         "task",
         "timed_at",
@@ -127,16 +149,21 @@ class Lane:
         lease: Lease | None,
         labels: Labels,
         run: RunUnit,
+        origin: HandlerSpec | None = None,
     ) -> None:
         self.key = key
         self.labels = labels
         self.epoch = epoch
         self.spec = spec
+        self.origin = origin or spec  # before an outbox bound it to this lane
         self.run = run
         self.lease = lease  # Redis: no handler starts past lease.deadline
         # ordering="none": the partition's lanes share lane 0's deque; lane 0 lists them
         self.pending: deque[list[Message]] = deque()
         self.peers: list[Lane] | None = None
+        # a partition's shared lane (ALL_KEYS): hands unit[i:] to the key lanes, the first
+        # record with its handler's failure (Lanes.spill)
+        self.spill: Callable[[Lane, list[Message], int, BaseException | None], None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.stopped = False
         self.halted = False

@@ -9,11 +9,13 @@ stops lanes through ``quiesce``, the one call that crosses back into the loop.
 from __future__ import annotations
 
 import asyncio
+import operator
 import threading
 import time
+from collections.abc import Set
 
 from ..crashes import CrashCounter
-from ..dispatch import Lease
+from ..dispatch import Dispatcher, Lease
 from ..errors import WorkerLost
 from ..handlers import Executor, HandlerSpec, Ordering
 from ..logs import get_logger
@@ -21,6 +23,7 @@ from ..message import Message, TopicPartition
 from ..stats import Stats
 from .executors import LaneExecutor
 from .lanes import (
+    ALL_KEYS,
     UNORDERED_UNIT,
     UNORDERED_UNIT_INLINE,
     Chunk,
@@ -29,6 +32,7 @@ from .lanes import (
     LaneKey,
     Probe,
     Reporter,
+    Retrying,
     Unit,
     dedup_keys,
 )
@@ -41,6 +45,11 @@ log = get_logger("streamq.worker")
 
 # Seconds cancelled lanes get to unwind and report what they finished.
 _CANCEL_GRACE = 2.0
+# A key with this many records in one unit leaves its partition's shared lane
+# (HandlerSpec.merges_keys) for a lane of its own (Lanes._spread).
+KEY_BURST = 64
+_NONE: frozenset[int] = frozenset()
+_offset = operator.attrgetter("offset")
 
 
 class Lanes:
@@ -58,6 +67,7 @@ class Lanes:
         probe_lock: asyncio.Lock,
         outbox: Outbox | None = None,
         lone_runs: float = 0,
+        key_lanes: int = 256,
     ) -> None:
         self._group = group
         self._outbox = outbox
@@ -74,6 +84,12 @@ class Lanes:
         self._lanes: dict[LaneKey, Lane] = {}  # loop thread
         # ordering="none": per topic, the handler's calls allowed to run at once
         self._slots: dict[str, asyncio.Semaphore] = {}
+        # handlers that merge keys (HandlerSpec.merges_keys): per partition, the key lanes
+        # that were given work; while one of them has some, the shared lane hands every
+        # unit on to the key lanes, so no key's later records overtake its earlier ones
+        self._key_lanes = key_lanes
+        self._split_keys = Dispatcher().split_keys
+        self._keyed: dict[TopicPartition, set[Lane]] = {}
 
     # -- the poll thread's side ----------------------------------------------------------------
 
@@ -125,17 +141,84 @@ class Lanes:
             if lane.stopped or lane.halted:
                 continue
             lane.pending.append(msgs)
+            if key[1] >= 0 and spec.merges_keys:
+                self._keyed.setdefault(key[0], set()).add(lane)
             if lane.task is None:
                 lane.task = self._loop.create_task(self._run_lane(lane))
+
+    def spill(
+        self, lane: Lane, unit: list[Message], start: int, failure: BaseException | None
+    ) -> None:
+        """Move ``unit[start:]`` of a partition's shared lane to its key lanes.
+
+        With ``failure``, the first of them failed in the shared lane: its key lane starts
+        with its recovery while the other keys go on. The unit ends at ``start``.
+        """
+        rest = unit[start:]
+        del unit[start:]
+        self._to_keys(lane, self._split_keys(rest, self._key_lanes), rest[0], failure)
+
+    def _spread(self, lane: Lane, unit: list[Message]) -> list[Message]:
+        """The part of a unit the shared lane runs itself; the key lanes take the rest.
+
+        A key lane with work keeps its key's records, or they would overtake its earlier
+        ones. A key with ``KEY_BURST`` records or more in the unit (a hot key's burst) gets
+        a lane of its own, where the other keys take turns with it (F5) and its units are
+        long enough to cost little. The many keys of a record or two each stay here, in log
+        order, without a unit, a task and a report per key.
+        """
+        parts = self._split_keys(unit, self._key_lanes)
+        busy = self._busy_keys(lane)
+        moved = {n: sub for n, sub in parts.items() if n in busy or len(sub) >= KEY_BURST}
+        if not moved:
+            return unit
+        self._to_keys(lane, moved, None, None)
+        stay = [m for n, sub in parts.items() if n not in moved for m in sub]
+        stay.sort(key=_offset)  # back to log order: a merge of runs already in order
+        return stay
+
+    def _to_keys(
+        self,
+        lane: Lane,
+        parts: dict[int, list[Message]],
+        first: Message | None,
+        failure: BaseException | None,
+    ) -> None:
+        tp, origin = lane.key[0], lane.origin
+        units: list[Unit] = []
+        for number, sub in parts.items():
+            if failure is not None and sub[0] is first:
+                assert first is not None
+                retry = Retrying(first, failure)
+                units.append(Unit((tp, number), lane.epoch, origin, lane.lease, retry))
+                sub = sub[1:]
+                if not sub:
+                    continue
+            units.append(Unit((tp, number), lane.epoch, origin, lane.lease, sub))
+        self.enqueue(units)
+
+    def _busy_keys(self, lane: Lane) -> Set[int]:
+        """The key lanes of this shared lane's partition that still have work (or halted)."""
+        keyed = self._keyed.get(lane.key[0])
+        if not keyed:
+            return _NONE
+        for other in list(keyed):
+            idle = other.task is None and not other.pending and not other.halted
+            if idle or other.stopped or other.epoch != lane.epoch:
+                keyed.discard(other)
+        return {other.key[1] for other in keyed}
 
     def _lane(self, key: LaneKey, epoch: int, spec: HandlerSpec, lease: Lease | None) -> Lane:
         tp = key[0]
         labels = (self._group, tp.topic, str(tp.partition), spec.name)
-        outbox = self._outbox
+        origin, outbox = spec, self._outbox
         if outbox is not None and (spec.produces or outbox.exactly_once):
             spec = outbox.bind(spec, tp, epoch)
         run = self._executors[spec.executor].runner_for(spec)
-        return Lane(key, epoch, spec, lease, labels, run)
+        lane = Lane(key, epoch, spec, lease, labels, run, origin)
+        if key[1] == ALL_KEYS:
+            lane.spill = self.spill
+        return lane
 
     def _enqueue_unordered(self, unit: Unit) -> None:
         """Queue mode: a partition's lanes share one queue of small units.
@@ -183,6 +266,7 @@ class Lanes:
             if wanted is None or key[0] in wanted:
                 lane.stop()
                 del self._lanes[key]
+                self._keyed.pop(key[0], None)
                 if lane.task is not None:
                     tasks.append(lane.task)
         try:
@@ -216,6 +300,10 @@ class Lanes:
                     if not lane.pending or lane.stopped:
                         break
                 unit = lane.take(limit)
+                if lane.spill is not None:
+                    unit = self._spread(lane, unit)
+                    if not unit:
+                        continue
                 kind = type(unit)
                 marked = -1
                 if kind is Chunk and crashes is not None:  # before any of its handlers starts
@@ -232,6 +320,8 @@ class Lanes:
                 try:
                     if kind is Probe:
                         done = await self._run_probe(lane, unit)  # type: ignore[arg-type]
+                    elif kind is Retrying:
+                        done = await self._recover(lane, unit)  # type: ignore[arg-type]
                     else:
                         done = await lane.run(lane, unit)
                 except asyncio.CancelledError:
@@ -289,6 +379,11 @@ class Lanes:
             if done and crashes is not None:
                 crashes.end(tp, msg.offset)
             return done
+
+    async def _recover(self, lane: Lane, unit: Retrying) -> int:
+        """Retry (or dead-letter) a record that failed in its partition's shared lane."""
+        call = self._executors[Executor.INLINE].call
+        return 1 if await self._outcomes.recover(lane, unit[0], unit.exc, 0, call) else 0
 
     def _skip_seen(self, lane: Lane, unit: list[Message]) -> list[Message]:
         """One dedup check per unit: records already marked are done without a handler."""

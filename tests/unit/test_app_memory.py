@@ -240,6 +240,45 @@ def test_key_ordering_runs_keys_of_one_partition_in_parallel(memory_url: str) ->
     assert committed(url) == {TopicPartition("orders", 0): 300}
 
 
+def test_sync_key_handler_moves_only_a_failing_key_aside(memory_url: str) -> None:
+    """A sync ``ordering="key"`` handler runs a partition's keys in one lane, in log order.
+
+    A record that fails moves its key to a lane of its own for the backoff: the other keys
+    go on meanwhile, the key's later records (in later polls too) wait behind it, and the
+    record gets exactly its attempts (the failed first call in the shared lane counts).
+    """
+    url = memory_url + "?partitions=1"
+    app = make_app(url, key_lanes=8, max_poll_records=50)
+    calls: list[tuple[int, str, int]] = []  # (id, customer, attempt), in call order
+
+    @app.handler("orders", ordering="key", max_retries=2, retry_backoff=0.1,
+                 retry_backoff_max=0.1, retry_jitter=False)  # fmt: skip
+    def handle(order: Order, msg: Message) -> None:
+        calls.append((order.id, order.customer, msg.attempt))
+        if order.id == 30:
+            raise RuntimeError("order 30 keeps failing")
+
+    produce_orders(url, 300, customers=20)
+    app.run(until_idle=0.3)
+    assert [(i, a) for i, _, a in calls if i == 30] == [(30, 1), (30, 2), (30, 3)]
+    (dead,) = dlq_records(url, "orders.dlq")
+    assert dict(dead[2])["streamq-original-offset"] == b"30"
+    handled = [i for i, _, _ in calls if i != 30]
+    assert sorted(handled) == [i for i in range(300) if i != 30]  # each once
+    by_key: dict[str, list[int]] = defaultdict(list)
+    for i, customer, attempt in calls:
+        if attempt == 1:
+            by_key[customer].append(i)
+    assert all(v == sorted(v) for v in by_key.values())
+    last_try = max(n for n, (i, _, _) in enumerate(calls) if i == 30)
+    first_try = calls.index((30, "c10", 1))
+    same_key_later = [n for n, (i, c, _) in enumerate(calls) if c == "c10" and i > 30]
+    assert min(same_key_later) > last_try, "a later record of the key overtook the failing one"
+    other_keys_meanwhile = [i for i, c, _ in calls[first_try:last_try] if c != "c10"]
+    assert len(other_keys_meanwhile) > 100, "the other keys waited for the backoff"
+    assert committed(url) == {TopicPartition("orders", 0): 300}
+
+
 def test_batch_handler_isolates_the_poison(memory_url: str) -> None:
     url = memory_url + "?partitions=1"
     app = make_app(url)
