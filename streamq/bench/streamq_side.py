@@ -33,10 +33,12 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
 
     kind, sleep_s = parse_handler(spec.handler)
     tick: Callable[[int], None] = _no_tick
+    # a plain inline handler counts in its own local (_counting_handler)
+    plain = not (spec.batch or spec.transform) and spec.executor == "inline" and kind != "sleep"
     if slot is not None:
         tally = Tally(spec.shm, slot)
         _tallies.append(tally)
-        if not spec.batch:
+        if not (spec.batch or plain):
             tick = tally.counter()
     options: dict[str, Any] = {"ordering": spec.ordering, "dlq": False}
     if spec.batch:
@@ -84,6 +86,8 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
                 tick(msg.timestamp)
 
         register(handle_async)
+    elif plain and slot is not None:
+        register(_counting_handler(kind, tally))
     elif kind == "noop":
 
         def handle_noop(msg: Message) -> None:
@@ -117,6 +121,65 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
 
         register(handle_sleep)
     return app
+
+
+def _counting_handler(kind: str, tally: Tally) -> Callable[..., None]:
+    """An inline handler counting in a local, as a user's would: no call per record for it.
+
+    The raw loop's work has no Python frame (orjson's C function); a handler is one frame,
+    which streamq cannot avoid, and a ``tick`` call would be a second. ``tally.watch``
+    publishes ``count`` and switches ``sampling`` on from its thread.
+    """
+    stamp_first, sample = tally.stamp_first, tally.sample
+    count = 0
+    sampling = False
+    if kind == "noop":
+
+        def handle_noop(msg: Message) -> None:
+            nonlocal count
+            count += 1
+            if count == 1:
+                stamp_first()
+            if sampling:
+                sample((msg.timestamp,))
+
+        handler: Callable[..., None] = handle_noop
+    elif kind == "pydantic":
+
+        def handle_model(value: BenchRecord, msg: Message) -> None:
+            nonlocal count
+            count += 1
+            if count == 1:
+                stamp_first()
+            if sampling:
+                sample((msg.timestamp,))
+
+        handler = handle_model
+    elif kind == "cpu":
+
+        def handle_cpu(value: dict, msg: Message) -> None:  # type: ignore[type-arg]
+            nonlocal count
+            _burn()
+            count += 1
+            if count == 1:
+                stamp_first()
+            if sampling:
+                sample((msg.timestamp,))
+
+        handler = handle_cpu
+    else:
+
+        def handle_json(value: dict, msg: Message) -> None:  # type: ignore[type-arg]
+            nonlocal count
+            count += 1
+            if count == 1:
+                stamp_first()
+            if sampling:
+                sample((msg.timestamp,))
+
+        handler = handle_json
+    tally.watch(handler)
+    return handler
 
 
 def _transform_handler(spec: BenchSpec, kind: str, tick: Callable[[int], None]) -> Any:

@@ -100,7 +100,7 @@ class Tally:
         """Before a batch's work: the first one stamps the drain's start (clock, CPU)."""
         if not self._started:
             self._started = True
-            self._stamp_first(self._read_at)
+            self.stamp_first(self._read_at)
 
     def add(self, n: int, stamps: Callable[[], Iterable[int]]) -> None:
         """After a batch's work: its ``n`` records counted.
@@ -112,15 +112,17 @@ class Tally:
         view = self.view
         view[self.base + _COUNT] = self._count
         if view[_PHASE]:
-            self._latencies(stamps())
+            self.sample(stamps())
 
-    def _stamp_first(self, at: tuple[int, int] | None = None) -> None:
+    def stamp_first(self, at: tuple[int, int] | None = None) -> None:
+        """The drain's start: its first record (clock, CPU), or the read that brought it."""
         mono, cpu = at or (time.monotonic_ns(), time.process_time_ns())
         at_first = self.base + _FIRST
         self.view[at_first] = mono
         self.view[at_first + 1] = cpu
 
-    def _latencies(self, stamps: Iterable[int]) -> None:
+    def sample(self, stamps: Iterable[int]) -> None:
+        """End-to-end latencies of records with these broker timestamps (ms), handled now."""
         view, at_n, at_lat = self.view, self.base + _LAT_N, self.base + _LAT0
         now_ms = time.time_ns() // 1_000_000
         for timestamp_ms in stamps:
@@ -139,7 +141,7 @@ class Tally:
         count every millisecond (the monitor samples every 2 ms) and turns on latency
         sampling once the latency records flow: their per-record cost is the raw loop's.
         """
-        stamp_first, latencies = self._stamp_first, self._latencies
+        stamp_first, latencies = self.stamp_first, self.sample
         count = 0
         sampling = False
 
@@ -151,12 +153,12 @@ class Tally:
             if sampling:  # only while the latency records flow, at a fixed rate
                 latencies((timestamp_ms,))
 
-        self._start_publisher(count_record)
+        self.watch(count_record)
         return count_record
 
     def batch_counter(self) -> Callable[[list[Any]], None]:
         """A batch handler's count: ``counter``'s, once per batch (streamq ``Message``s)."""
-        stamp_first, latencies = self._stamp_first, self._latencies
+        stamp_first, latencies = self.stamp_first, self.sample
         count = 0
         sampling = False
 
@@ -168,10 +170,10 @@ class Tally:
             if sampling:
                 latencies(msg.timestamp for msg in batch)
 
-        self._start_publisher(count_batch)
+        self.watch(count_batch)
         return count_batch
 
-    def _start_publisher(self, fn: Callable[..., None]) -> None:
+    def watch(self, fn: Callable[..., None]) -> None:
         """The thread that publishes ``fn``'s local ``count`` (and sets its ``sampling``)."""
         cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True))
         self._publisher = threading.Thread(
