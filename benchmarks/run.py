@@ -74,6 +74,12 @@ SCENARIOS = [
              ["--messages", "200000", "--handler", "sleep:1", "--no-raw", "--rounds", "1",
               "--max-seconds", "8", "--latency-messages", "0"],
              "1M-record backlog, 1 ms handler: worker RSS against its idle size"),
+    Scenario("redis-backlog-memory", "redis",
+             ["--messages", "1000000", "--handler", "sleep:1", "--no-raw", "--rounds", "1",
+              "--max-seconds", "20", "--latency-messages", "0"],
+             ["--messages", "200000", "--handler", "sleep:1", "--no-raw", "--rounds", "1",
+              "--max-seconds", "8", "--latency-messages", "0"],
+             "the same on Redis Streams"),
     Scenario("redis-cpu-1-worker", "redis",
              ["--messages", "150000", "--handler", "cpu", "--no-raw", "--rounds", "2",
               "--latency-messages", "0"],
@@ -132,6 +138,19 @@ SCALE_CELLS = [
     # two members: a json drain ends before the second joins, so a CPU-bound handler
     ("workers-2", ["--workers", "2", "--handler", "cpu"], 60_000),
 ]
+# Latency at a steady rate (the performance issue's 1k, 10k and 50k records/s): a small
+# backlog drained first, then records sent at the rate while the consumer is caught up, each
+# timed from its broker timestamp (ms) to its handler, on both sides of the same run.
+LATENCY_RATES = [(1_000, 5_000), (10_000, 30_000), (50_000, 60_000)]  # (records/s, records)
+SCENARIOS += [
+    Scenario(f"{broker}-latency-{rate // 1000}k", broker,
+             ["--messages", "2000", "--rounds", "2", "--latency-rate", str(rate),
+              "--latency-messages", str(n)],
+             ["--messages", "2000", "--rounds", "1", "--latency-rate", str(rate),
+              "--latency-messages", str(n // 5)],
+             f"{rate:,} records/s sent while caught up: broker timestamp to handler")
+    for broker in ("kafka", "redis") for rate, n in LATENCY_RATES
+]  # fmt: skip
 SCENARIOS += [
     Scenario(f"{broker}-scale-{cell}", broker,
              ["--messages", str(n), "--rounds", "2", "--latency-messages", "0", *args],
@@ -231,15 +250,26 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, bool | None]]:
             f"{micro['python']['total_ns_per_record']} ns/record)",
             "micro-dispatch", micro["speedup"] >= 5,
         ))  # fmt: skip
-    backlog = results.get("kafka-backlog-memory")
-    if backlog:
-        run = backlog["runs"][0]
-        growth = run["rss_peak_mb"] - run["rss_idle_mb"]
-        rows.append((
-            "1M backlog, slow handler: RSS within 150 MB of idle",
-            f"+{growth:.0f} MB (idle {run['rss_idle_mb']:.0f}, peak {run['rss_peak_mb']:.0f})",
-            "kafka-backlog-memory", growth <= 150,
-        ))  # fmt: skip
+    for broker in ("kafka", "redis"):
+        for rate, _ in LATENCY_RATES:
+            name = f"{broker}-latency-{rate // 1000}k"
+            raw, ours = _summary(results.get(name), "raw"), _summary(results.get(name))
+            if raw.get("p99_ms") is not None and ours.get("p99_ms") is not None:
+                rows.append((
+                    f"latency {broker} at {rate:,}/s: p99 within 5 ms of the raw loop's",
+                    f"p50 {ours['p50_ms']} / p99 {ours['p99_ms']} ms vs raw {raw['p50_ms']} / "
+                    f"{raw['p99_ms']} ms", name, ours["p99_ms"] <= raw["p99_ms"] + 5,
+                ))  # fmt: skip
+    for broker in ("kafka", "redis"):
+        backlog = results.get(f"{broker}-backlog-memory")
+        if backlog:
+            run = backlog["runs"][0]
+            growth = run["rss_peak_mb"] - run["rss_idle_mb"]
+            rows.append((
+                f"1M backlog on {broker}, slow handler: RSS within 100 MB of idle",
+                f"+{growth:.0f} MB (idle {run['rss_idle_mb']:.0f}, peak {run['rss_peak_mb']:.0f})",
+                f"{broker}-backlog-memory", growth <= 100,
+            ))  # fmt: skip
     one, two = results.get("redis-cpu-1-worker"), results.get("redis-cpu-2-workers")
     if one and two:
         x = _summary(two)["msg_s"] / _summary(one)["msg_s"]

@@ -26,7 +26,7 @@ from typing import Any
 # (latency records flowing) and, under --transform, the outputs a reader sees (``outputs``).
 _PHASE, _OUTPUTS, _HEADER = 0, 1, 8
 _COUNT, _PID, _LAT_N, _FIRST, _CPU0, _LAT0 = 0, 1, 2, 3, 4, 8
-_LAT_CAP = 4096
+_LAT_CAP = 1 << 16  # samples per process: every record of a latency scenario
 _SLOT = _LAT0 + _LAT_CAP
 
 

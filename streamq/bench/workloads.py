@@ -7,8 +7,12 @@ handlers both do.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -82,6 +86,14 @@ def transform_fn(kind: str) -> Callable[[bytes], bytes]:
     return lambda value: dumps(derive(loads(value)))
 
 
+def latency_process(spec: BenchSpec) -> None:
+    """``produce_latency`` in a child process, waited for."""
+    subprocess.run(
+        [sys.executable, "-m", "streamq.bench", "--produce-latency", json.dumps(asdict(spec))],
+        check=True,
+    )
+
+
 # -- the records: the backlog before the drains, the latency records during one -----------------
 
 
@@ -126,8 +138,14 @@ def _fill_kafka(spec: BenchSpec) -> None:
         raise RuntimeError("the Kafka fill did not finish within 300 s")
 
 
-def _produce_latency(spec: BenchSpec) -> None:
-    """Records at a steady rate while the consumer runs, each timed broker-stamp to handler."""
+def produce_latency(spec: BenchSpec) -> None:
+    """Records at a steady rate while the consumer runs, each timed broker-stamp to handler.
+
+    Runs in a process of its own (``latency_process``), as a producer does in production:
+    in the consumer's process its sending thread competed for the GIL with the consumer's
+    threads (streamq has two, the raw loop one), which timed the load generator as much as
+    the consumer.
+    """
     from ..producer import Producer
 
     extra: dict[str, Any] = {}
