@@ -382,3 +382,41 @@ def test_one_commit_acks_every_partition_and_refuses_only_the_one_it_lost(
     finally:
         client.close()
         member.close()
+
+
+def test_a_join_is_followed_between_lease_renewals(redis_server: RedisServer) -> None:
+    """A member sees another join at its next short heartbeat, not at its next renewal.
+
+    With ``lease_ttl=60`` leases are renewed every 20 s; a rebalance that waited for
+    renewals took two of those (the first member's to see the join, the second's to take
+    what was released). Both beats are checked not to have come: the hand-over happened in
+    the short heartbeats alone.
+    """
+    from tests.contract import Member
+
+    url = redis_server.url
+    topic = new_topic(url, 4)
+    group = unique("join")
+    first = Member(url, group, topic, lease_ttl=60)
+    second = None
+    try:
+        first.wait_owned(4, timeout=10)
+        renewal_first = first.backend._next_beat
+        second = Member(url, group, topic, lease_ttl=60)
+        second.backend.poll_batch(1, 0.1)  # joins; its partitions are still held
+        assert second.owned == set() and second.backend._waiting, "nothing was held"
+        renewal_second = second.backend._next_beat
+        deadline = time.monotonic() + 10
+        while len(second.owned) < 2 and time.monotonic() < deadline:
+            first.backend.poll_batch(1, 0.05)
+            second.backend.poll_batch(1, 0.05)
+        assert len(first.revoked) == 2, first.revoked
+        assert second.owned == set(first.revoked)
+        assert first.owned.isdisjoint(second.owned) and len(first.owned) == 2
+        # no lease renewal ran meanwhile: the short heartbeats did it
+        assert first.backend._next_beat == renewal_first
+        assert second.backend._next_beat == renewal_second
+    finally:
+        first.close()
+        if second is not None:
+            second.close()

@@ -55,6 +55,8 @@ log = get_logger("streamq.redis")
 
 # Lanes stop starting handlers this long before the lease could expire on the server.
 _LEASE_MARGIN = 0.2
+# Seconds between heartbeats that only follow joins and leaves (RedisConsumer._follow).
+_FOLLOW_INTERVAL = 0.5
 # With many partitions a poll reads a turn of them, at least this many records each.
 _MIN_PER_STREAM = 100
 
@@ -99,6 +101,8 @@ class RedisConsumer(Backend):
         self._window = 0  # where the next turn of partitions starts (_poll_window)
         self._lost_by_fence: list[TopicPartition] = []
         self._next_beat = 0.0
+        self._next_follow = 0.0
+        self._live: dict[str, list[str]] = {}  # topic -> live members at the last heartbeat
         self._caught_up = False
         self._checked_at = 0.0
         self._callbacks: tuple[Rebalance, Rebalance, Rebalance] | None = None
@@ -186,9 +190,10 @@ class RedisConsumer(Backend):
     def _beat(self) -> None:
         """Heartbeat, renew leases, and follow the assignment; callbacks run here."""
         assert self._callbacks is not None
-        on_assign, on_revoke, on_lost = self._callbacks
+        on_lost = self._callbacks[2]
         started = time.monotonic()
         self._next_beat = started + self._ttl / 3
+        self._next_follow = started + _FOLLOW_INTERVAL
         try:
             live = self._heartbeat()
             lost = self._renew_leases(started)
@@ -199,6 +204,30 @@ class RedisConsumer(Backend):
         if lost:
             self._drop(lost)
             on_lost(lost)
+        self._follow_assignment(live)
+        self._trims.maybe_check(started, list(self._owned))
+
+    def _follow(self) -> None:
+        """Between beats, a heartbeat alone: a member that joined or left is seen at once.
+
+        Leases are renewed every third of ``lease_ttl``; waiting that long to see a new
+        member too made a rebalance take two of those (about 7 s with the default: a
+        second worker of ``--workers 2`` started work after the first had drained most of
+        a 60,000-record backlog alone).
+        """
+        self._next_follow = time.monotonic() + _FOLLOW_INTERVAL
+        try:
+            live = self._heartbeat()
+        except UNAVAILABLE as exc:
+            raise BrokerUnavailable(f"redis: heartbeat failed: {exc}") from None
+        if live != self._live or self._waiting:
+            self._follow_assignment(live)
+
+    def _follow_assignment(self, live: dict[str, list[str]]) -> None:
+        """Give up what the live members' assignment gives others, take what it gives us."""
+        assert self._callbacks is not None
+        on_assign, on_revoke, _ = self._callbacks
+        self._live = live
         target = {
             TopicPartition(topic, p)
             for topic, count in self._topics.items()
@@ -212,7 +241,6 @@ class RedisConsumer(Backend):
         acquired = self._acquire([tp for tp in sorted(target) if tp not in self._owned])
         if acquired:
             on_assign(acquired)
-        self._trims.maybe_check(started, list(self._owned))
 
     def _heartbeat(self) -> dict[str, list[str]]:
         now_ms = int(time.time() * 1000)
@@ -355,11 +383,15 @@ class RedisConsumer(Backend):
 
     def poll_batch(self, max_records: int, timeout: float) -> list[Message]:
         """One XREADGROUP, two with many partitions (``_poll_window``), each entry once."""
-        if time.monotonic() >= self._next_beat or self._lost_by_fence:
+        now = time.monotonic()
+        if now >= self._next_beat or self._lost_by_fence:
             self._beat()
+        elif now >= self._next_follow:
+            self._follow()
         readable = [tp for tp in self._owned if tp not in self._paused]
         if not readable:
-            time.sleep(min(timeout, max(0.0, self._next_beat - time.monotonic())))
+            due = min(self._next_beat, self._next_follow)
+            time.sleep(min(timeout, max(0.0, due - time.monotonic())))
             return []
         if max_records // len(readable) < _MIN_PER_STREAM and len(readable) > 1:
             found = self._poll_window(readable, max_records)
