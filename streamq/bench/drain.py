@@ -20,7 +20,7 @@ from . import streamq_side
 from .monitor import Monitor, _proc_mem
 from .raw import raw_drain
 from .spec import BenchSpec
-from .workloads import latency_process
+from .workloads import LatencySender
 
 
 def drain(spec: BenchSpec, side: str) -> dict[str, Any]:
@@ -41,7 +41,7 @@ def drain(spec: BenchSpec, side: str) -> dict[str, Any]:
                 for p in procs:
                     p.send_signal(signal.SIGTERM)
 
-            result = monitor.measure(lambda: latency_process(spec), finish)
+            result = monitor.measure(lambda: LatencySender(spec), finish)
             threads[0].join(30)
             for p in procs:
                 p.wait(30)
@@ -54,7 +54,7 @@ def drain(spec: BenchSpec, side: str) -> dict[str, Any]:
             def watch() -> None:
                 try:
                     box["result"] = monitor.measure(
-                        lambda: latency_process(spec), lambda: os.kill(os.getpid(), signal.SIGTERM)
+                        lambda: LatencySender(spec), lambda: os.kill(os.getpid(), signal.SIGTERM)
                     )
                 except BaseException as exc:
                     box["error"] = exc

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .spec import BenchSpec
 from .tally import (
@@ -26,6 +26,9 @@ from .tally import (
     _attach,
     _view,
 )
+
+if TYPE_CHECKING:
+    from .workloads import LatencySender
 
 
 def _proc_cpu(pid: int) -> float:
@@ -98,7 +101,7 @@ class Monitor:
         return out
 
     def measure(
-        self, produce_latency: Callable[[], None], done: Callable[[], None]
+        self, produce_latency: Callable[[], LatencySender], done: Callable[[], None]
     ) -> dict[str, Any]:
         spec = self.spec
         n = spec.messages
@@ -140,11 +143,16 @@ class Monitor:
         outputs = self.outputs() if spec.transform else None
         lat: list[int] = []
         if handled >= n and spec.latency_topic:
+            sender = produce_latency()  # its warm-up record is on its way, not timed
+            warm_by = time.monotonic() + 30
+            while self.count() < n + 1 and time.monotonic() < warm_by:
+                time.sleep(0.005)
             self.view[_PHASE] = 1
             time.sleep(0.05)  # streamq's counting threads turn latency sampling on (tally)
-            produce_latency()
+            sender.go()
             wait_until = time.monotonic() + 10 + spec.latency_messages / spec.latency_rate
-            while self.count() < n + spec.latency_messages and time.monotonic() < wait_until:
+            want = n + 1 + spec.latency_messages
+            while self.count() < want and time.monotonic() < wait_until:
                 time.sleep(0.005)
             lat = sorted(self.latencies())
         done()

@@ -52,6 +52,7 @@ def _raw_kafka(spec: BenchSpec, work: Any, tally: Tally, stop: threading.Event) 
     from confluent_kafka import Consumer
 
     from ..brokers.kafka import KafkaBroker
+    from ..brokers.kafka.consumer import read_batch
     from ..settings import load_settings
 
     broker = KafkaBroker(spec.broker, load_settings(broker=spec.broker))
@@ -62,7 +63,7 @@ def _raw_kafka(spec: BenchSpec, work: Any, tally: Tally, stop: threading.Event) 
     size = spec.max_poll_records
     try:
         while not stop.is_set():
-            batch = consumer.consume(size, 0.1)
+            batch = read_batch(consumer, size, 0.1)  # streamq's read: see its docstring
             if not batch:
                 continue
             tally.begin()

