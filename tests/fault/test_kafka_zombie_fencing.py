@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -70,7 +71,7 @@ def test_a_member_frozen_past_its_session_is_fenced_when_it_wakes(
     assert time.monotonic_ns() - frozen_at > 6e9, "the freeze did not outlast the session"
 
     zombie.send_signal(signal.SIGCONT)
-    thawed_at = time.monotonic_ns()
+    thawed_at, thawed_wall = time.monotonic_ns(), datetime.now().strftime("%H:%M:%S,%f")[:-3]
     wait_until(lambda: "lost" in zombie.output(), 30, "the zombie to learn it lost its partitions")
     zombie.send_signal(signal.SIGTERM)
     code, out = zombie.finish(60)
@@ -89,7 +90,11 @@ def test_a_member_frozen_past_its_session_is_fenced_when_it_wakes(
     ]
     rejoined = out.count(f"group {group}: assigned") > 1  # then it may handle again, rightly
     if not rejoined:
-        assert late_starts == [], f"the zombie started {len(late_starts)} handlers after waking"
+        first = (min(e.mono_ns for e in late_starts) - thawed_at) / 1e9 if late_starts else 0
+        assert late_starts == [], (
+            f"the zombie started {len(late_starts)} handlers after waking (thawed at "
+            f"{thawed_wall}, the first {first:.2f}s later); its log:\n{out[-4000:]}"
+        )
     entries = read_ledger(ledger)
     # the zombie's running handler spans the freeze, while the heir owns its partition
     dupes = check_run(entries, produced={i for i, _ in records},
@@ -101,5 +106,6 @@ def test_a_member_frozen_past_its_session_is_fenced_when_it_wakes(
     assert set(dupes) <= uncommitted, f"duplicates beyond the zombie's uncommitted work: {dupes}"
     print(
         f"\nzombie had {len(in_flight)} running and {len(uncommitted)} uncommitted at the "
-        f"freeze; {len(dupes)} handled twice"
+        f"freeze; {len(dupes)} handled twice; thawed at {thawed_wall}:"
     )
+    print("\n".join(line for line in out.splitlines() if "stood still" in line or "lost" in line))

@@ -133,9 +133,11 @@ class KafkaConsumer(Backend):
         self._unassign(consumer, parts)
 
     def _lost(self, consumer: Any, parts: list[Any]) -> None:
-        self._liveness.confirm()
         tps = from_ck(parts)
         self._call(2, tps)
+        # Only now: the lanes of ``parts`` are flagged stopped. Confirming first let the
+        # watchdog renew the lease while they could still start a handler.
+        self._liveness.confirm()
         self._assignment.difference_update(tps)
         self._checked_at = 0.0
         self._unassign(consumer, parts)

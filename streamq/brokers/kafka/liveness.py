@@ -26,7 +26,10 @@ class Liveness:
     def __init__(self, group: str, session_ms: float, heartbeat_ms: float) -> None:
         self._group = group
         self._stall_s = session_ms / 2000
-        self._grace_s = min(session_ms / 1000, max(2.0, 2 * heartbeat_ms / 1000))
+        # How long a loss may take to be reported after waking: the heartbeat that learns it
+        # may first wait for a reconnect (requests in flight timed out during the stall).
+        # Seen in CI: past a 2 s grace, a zombie started handlers before it heard of its loss.
+        self._grace_s = min(session_ms / 1000, max(5.0, 3 * heartbeat_ms / 1000))
         self.lease = Lease(None, time.monotonic() + self._stall_s)
         self._suspect_until = 0.0
         self._stopped = threading.Event()
@@ -40,8 +43,8 @@ class Liveness:
 
         The lease is never more than half a session ahead; after a stall of that length it
         is left expired until the group confirms the assignment (a rebalance callback) or,
-        when no loss is reported within a grace of two heartbeats, until it is clear none
-        happened.
+        when no loss is reported within a grace of three heartbeats (at least 5 s, at most
+        the session), until it is clear none happened.
         """
         last = time.monotonic()
         while not self._stopped.wait(0.1):
