@@ -28,7 +28,8 @@ class Liveness:
         self._stall_s = session_ms / 2000
         # How long a loss may take to be reported after waking: the heartbeat that learns it
         # may first wait for a reconnect (requests in flight timed out during the stall).
-        # Seen in CI: past a 2 s grace, a zombie started handlers before it heard of its loss.
+        # The 2 s grace before fits a CI failure not reproduced since (tests/fault, zombie
+        # fencing): 26 handlers of 20 ms, as if it ended 0.5 s before the loss was reported.
         self._grace_s = min(session_ms / 1000, max(5.0, 3 * heartbeat_ms / 1000))
         self.lease = Lease(None, time.monotonic() + self._stall_s)
         self._suspect_until = 0.0
