@@ -5,10 +5,12 @@ as ``extra`` fields (``about()``): the human format has them in the text already
 JSON format emits them as keys, so a log pipeline can join a line to its DLQ record.
 
 Error storms are limited per call site, not globally: a broker that is down repeats the same
-few lines, and each of them is let through ``burst`` times per ``window`` seconds, after
-which one line says how many were dropped. Lines about a record are never dropped: each
-record that fails is logged exactly once per attempt (the reliability contract's I9), and
-their rate is bounded by the records themselves, with retries spaced by backoff.
+few lines, and each of them is let through ``burst`` times in its first ``window`` seconds;
+while the storm goes on, each later window lets one line through, which says how many were
+dropped. A site that stays quiet for a whole window gets its full burst back. Lines about a
+record are never dropped: each record that fails is logged exactly once per attempt (the
+reliability contract's I9), and their rate is bounded by the records themselves, with
+retries spaced by backoff.
 
 Nothing here runs per record on the hot path: handlers that succeed log nothing.
 """
@@ -43,13 +45,18 @@ RECORD_FIELDS = ("group", "topic", "partition", "offset", "handler", "attempt")
 
 
 class RateLimit(logging.Filter):
-    """At most ``burst`` lines per call site per ``window`` seconds; records always pass."""
+    """``burst`` lines per call site, then one per ``window`` while it repeats; records pass.
+
+    A burst every window would let an outage print ``burst`` lines per site every ten
+    seconds for as long as it lasts; the first burst shows what broke, and after that a
+    count per window is all a reader needs.
+    """
 
     def __init__(self, burst: int = 5, window: float = 10.0) -> None:
         super().__init__()
         self.burst = burst
         self.window = window
-        # (logger, level, format string) -> [window start, lines in window, dropped]
+        # (logger, level, format string) -> [window start, lines in window, dropped, allowed]
         self._sites: dict[tuple[str, int, str], list[Any]] = {}
         self._lock = threading.Lock()
 
@@ -63,13 +70,18 @@ class RateLimit(logging.Filter):
             if site is None:
                 if len(self._sites) > 10_000:  # format strings are finite; be safe anyway
                     self._sites.clear()
-                site = self._sites[key] = [now, 0, 0]
+                site = self._sites[key] = [now, 0, 0, self.burst]
             if now - site[0] >= self.window:
+                # Lines dropped in the window just ended mean the storm goes on: one line
+                # per window from now. A window with none dropped, or a whole window
+                # without a line, means it is over, and the next one gets its burst.
+                storming = site[2] and now - site[0] < 2 * self.window
+                site[3] = 1 if storming else self.burst
                 if site[2]:
                     record.msg = f"{record.msg} ({site[2]} similar lines suppressed)"
                 site[0], site[1], site[2] = now, 0, 0
             site[1] += 1
-            if site[1] > self.burst:
+            if site[1] > site[3]:
                 site[2] += 1
                 return False
             return True

@@ -56,8 +56,20 @@ def test_rate_limit_per_call_site_and_never_for_records() -> None:
     assert lines.count("broker down: refused") == 3 and lines.count("another site") == 3
     assert lines.count("dead-lettered") == 20
     time.sleep(0.25)
-    logger.warning("broker down: %s", "refused")
-    assert out.getvalue().splitlines()[-1] == "broker down: refused (47 similar lines suppressed)"
+    for _ in range(10):  # the storm goes on: one line this window, with the count
+        logger.warning("broker down: %s", "refused")
+    lines = out.getvalue().splitlines()
+    assert lines[-1] == "broker down: refused (47 similar lines suppressed)"
+    assert lines.count("broker down: refused") == 3  # no second burst
+    time.sleep(0.25)
+    logger.warning("broker down: %s", "refused")  # ... and the next says what it dropped
+    assert out.getvalue().splitlines()[-1] == "broker down: refused (9 similar lines suppressed)"
+    time.sleep(0.45)  # a whole window without a line: the storm is over, a new one bursts
+    for _ in range(5):
+        logger.warning("broker down: %s", "refused")
+    lines = out.getvalue().splitlines()
+    assert lines[-4:] == ["broker down: refused (9 similar lines suppressed)"] + [lines[-1]] * 3
+    assert lines[-1] == "broker down: refused"
 
 
 def test_json_lines_carry_record_coordinates() -> None:
