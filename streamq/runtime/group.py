@@ -44,6 +44,7 @@ from ..offsets import OffsetTracker
 from ..settings import Settings
 from ..stats import GroupSample, Labels, PartitionSample, Stats
 from ..tracing import tracer
+from .collector import poll_uncollected
 from .committer import Committer
 from .executors import executors
 from .flow import FlowControl
@@ -209,8 +210,8 @@ class GroupRunner:
                 ):
                     self.idle_since = None  # records it owns are waiting: not caught up
                 try:
-                    batch = self._backend.poll_batch(
-                        settings.max_poll_records, settings.poll_timeout
+                    batch = poll_uncollected(
+                        self._backend.poll_batch, settings.max_poll_records, settings.poll_timeout
                     )
                 except MemberFenced:
                     raise
