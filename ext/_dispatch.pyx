@@ -16,7 +16,7 @@ record: attribute lookups through dicts, temporary tuples and lists, frames.
 """
 
 cimport cython
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
 from libc.stdint cimport int32_t, int64_t, uint8_t
 from libc.string cimport memchr, memcmp, memcpy, memmove
@@ -368,6 +368,33 @@ cdef class Dispatcher:
                 out[lane] = found
             (<list>found).append(m)
         return out
+
+    cpdef Py_ssize_t busiest_key_lane(self, object msgs_in, Py_ssize_t lanes) except -1:
+        """How many records the key lane with the most of them has, without splitting.
+
+        The shared lane of a partition asks this per unit: with no key lane busy and no
+        key's burst, the unit stays whole, and the lists ``split_keys`` builds (one per
+        lane, up to 256 per unit) are never made.
+        """
+        cdef list msgs = _as_list(msgs_in, "msgs")
+        cdef object key
+        cdef Py_ssize_t lane, most = 0
+        cdef Py_ssize_t* counts
+        if lanes <= 0:
+            raise ValueError("lanes must be positive")
+        counts = <Py_ssize_t*>PyMem_Calloc(lanes, sizeof(Py_ssize_t))
+        if counts == NULL:
+            raise MemoryError()
+        try:
+            for m in msgs:
+                key = (<Message?>m).key
+                lane = 0 if key is None else hash(key) % lanes
+                counts[lane] += 1
+                if counts[lane] > most:
+                    most = counts[lane]
+        finally:
+            PyMem_Free(counts)
+        return most
 
 
 # -- the inline handler loop and dedup keys -------------------------------------------------

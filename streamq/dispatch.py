@@ -48,6 +48,9 @@ class DispatcherProtocol(Protocol):
     def split_keys(self, msgs: list[Message], lanes: int) -> dict[int, list[Message]]:
         """Group one partition's records by key lane, keeping order within each lane."""
 
+    def busiest_key_lane(self, msgs: list[Message], lanes: int) -> int:
+        """How many records the key lane with the most of them has, without splitting."""
+
 
 class _DispatcherPy:
     """The pure-Python twin of ``streamq._dispatch.Dispatcher``."""
@@ -81,6 +84,14 @@ class _DispatcherPy:
                 found = out[lane] = []
             found.append(m)
         return out
+
+    def busiest_key_lane(self, msgs: list[Message], lanes: int) -> int:
+        if lanes <= 0:
+            raise ValueError("lanes must be positive")
+        counts = [0] * lanes
+        for m in msgs:
+            counts[0 if m.key is None else hash(m.key) % lanes] += 1
+        return max(counts) if msgs else 0
 
 
 def _call_each_py(

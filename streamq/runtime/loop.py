@@ -88,7 +88,9 @@ class Lanes:
         # that were given work; while one of them has some, the shared lane hands every
         # unit on to the key lanes, so no key's later records overtake its earlier ones
         self._key_lanes = key_lanes
-        self._split_keys = Dispatcher().split_keys
+        dispatcher = Dispatcher()
+        self._split_keys = dispatcher.split_keys
+        self._busiest = dispatcher.busiest_key_lane
         self._keyed: dict[TopicPartition, set[Lane]] = {}
 
     # -- the poll thread's side ----------------------------------------------------------------
@@ -167,8 +169,10 @@ class Lanes:
         long enough to cost little. The many keys of a record or two each stay here, in log
         order, without a unit, a task and a report per key.
         """
-        parts = self._split_keys(unit, self._key_lanes)
         busy = self._busy_keys(lane)
+        if not busy and (len(unit) < KEY_BURST or self._busiest(unit, self._key_lanes) < KEY_BURST):
+            return unit  # the usual case, told without building a list per key lane
+        parts = self._split_keys(unit, self._key_lanes)
         moved = {n: sub for n, sub in parts.items() if n in busy or len(sub) >= KEY_BURST}
         if not moved:
             return unit

@@ -44,11 +44,23 @@ def test_split_keys_groups_by_key_in_order(core: Core) -> None:
 def test_split_keys_rejects_zero_lanes(core: Core) -> None:
     with pytest.raises(ValueError):
         core.Dispatcher().split_keys(make([("a", 0, b"x")], core.Message), 0)
+    with pytest.raises(ValueError):
+        core.Dispatcher().busiest_key_lane(make([("a", 0, b"x")], core.Message), 0)
+
+
+def test_busiest_key_lane_counts_the_lane_split_keys_would_fill_most(core: Core) -> None:
+    keys = [b"x", b"y", b"x", None, b"y", b"x", None]
+    batch = make([("a", 0, k) for k in keys], core.Message)
+    assert core.Dispatcher().busiest_key_lane(batch, 1) == 7  # one lane takes every key
+    assert core.Dispatcher().busiest_key_lane(batch, 10_000) >= 3  # x's own lane, at least
+    split = core.Dispatcher().split_keys(batch, 16)
+    assert core.Dispatcher().busiest_key_lane(batch, 16) == max(map(len, split.values()))
 
 
 def test_empty_batch(core: Core) -> None:
     assert core.Dispatcher().split([]) == {}
     assert core.Dispatcher().split_keys([], 4) == {}
+    assert core.Dispatcher().busiest_key_lane([], 4) == 0
 
 
 records = st.lists(
@@ -74,6 +86,8 @@ def test_cython_and_python_produce_identical_units(recs: list, lanes: int) -> No
     assert _shape(py.split(batch)) == _shape(cy.split(batch))
     for tp_msgs in py.split(batch).values():
         assert _shape(py.split_keys(tp_msgs, lanes)) == _shape(cy.split_keys(tp_msgs, lanes))
+        busiest = max(len(u) for u in py.split_keys(tp_msgs, lanes).values())
+        assert py.busiest_key_lane(tp_msgs, lanes) == cy.busiest_key_lane(tp_msgs, lanes) == busiest
 
 
 def test_implementation_is_named() -> None:
