@@ -148,6 +148,25 @@ class RedisServer:
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if not wait_port(self.port, 10, self.proc):
             raise RuntimeError(f"redis-server did not start on port {self.port}")
+        self._wait_loaded(30)
+
+    def _wait_loaded(self, timeout: float) -> None:
+        """Until it has loaded its AOF: it takes connections before, but answers LOADING.
+
+        (CI: a restarted server's first XINFO failed with BusyLoadingError.) INFO is one of
+        the commands it serves while loading.
+        """
+        import redis
+
+        client = redis.Redis(port=self.port, socket_timeout=5)
+        deadline = time.monotonic() + timeout
+        try:
+            while client.info("persistence").get("loading"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server on {self.port} still loading its AOF")
+                time.sleep(0.05)
+        finally:
+            client.close()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
