@@ -326,6 +326,11 @@ def redis_messages(str topic, object partition, object entries_in, list delivere
 
 
 @cython.final
+cdef inline Py_ssize_t _key_lane(object key, Py_ssize_t lanes) except -1:
+    # The one rule for which lane a key goes to: split_keys and busiest_key_lane must agree.
+    return 0 if key is None else hash(key) % lanes
+
+
 cdef class Dispatcher:
     """Split a polled batch into per-partition lists, and those into key lanes."""
 
@@ -355,13 +360,12 @@ cdef class Dispatcher:
     cpdef dict split_keys(self, object msgs_in, Py_ssize_t lanes):
         cdef list msgs = _as_list(msgs_in, "msgs")
         cdef dict out = {}
-        cdef object m, key, found
+        cdef object m, found
         cdef Py_ssize_t lane
         if lanes <= 0:
             raise ValueError("lanes must be positive")
         for m in msgs:
-            key = (<Message?>m).key
-            lane = 0 if key is None else hash(key) % lanes
+            lane = _key_lane((<Message?>m).key, lanes)
             found = out.get(lane)
             if found is None:
                 found = []
@@ -377,7 +381,6 @@ cdef class Dispatcher:
         lane, up to 256 per unit) are never made.
         """
         cdef list msgs = _as_list(msgs_in, "msgs")
-        cdef object key
         cdef Py_ssize_t lane, most = 0
         cdef Py_ssize_t* counts
         if lanes <= 0:
@@ -387,8 +390,7 @@ cdef class Dispatcher:
             raise MemoryError()
         try:
             for m in msgs:
-                key = (<Message?>m).key
-                lane = 0 if key is None else hash(key) % lanes
+                lane = _key_lane((<Message?>m).key, lanes)
                 counts[lane] += 1
                 if counts[lane] > most:
                     most = counts[lane]

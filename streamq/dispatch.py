@@ -52,6 +52,11 @@ class DispatcherProtocol(Protocol):
         """How many records the key lane with the most of them has, without splitting."""
 
 
+def _key_lane(key: bytes | None, lanes: int) -> int:
+    """The one rule for which lane a key goes to: split_keys and busiest_key_lane agree."""
+    return 0 if key is None else hash(key) % lanes
+
+
 class _DispatcherPy:
     """The pure-Python twin of ``streamq._dispatch.Dispatcher``."""
 
@@ -78,7 +83,7 @@ class _DispatcherPy:
             raise ValueError("lanes must be positive")
         out: dict[int, list[Message]] = {}
         for m in msgs:
-            lane = 0 if m.key is None else hash(m.key) % lanes
+            lane = _key_lane(m.key, lanes)
             found = out.get(lane)
             if found is None:
                 found = out[lane] = []
@@ -90,7 +95,7 @@ class _DispatcherPy:
             raise ValueError("lanes must be positive")
         counts = [0] * lanes
         for m in msgs:
-            counts[0 if m.key is None else hash(m.key) % lanes] += 1
+            counts[_key_lane(m.key, lanes)] += 1
         return max(counts) if msgs else 0
 
 

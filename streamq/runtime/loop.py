@@ -170,7 +170,7 @@ class Lanes:
         order, without a unit, a task and a report per key.
         """
         busy = self._busy_keys(lane)
-        if not busy and (len(unit) < KEY_BURST or self._busiest(unit, self._key_lanes) < KEY_BURST):
+        if not busy and self._busiest(unit, self._key_lanes) < KEY_BURST:
             return unit  # the usual case, told without building a list per key lane
         parts = self._split_keys(unit, self._key_lanes)
         moved = {n: sub for n, sub in parts.items() if n in busy or len(sub) >= KEY_BURST}
