@@ -115,12 +115,17 @@ class Monitor:
         cpu_base: float | None = None
         if spec.workers > 1:
             # Members join one after another (a rebalance each): the window starts once every
-            # worker handled a record, so it measures the group at full strength.
+            # worker handled a record, so it measures the group at full strength. A backlog
+            # the first members drain before the last one joins (a small one) is measured
+            # from its first record instead: waiting out the join would time nothing.
             join_by = time.monotonic() + 60
             while not self.all_workers_started() and time.monotonic() < join_by:
+                if self.count() >= n:
+                    break
                 time.sleep(0.002)
-            started, base = time.monotonic_ns(), self.count()
-            cpu_base = self.cpu_now(self.pids())
+            if self.all_workers_started() or self.count() < n:
+                started, base = time.monotonic_ns(), self.count()
+                cpu_base = self.cpu_now(self.pids())
         pids = self.pids()
         rss_start = max((_proc_mem(p, "VmRSS:") for p in pids), default=0.0)
         limit = None if spec.max_seconds is None else time.monotonic() + spec.max_seconds
@@ -171,6 +176,11 @@ class Monitor:
             "p99_ms": _pct(lat, 0.99),
             "latency_samples": len(lat),
             "workers": len(pids),
+            # workers that handled a record: fewer than --workers when a small backlog was
+            # drained before the last member joined (the window then has no full group)
+            "members_handling": sum(
+                1 for s in range(spec.workers) if self.view[_HEADER + s * _SLOT + _COUNT]
+            ),
         }
 
     def close(self) -> None:

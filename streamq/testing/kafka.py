@@ -314,6 +314,10 @@ BASE_SETTINGS = {
     # a transaction left open by a killed producer is aborted 1 s after it timed out, not 10 s
     "transaction.abort.timed.out.transaction.cleanup.interval.ms": "1000",
     "share.coordinator.state.topic.num.partitions": "1",
+    # A killed node that restarts cannot register again until the controller has timed out
+    # its previous incarnation's session (9 s by default), so every restart took 13 s.
+    "broker.session.timeout.ms": "3000",
+    "broker.heartbeat.interval.ms": "500",
     # the cleaner allocates 128 MB at start by default
     "log.cleaner.dedupe.buffer.size": "16777216",
     "num.io.threads": "4",

@@ -48,7 +48,8 @@ def test_a_member_frozen_past_its_session_is_fenced_when_it_wakes(
     kafka.produce(topic, records)
     group, ledger = unique("zombie"), tmp_path / "ledger"
     spec = ledger_app()  # session.timeout.ms=6000
-    env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.02")
+    # 10 ms a record: the member freezes mid-handler, and the backlog outlasts the session
+    env = app_env(kafka.url, topic, group, ledger, HANDLER_SLEEP="0.01")
     observer = observe(kafka, topic, group).start()
     zombie = start_worker(tmp_path, spec, env)
     wait_until(lambda: len(read_ledger(ledger)) > 100, 60, "the first member to handle")

@@ -65,7 +65,10 @@ def test_streamq_options_drain_everything(
     (run,) = result["runs"]
     assert run["side"] == "streamq" and run["handled"] == 600
     if "--workers" in args:
-        assert run["workers"] == 2  # both member processes counted records
+        assert run["workers"] == 2  # both member processes took a counter slot
+        # 600 records may be drained before the second member joins: the run ends then,
+        # without waiting out the join (it once waited 60 s here)
+        assert 1 <= run["members_handling"] <= 2
     if "processes" in args:
         assert run["workers"] >= 2  # the worker and its pool processes
 
