@@ -31,6 +31,10 @@ if TYPE_CHECKING:
     from .workloads import LatencySender
 
 
+# Seconds a drain of several workers waits for the last member's first record.
+JOIN_WAIT = 60.0
+
+
 def _proc_cpu(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -118,7 +122,7 @@ class Monitor:
             # worker handled a record, so it measures the group at full strength. A backlog
             # the first members drain before the last one joins (a small one) is measured
             # from its first record instead: waiting out the join would time nothing.
-            join_by = time.monotonic() + 60
+            join_by = time.monotonic() + JOIN_WAIT
             while not self.all_workers_started() and time.monotonic() < join_by:
                 if self.count() >= n:
                     break
