@@ -6,8 +6,8 @@ session timeout and SIGCONTed. Each fault is asserted first (the JVM is gone or 
 During each outage the worker logs a handful of lines, not one per retry, uses little CPU
 (no spin), and ``/readyz`` turns 503; afterwards it is ready again and handles records sent
 after the restart, the offsets the group committed before the kill are still there, and the
-ledger shows every record handled in
-per-key order, duplicates only from the uncommitted window.
+ledger shows every record handled in per-key order, duplicates only from the uncommitted
+window.
 """
 
 from __future__ import annotations

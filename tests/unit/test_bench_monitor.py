@@ -36,7 +36,7 @@ def two_workers() -> Iterator[tuple[BenchSpec, memoryview]]:
 
 def _handled(view: memoryview, slot: int, n: int) -> None:
     base = _HEADER + slot * _SLOT
-    view[base + _PID] = 1  # a pid /proc does not show for us: no CPU or memory read
+    view[base + _PID] = 1  # a live pid (init) whose CPU and memory mean nothing here
     view[base + _FIRST] = view[base + _FIRST] or time.monotonic_ns()
     view[base + _COUNT] = n
 
