@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 import streamq
+from streamq.bench.monitor import _proc_cpu
 from streamq.bench.spec import BenchSpec
 from streamq.bench.workloads import fill
 from streamq.errors import BrokerError, ConfigError
@@ -40,14 +41,12 @@ def thread_cpu() -> dict[str, float]:
     out: dict[str, float] = {}
     for tid in os.listdir("/proc/self/task"):
         try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
             with open(f"/proc/self/task/{tid}/comm") as f:
                 comm = f.read().strip()
         except OSError:  # ended meanwhile
             continue
-        name = names.get(tid, comm)
-        out[f"{tid}:{name}"] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        # /proc/TID/stat is the thread's own, as /proc/PID/stat is the process's
+        out[f"{tid}:{names.get(tid, comm)}"] = _proc_cpu(int(tid))
     return out
 
 

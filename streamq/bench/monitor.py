@@ -78,9 +78,13 @@ class Monitor:
         """Outputs a reader sees (``--transform``), as ``outputs.count_outputs`` counted them."""
         return self.view[_OUTPUTS]
 
-    def all_workers_started(self) -> bool:
+    def members_handling(self) -> int:
+        """Workers that handled a record (pool processes' slots come after theirs)."""
         v = self.view
-        return all(v[_HEADER + s * _SLOT + _COUNT] for s in range(self.spec.workers))
+        return sum(1 for s in range(self.spec.workers) if v[_HEADER + s * _SLOT + _COUNT])
+
+    def all_workers_started(self) -> bool:
+        return self.members_handling() == self.spec.workers
 
     def cpu_at_first(self) -> float:
         v = self.view
@@ -182,9 +186,7 @@ class Monitor:
             "workers": len(pids),
             # workers that handled a record: fewer than --workers when a small backlog was
             # drained before the last member joined (the window then has no full group)
-            "members_handling": sum(
-                1 for s in range(spec.workers) if self.view[_HEADER + s * _SLOT + _COUNT]
-            ),
+            "members_handling": self.members_handling(),
         }
 
     def close(self) -> None:
