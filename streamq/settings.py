@@ -42,7 +42,10 @@ class Settings(BaseSettings):
     was not committed is ever visible (to Kafka readers with read_committed)."""
 
     commit_every: int = Field(10_000, ge=1)
-    """Commit early once this many records completed since the last commit."""
+    """Commit early once this many records completed since the last commit. A caught-up
+    Redis member commits after 1,000 at most: each acknowledged entry costs Redis and the poll
+    thread time, and one commit per interval of all of them delayed every record read
+    meanwhile (``Backend.commit_records_cap``)."""
 
     max_in_flight: int = Field(50_000, ge=1)
     """Per partition: fetched but unfinished records before the partition is paused (and

@@ -247,6 +247,11 @@ class Backend(Protocol):
 
     transactional: ClassVar[bool] = False
 
+    #: While caught up, commit once this many records finished, if below ``commit_every``:
+    #: a commit whose cost grows with its records (Redis acknowledges each entry, on the
+    #: poll thread, and the XACK holds Redis itself) is then better spread out. None: no cap.
+    commit_records_cap: ClassVar[int | None] = None
+
     def commit_transaction(
         self, offsets: Mapping[TopicPartition, int], outputs: Sequence[Output]
     ) -> None:

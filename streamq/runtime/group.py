@@ -109,6 +109,7 @@ class GroupRunner:
             self._backend,
             self._tracker,
             every=settings.commit_every,
+            caught_up_every=self._backend.commit_records_cap,
             share=self._share,
             interval=settings.commit_interval,
             clock=clock,
@@ -193,6 +194,7 @@ class GroupRunner:
     def _poll_main(self) -> None:
         settings = self._settings
         failures = 0
+        backlog = False  # the last poll brought many records: commit in large steps
         try:
             self._backend.subscribe(
                 list(self._specs), self._on_assign, self._on_revoke, self._on_lost
@@ -202,7 +204,7 @@ class GroupRunner:
                 if self._metrics and now >= self._next_sample:
                     self._take_sample(now)
                 self._apply_completions()
-                self._committer.maybe_commit()
+                self._committer.maybe_commit(backlog)
                 if self._outbox is not None:
                     self._flow.hold(self._outbox.refused)
                 if self._flow.unfetched_due() and self._flow.check_unfetched(
@@ -227,6 +229,8 @@ class GroupRunner:
                     continue
                 failures = 0
                 self._connected = True
+                # half full or more: records are waiting (Redis splits a poll among streams)
+                backlog = 2 * len(batch) >= settings.max_poll_records
                 # async commits that failed (Kafka), served in that poll: marked committed
                 failed = self._backend.take_failed_commits()
                 if failed:

@@ -110,6 +110,7 @@ def test_broker_killed_and_restarted_then_frozen_loses_nothing(
         worker.send_signal(signal.SIGTERM)
         code, out = worker.finish(90)
         observer.stop()
+        print(out[-8000:])  # pytest shows it when the test fails
     assert code == 0, out[-3000:]
     assert "Traceback" not in out
     print(f"\noutage: {len(outage_lines)} lines, {outage_cpu:.2f}s CPU in ~8 s")

@@ -133,3 +133,34 @@ def test_commit_before_moves_past_the_records_or_drops_them() -> None:
     backend.fail = CommitFailed("refused")
     assert c.commit_before(TP, epoch, more) is False
     assert tracker.parts[TP].in_flight == 2  # the first batch is still in flight, not these
+
+
+def test_a_per_record_commit_cost_commits_in_small_steps_only_while_caught_up() -> None:
+    """Redis pays per acknowledged entry: caught up, small commits keep the poll thread's
+    pauses short; in a drain (``backlog``), ``every`` still decides."""
+    clock, backend, tracker = Clock(), Backend(), OffsetTracker()
+    c = Committer("g", backend, tracker, every=10, interval=5.0, clock=clock, caught_up_every=3)  # type: ignore[arg-type]
+    epoch = tracker.assign(TP)
+    batch = msgs(list(range(4)))
+    tracker.track(TP, batch)
+    c.apply(deque([Completion(TP, epoch, batch, False)]), None)
+    c.maybe_commit(backlog=True)
+    assert backend.commits == []  # 4 of 10 in a drain
+    c.maybe_commit(backlog=False)
+    assert backend.commits == [({TP: 4}, False)]  # 4 >= 3 while caught up
+    more = msgs(list(range(4, 6)))
+    tracker.track(TP, more)
+    c.apply(deque([Completion(TP, epoch, more, False)]), None)
+    c.maybe_commit(backlog=False)
+    assert backend.commits == [({TP: 4}, False)]  # 2 < 3
+
+
+def test_a_cap_above_every_changes_nothing() -> None:
+    clock, backend, tracker = Clock(), Backend(), OffsetTracker()
+    c = Committer("g", backend, tracker, every=2, interval=5.0, clock=clock, caught_up_every=50)  # type: ignore[arg-type]
+    epoch = tracker.assign(TP)
+    batch = msgs([0, 1])
+    tracker.track(TP, batch)
+    c.apply(deque([Completion(TP, epoch, batch, False)]), None)
+    c.maybe_commit(backlog=False)
+    assert backend.commits == [({TP: 2}, False)]

@@ -10,6 +10,7 @@ checks the lease token and XACKs in one step.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import socket
 import time
@@ -59,6 +60,7 @@ _LEASE_MARGIN = 0.2
 _FOLLOW_INTERVAL = 0.5
 # With many partitions a poll reads a turn of them, at least this many records each.
 _MIN_PER_STREAM = 100
+_entry_id = operator.itemgetter(0)
 
 
 def script(name: str) -> str:
@@ -68,13 +70,16 @@ def script(name: str) -> str:
 class _Owned:
     """A partition this member holds: its lease, read cursor and unacknowledged entries."""
 
-    __slots__ = ("cursor", "delivered", "last_id", "lease")
+    __slots__ = ("cursor", "delivered", "ids", "last_id", "lease")
 
     def __init__(self, lease: Lease) -> None:
         self.lease = lease
         self.cursor = b"0"  # first our own pending entries (after XAUTOCLAIM), then ">"
         self.last_id = b"0"  # last entry handed to the worker
-        self.delivered: deque[int] = deque()  # offsets; entry IDs follow from them
+        self.delivered: deque[int] = deque()  # offsets, for comparing with positions
+        # the same entries' IDs as Redis gave them: formatting an ID from its offset at each
+        # XACK cost 0.4 us per record (a tenth of a drain's per-record time on Redis)
+        self.ids: deque[bytes] = deque()
 
 
 class RedisConsumer(Backend):
@@ -472,8 +477,12 @@ class RedisConsumer(Backend):
             )
             own.delivered.extend(offsets)
             if trimmed:
+                gone = set(trimmed)
+                own.ids.extend(e[0] for e in entries if e[0] not in gone)
                 self._trims.report_lost(tp, trimmed)
                 self._ack_ids([(tp, own, trimmed)])
+            else:
+                own.ids.extend(map(_entry_id, entries))
         return out
 
     def pause(self, tps: Sequence[TopicPartition]) -> None:
@@ -514,10 +523,12 @@ class RedisConsumer(Backend):
             if own is None:
                 refused.append(tp)
                 continue
-            ids: list[str] = []
-            delivered = own.delivered
+            delivered, take = own.delivered, own.ids.popleft
+            n = 0
             while delivered and delivered[0] < position:
-                ids.append(offset_to_id(delivered.popleft()))
+                delivered.popleft()
+                n += 1
+            ids = [take() for _ in range(n)]
             if ids:
                 acks.append((tp, own, ids))
         refused += self._ack_ids(acks)
@@ -563,6 +574,12 @@ class RedisConsumer(Backend):
         return refused
 
     transactional = True
+
+    # A commit of 10,000 entries held the poll thread 20-40 ms (Redis ~1 us per XACKed entry,
+    # redis-py ~0.4 us packing it): at 10,000 records/s, once per ``commit_interval``, that
+    # was the p99 from broker to handler (26 ms against the raw loop's 3 ms, which acks each
+    # read). Only while caught up: in a drain, larger commits cost less per record.
+    commit_records_cap = 1000
 
     def offset_text(self, offset: int) -> str:
         return offset_to_id(offset)
