@@ -384,6 +384,40 @@ def test_one_commit_acks_every_partition_and_refuses_only_the_one_it_lost(
         member.close()
 
 
+def test_commits_forget_exactly_the_entries_they_acknowledged(redis_server: RedisServer) -> None:
+    """A member keeps each unacknowledged entry's offset and its ID side by side: a
+    transaction (exactly once) and a plain commit each acknowledge the entries below their
+    position and drop both, so a later commit acks later entries and nothing piles up."""
+    from tests.contract import Member
+
+    url = redis_server.url
+    topic = new_topic(url, 1)
+    produce_keyed(url, topic, 20)
+    group = unique("forget")
+    member = Member(url, group, topic, **LEASES)
+    client = redis.Redis.from_url(url)
+    try:
+        got = member.poll_until(20)
+        assert len(got) == 20
+        tp = streamq.TopicPartition(topic, 0)
+        own = member.backend._owned[tp]
+        assert len(own.delivered) == len(own.ids) == 20
+        member.backend.commit_transaction({tp: got[10].offset}, [])
+        assert len(own.delivered) == len(own.ids) == 10
+        assert client.xpending(f"{topic}:0", group)["pending"] == 10
+        pending = client.xpending_range(f"{topic}:0", group, "-", "+", 20)
+        assert [p["message_id"] for p in pending] == list(own.ids)  # the same ten
+        member.backend.commit({tp: got[15].offset}, sync=True)
+        assert len(own.delivered) == len(own.ids) == 5
+        assert client.xpending(f"{topic}:0", group)["pending"] == 5
+        member.backend.commit({tp: got[-1].offset + 1}, sync=True)
+        assert len(own.delivered) == len(own.ids) == 0
+        assert client.xpending(f"{topic}:0", group)["pending"] == 0
+    finally:
+        client.close()
+        member.close()
+
+
 def test_a_join_is_followed_between_lease_renewals(redis_server: RedisServer) -> None:
     """A member sees another join at its next short heartbeat, not at its next renewal.
 

@@ -17,7 +17,7 @@ from ...errors import BrokerUnavailable, CommitFailed
 from ...logs import get_logger
 from ...message import TopicPartition
 from .client import ResponseError
-from .entries import entry_fields, offset_to_id
+from .entries import entry_fields
 from .errors import UNAVAILABLE
 from .keys import lease_key, stream_key
 
@@ -32,8 +32,13 @@ log = get_logger("streamq.redis")
 
 
 class Owned(Protocol):
+    """A held partition (``consumer._Owned``): its lease and the entries not acknowledged."""
+
     lease: Lease
-    delivered: Any  # deque[int]: offsets handed to the worker, not yet acknowledged
+
+    def below(self, position: int) -> list[bytes]: ...
+
+    def take(self, position: int) -> list[bytes]: ...
 
 
 class Transactions:
@@ -60,7 +65,7 @@ class Transactions:
         missing = [tp for tp in tps if tp not in owned]
         if missing:
             raise CommitFailed(f"group {self._group}: no longer owns {sorted(missing)}")
-        acks = [_below(owned[tp].delivered, offsets[tp]) for tp in tps]
+        acks = [owned[tp].below(offsets[tp]) for tp in tps]
         try:
             out_keys = [
                 self._broker.stream_for(self._r, o.topic, o.key, o.partition) for o in outputs
@@ -87,9 +92,8 @@ class Transactions:
         except ResponseError as exc:
             raise CommitFailed(f"group {self._group}: commit script refused: {exc}") from None
         if result == 0:
-            for tp, ids in zip(tps, acks, strict=True):
-                for _ in ids:
-                    owned[tp].delivered.popleft()
+            for tp in tps:
+                owned[tp].take(offsets[tp])
             return []
         bad = -int(result) - 1
         if bad < len(tps):
@@ -105,13 +109,3 @@ class Transactions:
             f"group {self._group}: output stream {key} holds something that is not a stream; "
             "nothing was published or acknowledged, and the commit waits until it is fixed"
         )
-
-
-def _below(delivered: Any, position: int) -> list[str]:
-    """Entry IDs of the delivered offsets before ``position`` (they are in order)."""
-    out = []
-    for offset in delivered:
-        if offset >= position:
-            break
-        out.append(offset_to_id(offset))
-    return out
