@@ -48,10 +48,7 @@ test-unit: $(VENV)/.dev
 # outcome no group protocol changes (share groups: ``any_protocol``) run in that pass only.
 # The background pass ends minutes before the first, so the pure-Python twin of the dispatch
 # core follows it there: the Redis fault cases that lean on the core most (a crash at every
-# step, kills mid-batch, the failure policy), a subset, for CI's time budget. Then the Redis
-# cases of the files marked ``background``, taken out of the first pass: on 2026-12-03 the
-# first pass took 1,560 s and the background one 1,156 s; moving ~250 s of test time evens
-# them (the first pass is CI's critical path).
+# step, kills mid-batch, the failure policy), a subset, for CI's time budget.
 PYTEST_BROKERS := $(BIN)/pytest -n 2 --dist worksteal --durations=15
 TWIN_FAULTS := tests/fault/test_failpoint_crashes_lose_nothing.py \
 	tests/fault/test_kill_mid_batch_redelivers.py tests/fault/test_done_when_failure_policy.py
@@ -62,13 +59,10 @@ test-integration: $(VENV)/.dev
 	  echo "== the pure-Python twin (STREAMQ_NO_EXTENSIONS=1 -m 'not kafka' TWIN_FAULTS) =="; \
 	  STREAMQ_NO_EXTENSIONS=1 $(PYTEST_BROKERS) -p no:cacheprovider -m "not kafka" \
 		$(TWIN_FAULTS); twin=$$?; \
-	  echo "== Redis cases of the background files (-m 'background and not kafka') =="; \
-	  $(PYTEST_BROKERS) -p no:cacheprovider -m "background and not kafka" tests/fault; moved=$$?; \
-	  test $$kip -eq 0 && test $$twin -eq 0 && test $$moved -eq 0 ) > $(BACKGROUND_LOG) 2>&1 & bg=$$!; \
+	  test $$kip -eq 0 && test $$twin -eq 0 ) > $(BACKGROUND_LOG) 2>&1 & bg=$$!; \
 	trap 'pkill -P $$bg 2>/dev/null; kill $$bg 2>/dev/null' INT TERM; \
-	echo "KIP-848 pass, the twin's fault subset, then Redis background cases (pid $$bg)"; \
-	$(PYTEST_BROKERS) -m "not (kafka and any_protocol) and not (background and not kafka)" \
-		tests/integration tests/fault; first=$$?; \
+	echo "KIP-848 pass, then the twin's fault subset, running in the background (pid $$bg)"; \
+	$(PYTEST_BROKERS) -m "not (kafka and any_protocol)" tests/integration tests/fault; first=$$?; \
 	wait $$bg; second=$$?; \
 	echo "== the KIP-848 pass (STREAMQ_GROUP_PROTOCOL=consumer -m kafka) =="; \
 	cat $(BACKGROUND_LOG); rm -f $(BACKGROUND_LOG); \

@@ -45,7 +45,7 @@ from .invariants import check_run
 from .observer import check_commits, observe
 from .proxy import FaultProxy
 
-pytestmark = [pytest.mark.fault, pytest.mark.background, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
 
 @dataclass

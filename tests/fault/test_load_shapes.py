@@ -61,7 +61,7 @@ from tests.integration.helpers import (
 from .invariants import check_run
 from .observer import Sample, check_commits, observe
 
-pytestmark = [pytest.mark.fault, pytest.mark.background, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
 PAD = "x" * 2000  # with the id and key, a record of about 2 KB
 

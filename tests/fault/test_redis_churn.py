@@ -39,7 +39,7 @@ from tests.integration.helpers import (
 from .invariants import check_leases, check_run
 from .observer import check_commits, observe
 
-pytestmark = [pytest.mark.fault, pytest.mark.background, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
 PARTITIONS = 4
 SEED = 1603

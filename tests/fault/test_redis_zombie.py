@@ -32,7 +32,7 @@ from tests.integration.helpers import (
 from .invariants import check_run
 from .observer import check_commits, observe
 
-pytestmark = [pytest.mark.fault, pytest.mark.background, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
 
 def test_a_zombies_acks_are_refused_after_its_heir_died_unhandled(

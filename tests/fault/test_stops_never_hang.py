@@ -34,7 +34,7 @@ from tests.integration.helpers import (
 from .invariants import check_run
 from .observer import CommitObserver, check_commits, observe
 
-pytestmark = [pytest.mark.fault, pytest.mark.background, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(600)]
 
 SHUTDOWN = 4.0
 HANG = SHUTDOWN + 45  # past every deadline of a stop (shutdown_timeout + 25 at most)

@@ -39,7 +39,7 @@ from tests.integration.helpers import (
 
 from .invariants import check_run
 
-pytestmark = [pytest.mark.fault, pytest.mark.background, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.fault, pytest.mark.timeout(300)]
 
 
 def _children(pid: int) -> set[int]:
