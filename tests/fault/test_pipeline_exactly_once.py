@@ -276,15 +276,20 @@ def test_exactly_once_through_a_crash_inside_a_revoke(broker, tmp_path: Path) ->
     first_spec = app_spec("pipeline", extra={"max_poll_records": 50, "commit_interval": 30})
     env = chain.env("exactly_once", HANDLER_SLEEP="0.004")
     with observe(broker, chain.topics["orders"], chain.group, PARTITIONS) as observer:
+        # 20 ms an order: ~10 s of orders left when the joiner comes, which takes seconds to
+        # start on a loaded machine; at 4 ms the first member could finish them all, commit
+        # them when idle and have nothing unpublished at the revoke (seen once in CI)
         first = start_worker(
-            tmp_path, first_spec, {**env, "STREAMQ_FAILPOINTS": "in_revoke:exit@1"}
+            tmp_path,
+            first_spec,
+            {**env, "HANDLER_SLEEP": "0.02", "STREAMQ_FAILPOINTS": "in_revoke:exit@1"},
         )
         wait_until(lambda: len(chain.handled("orders")) > 100, 60, "the first member to handle")
         joiner = start_worker(tmp_path, spec, env, "--until-idle", "3")  # makes the first revoke
         code, err = first.finish(120)
         assert code == 137 and "failpoint in_revoke fired" in err, f"no crash:\n{err[-3000:]}"
         unpublished = chain.unpublished(first.pid)
-        assert unpublished["orders"], "the first member died with nothing unpublished"
+        assert unpublished["orders"], f"nothing unpublished at the crash:\n{err[-3000:]}"
         code, out = joiner.finish(150)
         assert code == 0, out[-3000:]
         runs = drain(chain, spec, env, expected)
