@@ -85,21 +85,23 @@ class _Owned:
 
     def below(self, position: int) -> list[bytes]:
         """The IDs of the delivered entries before ``position``, still held."""
-        n = 0
-        for offset in self.delivered:
-            if offset >= position:
-                break
-            n += 1
-        return list(itertools.islice(self.ids, n))
+        return list(itertools.islice(self.ids, self._count_below(position)))
 
     def take(self, position: int) -> list[bytes]:
         """The IDs of the delivered entries before ``position``, no longer held."""
-        delivered, ids = self.delivered, self.ids
+        n = self._count_below(position)
+        drop, pop = self.delivered.popleft, self.ids.popleft
+        for _ in range(n):
+            drop()
+        return [pop() for _ in range(n)]
+
+    def _count_below(self, position: int) -> int:
         n = 0
-        while delivered and delivered[0] < position:
-            delivered.popleft()
+        for offset in self.delivered:  # in order: the first at or past ``position`` ends it
+            if offset >= position:
+                break
             n += 1
-        return [ids.popleft() for _ in range(n)]
+        return n
 
 
 class RedisConsumer(Backend):
