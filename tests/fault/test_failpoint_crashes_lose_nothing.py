@@ -89,18 +89,22 @@ def test_a_crash_inside_a_revoke_before_its_commit_loses_nothing(broker, tmp_pat
     group, ledger = unique("fp-revoke"), tmp_path / "ledger"
     # steady-state commits every 30 s: the revoke's commit is the one that matters
     spec = ledger_app(extra={"lease_ttl": 3, "max_poll_records": 50, "commit_interval": 30})
-    # 5 ms a record: the first member is still busy when the joiner, a fresh process on a
-    # loaded machine, has started and joined (at 2 ms it could finish the lot first)
+    # The first member handles at 20 ms a record, ~8 s of work left when the joiner (a fresh
+    # process on a loaded machine) starts: at 5 ms it once finished all 2,000 before the
+    # joiner had joined in CI. The joiner redoes the rest at 5 ms.
     env = app_env(broker.url, topic, group, ledger, HANDLER_SLEEP="0.005")
+    slow = {**env, "HANDLER_SLEEP": "0.02", "STREAMQ_FAILPOINTS": "in_revoke:exit@1"}
     with observe(broker, topic, group, 4) as observer:
-        first = start_worker(tmp_path, spec, {**env, "STREAMQ_FAILPOINTS": "in_revoke:exit@1"})
+        first = start_worker(tmp_path, spec, slow)
         wait_until(lambda: len(read_ledger(ledger)) > 300, 90, "the first member to handle")
         joiner = start_worker(tmp_path, spec, env)  # its join makes the first one revoke
         code, err = first.finish(120)
         assert code == 137 and "failpoint in_revoke fired" in err, f"no crash:\n{err[-3000:]}"
         by_first = {e.id for e in read_ledger(ledger) if e.pid == first.pid}
         # commits every 30 s: what the first member handled was not committed when it died
-        assert by_first and len(by_first) < len(records), "the crash came after all the work"
+        assert by_first and len(by_first) < len(records), (
+            f"the crash came after all the work:\n{err[-3000:]}"
+        )
         wait_until(lambda: {e.id for e in read_ledger(ledger)} >= {i for i, _ in records}, 180,
                    "the joiner to handle everything")  # fmt: skip
         joiner.send_signal(15)
