@@ -227,8 +227,9 @@ def start_kafka(nodes: int = 1, **options: Any) -> kafka_testing.KafkaCluster:
     """A private Apache Kafka (the JVM launcher); KafkaLaunchError says why it cannot start.
 
     ``options`` go to ``KafkaCluster.start``: broker ``settings``, a ``secure`` listener.
+    Test nodes run on the first JIT tier (``QUICK_JIT``): CI's passes share two cores.
     """
-    return kafka_testing.KafkaCluster.start(nodes, **options)
+    return kafka_testing.KafkaCluster.start(nodes, jvm_options=kafka_testing.QUICK_JIT, **options)
 
 
 @pytest.fixture(scope="session")
