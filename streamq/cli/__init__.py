@@ -17,16 +17,49 @@ resume, trigger) and ``bench``. What they share
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from .. import __version__, logs
 from ..dispatch import IMPLEMENTATION
-from . import bench, dlq, inspect, replay, run, schedules, topics
 
 __all__ = ["main"]
 
+# Each command's module, imported when the command runs (or ``--help`` lists it): a worker
+# process (``streamq run``) then skips what only the operator commands need (rich's tables
+# and progress bars, the bench harness), a fifth of its start-up.
+COMMANDS = {
+    "run": "run:run",
+    "topics": "topics:topics",
+    "produce": "topics:produce",
+    "tail": "topics:tail",
+    "dlq": "dlq:dlq",
+    "replay": "replay:replay",
+    "offsets": "replay:offsets",
+    "lag": "inspect:lag",
+    "status": "inspect:status",
+    "schedules": "schedules:schedules",
+    "bench": "bench:bench",
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _Commands(click.Group):
+    """A group whose subcommands are imported by name, on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        where = COMMANDS.get(cmd_name)
+        if where is None:
+            return None
+        module, attribute = where.split(":")
+        command: click.Command = getattr(importlib.import_module(f".{module}", __name__), attribute)
+        return command
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, message=f"streamq %(version)s (dispatch core: {IMPLEMENTATION})")
 @click.option(
     "--log-level",
@@ -45,19 +78,6 @@ __all__ = ["main"]
 def cli(log_level: str, log_format: str) -> None:
     """Run and operate streamq consumer groups."""
     logs.configure(log_level.upper(), log_format)
-
-
-cli.add_command(run.run)
-cli.add_command(topics.topics)
-cli.add_command(topics.produce)
-cli.add_command(topics.tail)
-cli.add_command(dlq.dlq)
-cli.add_command(replay.replay)
-cli.add_command(replay.offsets)
-cli.add_command(inspect.lag)
-cli.add_command(inspect.status)
-cli.add_command(schedules.schedules)
-cli.add_command(bench.bench)
 
 
 def main() -> None:

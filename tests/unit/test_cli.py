@@ -182,9 +182,13 @@ def _commands() -> dict[str, click.Command]:
 
     out: dict[str, click.Command] = {}
 
+    ctx = click.Context(cli)
+
     def walk(prefix: str, command: click.Command) -> None:
-        if isinstance(command, click.Group):
-            for name, sub in command.commands.items():
+        if isinstance(command, click.Group):  # the root's commands are imported on first use
+            for name in command.list_commands(ctx):
+                sub = command.get_command(ctx, name)
+                assert sub is not None, name
                 walk(f"{prefix} {name}".strip(), sub)
         else:
             out[prefix] = command
@@ -243,3 +247,15 @@ def test_topics_list_with_an_app_shows_the_pipeline_stages() -> None:
     assert rows["emails"][1:] == ["-", "mailer/email"]
     assert rows["orders.dlq"][1:] == ["-", "billing-pipeline/invoice"]
     assert_clean_error(streamq("topics", "list", "--app", "examples.nope:app"), 2, "nope")
+
+
+def test_a_worker_imports_only_the_run_command() -> None:
+    """``streamq run`` starts every worker: the operator commands' modules (rich's tables and
+    progress bars, the bench harness) stay unimported until one of them is used."""
+    probe = (
+        "import sys; from streamq.cli import cli; import click; "
+        "cli.get_command(click.Context(cli), 'run'); "
+        "print(sorted(m for m in sys.modules if m.startswith(('rich', 'streamq.cli.'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['streamq.cli.common', 'streamq.cli.run']", out.stdout
