@@ -100,7 +100,8 @@ class _Parsed:
     entries: dict[str, list[Entry]] = field(default_factory=lambda: defaultdict(list))
 
 
-_LEDGERS: dict[Path, _Parsed] = {}
+_LEDGERS: dict[Path, _Parsed] = {}  # the most recently read last; a few kept, not a session's
+_LEDGERS_KEPT = 8
 _LEDGERS_LOCK = threading.Lock()
 
 
@@ -116,9 +117,12 @@ def read_ledger(path: Path, kind: str = "E") -> list[Entry]:
     except FileNotFoundError:
         return []
     with _LEDGERS_LOCK:
-        parsed = _LEDGERS.get(path)
+        parsed = _LEDGERS.pop(path, None)
         if parsed is None or parsed.inode != stat.st_ino or stat.st_size < parsed.size:
-            parsed = _LEDGERS[path] = _Parsed(stat.st_ino)  # new, or a new file there
+            parsed = _Parsed(stat.st_ino)  # new, or a new file there
+        _LEDGERS[path] = parsed
+        if len(_LEDGERS) > _LEDGERS_KEPT:
+            del _LEDGERS[next(iter(_LEDGERS))]
         if stat.st_size > parsed.size:
             with path.open("rb") as f:
                 f.seek(parsed.size)
