@@ -47,7 +47,7 @@ from ..tracing import tracer
 from .collector import poll_uncollected
 from .committer import Committer
 from .executors import executors
-from .flow import FlowControl
+from .flow import DRAIN_POLL, FlowControl
 from .lanes import ALL_KEYS, Chunk, Completion, Probe, Reporter, Unit
 from .loop import Lanes
 from .outbox import outbox_for
@@ -211,9 +211,12 @@ class GroupRunner:
                     self._assigned, self._connected
                 ):
                     self.idle_since = None  # records it owns are waiting: not caught up
+                wait = settings.poll_timeout
+                if self._flow.paused and self._flow.draining():
+                    wait = min(wait, DRAIN_POLL)
                 try:
                     batch = poll_uncollected(
-                        self._backend.poll_batch, settings.max_poll_records, settings.poll_timeout
+                        self._backend.poll_batch, settings.max_poll_records, wait
                     )
                 except MemberFenced:
                     raise
