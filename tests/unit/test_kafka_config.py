@@ -24,6 +24,7 @@ def test_consumer_defaults_keep_commit_after_processing() -> None:
     assert config["enable.auto.offset.store"] is False
     assert config["partition.assignment.strategy"] == "cooperative-sticky"
     assert config["fetch.queue.backoff.ms"] == 10
+    assert config["fetch.wait.max.ms"] == 100  # a resumed partition waits behind no long fetch
     assert config["queued.max.messages.kbytes"] == (64 << 20) // 4096  # a quarter of the cap
 
 
