@@ -12,8 +12,9 @@ Defaults streamq changes from librdkafka's, and why:
 - ``fetch.wait.max.ms=100`` (default 500): how long the broker holds a fetch for partitions
   with no new records. librdkafka keeps one fetch per broker in flight, so a partition resumed
   after back-pressure waited behind a fetch of caught-up partitions: up to 1 s per pause at
-  the end of every 16 KB drain here (`streamq bench --size 16000`: 60,000 records drained in
-  2.1-2.2 s, 1.1-1.8 s with 100). An idle member fetches ten times a second per broker.
+  the end of a drain of 16 KB records here (a backlog of 60,000 from `streamq bench --size
+  16000`: drained in 2.1-2.2 s, 1.1-1.8 s with 100). An idle member fetches ten times a
+  second per broker.
 - ``session.timeout.ms=10000`` (default 45000): a dead member's partitions move in seconds.
 - ``max.poll.interval.ms=30000`` (default 300000): the poll thread never waits on handlers,
   only on a revoke's drain (``revoke_timeout``), so a short interval is safe; it must exceed

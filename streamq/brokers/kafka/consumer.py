@@ -418,12 +418,13 @@ class KafkaConsumer(Backend):
         all paused fetched again only when its thread woke on its own, up to a second later
         (``rd_kafka_max_block_ms``). A worker over its in-flight bound pauses every
         partition, so each round of back-pressure stalled it for that second (Apache Kafka
-        4.2, confluent-kafka 2.16: 0.97 s from resume to the next record, 8,700 records/s
-        where the handlers did 600,000). A seek moves a partition's fetch state, which wakes
-        its broker. The position is the client's own resume point (the record after the
-        last one consumed), so nothing is skipped or fetched twice; one never consumed has
-        no position and resumes from its committed offset, which the client looks up
-        itself (and that lookup wakes the broker).
+        4.2, confluent-kafka 2.16: 0.97 s from resume to the next record; with bounds of
+        2,000 records a partition and 4,000 a worker, 8,700 records/s where the handlers did
+        600,000). A seek moves a partition's fetch state, which wakes its broker. The
+        position is the client's own resume point (the record after the last one consumed),
+        so nothing is skipped or fetched twice; one never consumed has no position and
+        resumes from its committed offset, which the client looks up itself (and that
+        lookup wakes the broker).
         """
         try:
             positions = self._consumer.position([to_ck(tp) for tp in tps])
