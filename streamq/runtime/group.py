@@ -212,7 +212,7 @@ class GroupRunner:
                 ):
                     self.idle_since = None  # records it owns are waiting: not caught up
                 wait = settings.poll_timeout
-                if self._flow.paused and self._flow.draining():
+                if self._flow.draining():
                     wait = min(wait, DRAIN_POLL)
                 try:
                     batch = poll_uncollected(

@@ -405,13 +405,14 @@ class KafkaConsumer(Backend):
         )
 
     def pause(self, tps: Sequence[TopicPartition]) -> None:
-        self._flow(self._consumer.pause, tps)
+        self._flow(self._consumer.pause, [to_ck(tp) for tp in tps])
 
     def resume(self, tps: Sequence[TopicPartition]) -> None:
-        if self._flow(self._consumer.resume, tps):
-            self._wake_fetcher(tps)
+        parts = [to_ck(tp) for tp in tps]
+        if self._flow(self._consumer.resume, parts):
+            self._wake_fetcher(parts)
 
-    def _wake_fetcher(self, tps: Sequence[TopicPartition]) -> None:
+    def _wake_fetcher(self, parts: list[Any]) -> None:
         """Seek resumed partitions to where the client resumes them, so fetching restarts now.
 
         librdkafka does not wake a broker's thread on resume: a broker whose partitions were
@@ -427,18 +428,17 @@ class KafkaConsumer(Backend):
         lookup wakes the broker).
         """
         try:
-            positions = self._consumer.position([to_ck(tp) for tp in tps])
-            for p in positions:
+            for p in self._consumer.position(parts):
                 if p.error is None and p.offset >= 0:
                     self._consumer.seek(p)
         except KafkaException as exc:  # revoked meanwhile: the next owner fetches it
-            log.debug("group %s: waking the fetch of %s: %s", self._group, tps, exc)
+            log.debug("group %s: waking the fetch of %s: %s", self._group, from_ck(parts), exc)
 
-    def _flow(self, op: Callable[[list[Any]], None], tps: Sequence[TopicPartition]) -> bool:
+    def _flow(self, op: Callable[[list[Any]], None], parts: list[Any]) -> bool:
         try:
-            op([to_ck(tp) for tp in tps])
+            op(parts)
         except KafkaException as exc:  # a partition revoked meanwhile: nothing to pause
-            log.debug("group %s: pause/resume of %s: %s", self._group, tps, exc)
+            log.debug("group %s: pause/resume of %s: %s", self._group, from_ck(parts), exc)
             return False
         return True
 
