@@ -8,7 +8,8 @@ record: attribute lookups through dicts, temporary tuples and lists, frames.
 - ``kafka_messages``: confluent-kafka records to ``Message`` objects in one C loop.
 - ``Dispatcher``: split a batch by partition and by key lane (twin: ``streamq.dispatch``).
 - ``PartitionOffsets``: the offset tracker of one partition, on a C array of the offsets in
-  flight (twin: ``streamq.offsets._PartitionOffsetsPy``).
+  flight (twin: ``streamq.offsets._PartitionOffsetsPy``); ``Span`` and ``span_of``: what a
+  partition's lane finished, told to it without the records (twins in ``streamq.offsets``).
 - ``call_each`` and ``coordinate_keys``: the inline handler loop and the default dedup keys
   (twins in ``streamq.dispatch``); ``call_each_until`` and ``Lease``: the same loop, stopping
   at a deadline another thread moves.
@@ -19,7 +20,7 @@ cimport cython
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
 from libc.stdint cimport int32_t, int64_t, uint8_t
-from libc.string cimport memchr, memcmp, memcpy, memmove
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 import orjson
 
@@ -47,7 +48,7 @@ cdef object _JSONDecodeError = orjson.JSONDecodeError
 # at 100k in flight, measured with `streamq bench`).
 @cython.final
 @cython.no_gc
-@cython.freelist(256)
+@cython.freelist(2048)
 cdef class Message:
     """One record, as a handler sees it.
 
@@ -67,11 +68,13 @@ cdef class Message:
 
     cdef public object topic
     cdef public object partition
-    cdef public object offset
+    # C integers: the offset tracker reads them without a Python int, and a record costs two
+    # fewer allocations (a Python int is made only when something asks for the attribute)
+    cdef public int64_t offset
     cdef public object key
     cdef public object value
     cdef public object raw_headers
-    cdef public object timestamp
+    cdef public int64_t timestamp
     cdef public object attempt
     cdef object _headers
 
@@ -127,8 +130,8 @@ cdef str _preview(object value, Py_ssize_t limit=60):
     return repr(value[:limit] + b"..." if len(value) > limit else value)
 
 
-cdef inline Message _make(object topic, object partition, object offset, object key,
-                          object value, object raw_headers, object timestamp):
+cdef inline Message _make(object topic, object partition, int64_t offset, object key,
+                          object value, object raw_headers, int64_t timestamp):
     cdef Message m = Message.__new__(Message)
     m.topic = topic
     m.partition = partition
@@ -274,11 +277,11 @@ def redis_messages(str topic, object partition, object entries_in, list delivere
     """
     cdef list entries = _as_list(entries_in, "entries")
     cdef list out = []
-    cdef object entry_id, fields, stamp, hblob, offset_obj, key, value, name
+    cdef object entry_id, fields, stamp, hblob, key, value, name
     cdef list flat
     cdef const char* raw
     cdef Py_ssize_t n, pos, j
-    cdef int64_t ms, seq
+    cdef int64_t ms, seq, offset
     for entry in entries:
         entry_id, fields = entry
         if not fields:
@@ -294,7 +297,7 @@ def redis_messages(str topic, object partition, object entries_in, list delivere
         if pos < n and raw[pos] == 45:  # "-"
             pos += 1
             seq = _digits(raw, n, &pos)
-        offset_obj = (ms << seq_bits) | seq
+        offset = (ms << seq_bits) | seq
         if type(fields) is dict:
             stamp = (<dict>fields).get(_F_STAMP)
             hblob = (<dict>fields).get(_F_HEADERS)
@@ -314,11 +317,11 @@ def redis_messages(str topic, object partition, object entries_in, list delivere
                 elif name == _F_HEADERS:
                     hblob = flat[j + 1]
         out.append(_make(
-            topic, partition, offset_obj, key, value,
+            topic, partition, offset, key, value,
             decode_headers(hblob) if hblob else None,
             int(stamp) if stamp is not None else ms,
         ))
-        delivered.append(offset_obj)
+        delivered.append(offset)
     return out
 
 
@@ -671,6 +674,52 @@ def coordinate_keys(object unit_in):
 
 
 @cython.final
+@cython.freelist(64)
+cdef class Span:
+    """What a lane finished, as the offset tracker needs it: first and last offset, how many.
+
+    Built on the event loop's thread (``span_of``) for a run of records that were tracked
+    next to each other, so the poll thread completes them without reading each record.
+    """
+
+    cdef readonly int64_t first
+    cdef readonly int64_t last
+    cdef readonly Py_ssize_t count
+    cdef readonly Py_ssize_t nbytes
+
+    def __init__(self, int64_t first, int64_t last, Py_ssize_t count, Py_ssize_t nbytes):
+        self.first = first
+        self.last = last
+        self.count = count
+        self.nbytes = nbytes
+
+    def __len__(self):
+        return self.count
+
+    def __repr__(self):
+        return f"Span({self.first}, {self.last}, count={self.count}, nbytes={self.nbytes})"
+
+
+def span_of(object msgs_in):
+    """The ``Span`` of records that were tracked next to each other, in log order."""
+    cdef list msgs = _as_list(msgs_in, "msgs")
+    cdef Py_ssize_t n = len(msgs)
+    cdef Py_ssize_t nbytes = 0
+    cdef Message m
+    cdef Span span = Span.__new__(Span)
+    for x in msgs:
+        m = <Message?>x
+        if m.value is not None:
+            nbytes += len(m.value)
+    span.count = n
+    span.nbytes = nbytes
+    span.first = (<Message?>msgs[0]).offset if n else 0
+    span.last = (<Message?>msgs[n - 1]).offset if n else -1
+    return span
+
+
+
+@cython.final
 cdef class PartitionOffsets:
     """Tracked offsets of one partition during one ownership epoch.
 
@@ -843,6 +892,54 @@ cdef class PartitionOffsets:
                     nbytes += len(m.value)
         self._bytes -= nbytes
         return records, nbytes
+
+    def complete_span(self, Span span):
+        """``complete_messages`` for a run of records tracked next to each other.
+
+        The poll thread then never touches the records a lane finished: they were last used
+        on the event loop's thread, and are freed there. A span must name whole tracked
+        entries (the lane's records, in order, none finished before); anything else is a
+        bug in whoever built it, and raises rather than commit past a record not done.
+        """
+        cdef Py_ssize_t count = span.count
+        cdef Py_ssize_t i, lo, hi, mid, end
+        cdef int64_t* offs = self._offs
+        if count == 0 or self._len == 0 or span.last < offs[self._head]:
+            return 0, 0  # nothing, or behind the position: an epoch's leftovers
+        end = self._head + self._len
+        if span.first == offs[self._head]:
+            i = self._head
+        else:
+            lo = self._head + 1
+            hi = end
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if offs[mid] < span.first:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            i = lo
+        if i + count > end or offs[i] != span.first or offs[i + count - 1] != span.last:
+            raise RuntimeError(
+                f"span {span.first}..{span.last} of {count} records is not a run of tracked "
+                f"offsets in flight (from {offs[self._head]}, {self._len} held)"
+            )
+        if memchr(self._flags + i, 1, count) != NULL:
+            raise RuntimeError(f"span {span.first}..{span.last} has records finished before")
+        if i == self._head:
+            self._head += count
+            self._len -= count
+            while self._len and self._flags[self._head]:
+                self._head += 1
+                self._len -= 1
+                self._ndone -= 1
+            if self._len == 0:
+                self._shrink()
+        else:
+            memset(self._flags + i, 1, count)
+            self._ndone += count
+        self._bytes -= span.nbytes
+        return count, span.nbytes
 
     def skip_to(self, int64_t offset):
         """With nothing in flight, move the position to where the client is (``offset``).

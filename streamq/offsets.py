@@ -23,7 +23,41 @@ from typing import TYPE_CHECKING
 from ._native import native
 from .message import Message, TopicPartition
 
-__all__ = ["OffsetTracker", "PartitionOffsets"]
+__all__ = ["OffsetTracker", "PartitionOffsets", "Span", "span_of"]
+
+
+class _SpanPy:
+    """What a lane finished, as the offset tracker needs it: first and last offset, how many.
+
+    Built on the event loop's thread (``span_of``) for a run of records that were tracked
+    next to each other, so the poll thread completes them without reading each record
+    (twin of the compiled one).
+    """
+
+    __slots__ = ("count", "first", "last", "nbytes")
+
+    def __init__(self, first: int, last: int, count: int, nbytes: int) -> None:
+        self.first = first
+        self.last = last
+        self.count = count
+        self.nbytes = nbytes
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __repr__(self) -> str:
+        return f"Span({self.first}, {self.last}, count={self.count}, nbytes={self.nbytes})"
+
+
+def _span_of_py(msgs: list[Message]) -> _SpanPy:
+    """The ``Span`` of records that were tracked next to each other, in log order."""
+    nbytes = 0
+    for m in msgs:
+        if m.value is not None:
+            nbytes += len(m.value)
+    if not msgs:
+        return _SpanPy(0, -1, 0, 0)
+    return _SpanPy(msgs[0].offset, msgs[-1].offset, len(msgs), nbytes)
 
 
 class _PartitionOffsetsPy:
@@ -112,6 +146,42 @@ class _PartitionOffsetsPy:
         self.bytes -= nbytes
         return records, nbytes
 
+    def complete_span(self, span: _SpanPy) -> tuple[int, int]:
+        """``complete_messages`` for a run of records tracked next to each other.
+
+        The poll thread then never touches the records a lane finished: they were last used
+        on the event loop's thread, and are freed there. A span must name whole tracked
+        entries (the lane's records, in order, none finished before); anything else is a
+        bug in whoever built it, and raises rather than commit past a record not done.
+        """
+        offs, head, count = self._offs, self._head, span.count
+        n = len(offs)
+        if count == 0 or head >= n or span.last < offs[head]:
+            return 0, 0  # nothing, or behind the position: an epoch's leftovers
+        i = head if span.first == offs[head] else bisect_left(offs, span.first, head + 1)
+        if i + count > n or offs[i] != span.first or offs[i + count - 1] != span.last:
+            raise RuntimeError(
+                f"span {span.first}..{span.last} of {count} records is not a run of tracked "
+                f"offsets in flight (from {offs[head]}, {n - head} held)"
+            )
+        run = offs[i : i + count]
+        done = self._done
+        if done and not done.isdisjoint(run):
+            raise RuntimeError(f"span {span.first}..{span.last} has records finished before")
+        if i == head:
+            head += count
+            while head < n and offs[head] in done:
+                done.discard(offs[head])
+                head += 1
+            if head == n:
+                offs.clear()
+                head = 0
+            self._head = head
+        else:
+            done.update(run)
+        self.bytes -= span.nbytes
+        return count, span.nbytes
+
     def skip_to(self, offset: int) -> None:
         """With nothing in flight, move the position to where the client is (``offset``).
 
@@ -165,12 +235,15 @@ class OffsetTracker:
         self.in_flight_records += len(msgs)
         return part
 
-    def complete(self, tp: TopicPartition, epoch: int, msgs: list[Message]) -> bool:
+    def complete(self, tp: TopicPartition, epoch: int, msgs: list[Message] | Span) -> bool:
         """Mark records done; False (and no effect) if the epoch is over."""
         part = self.parts.get(tp)
         if part is None or part.epoch != epoch:
             return False
-        records, nbytes = part.complete_messages(msgs)
+        if type(msgs) is Span:
+            records, nbytes = part.complete_span(msgs)
+        else:
+            records, nbytes = part.complete_messages(msgs)  # type: ignore[arg-type]
         self.in_flight_records -= records
         self.in_flight_bytes -= nbytes
         return True
@@ -208,5 +281,9 @@ class OffsetTracker:
 
 
 PartitionOffsets = _PartitionOffsetsPy
+Span = _SpanPy
+span_of = _span_of_py
 if native is not None and not TYPE_CHECKING:
     PartitionOffsets = native.PartitionOffsets
+    Span = native.Span
+    span_of = native.span_of

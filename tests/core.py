@@ -40,6 +40,8 @@ class Core:
     name: str  # the test id: "cython" or "pure-python"
     Message: type
     PartitionOffsets: type
+    Span: type
+    span_of: Callable[[list[Any]], Any]
     Dispatcher: type
     Lease: type
     kafka_messages: Callable[..., list[Any]]
@@ -92,6 +94,8 @@ PURE_PYTHON = Core(
     name="pure-python",
     Message=message._MessagePy,
     PartitionOffsets=offsets._PartitionOffsetsPy,
+    Span=offsets._SpanPy,
+    span_of=offsets._span_of_py,
     Dispatcher=dispatch._DispatcherPy,
     Lease=dispatch._LeasePy,
     kafka_messages=dispatch._kafka_messages_py,

@@ -88,6 +88,8 @@ class Committer:
             if not tracker.complete(tp, epoch, msgs):
                 continue
             if self._acks_each:  # share: each record on its own, whatever lies below it
+                # share lanes are unordered: they report records, never a Span
+                assert isinstance(msgs, list)
                 self._backend.acknowledge(tp, msgs)
             if progress is not None:
                 position = tracker.parts[tp].position

@@ -17,7 +17,7 @@ from collections.abc import Set
 from ..crashes import CrashCounter
 from ..dispatch import Dispatcher, Lease
 from ..errors import WorkerLost
-from ..handlers import Executor, HandlerSpec, Ordering
+from ..handlers import CommitMode, Executor, HandlerSpec, Ordering
 from ..logs import get_logger
 from ..message import Message, TopicPartition
 from ..stats import Stats
@@ -222,6 +222,13 @@ class Lanes:
         lane = Lane(key, epoch, spec, lease, labels, run, origin)
         if key[1] == ALL_KEYS:
             lane.spill = self.spill
+        # a partition's one lane gets its records in log order, as they were tracked, and
+        # reports them whole (no dedup skips; commit-before completes them at dispatch)
+        lane.spans = (
+            spec.ordering is Ordering.PARTITION
+            and spec.dedup is None
+            and spec.commit is not CommitMode.BEFORE
+        )
         return lane
 
     def _enqueue_unordered(self, unit: Unit) -> None:

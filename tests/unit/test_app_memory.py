@@ -454,3 +454,48 @@ def test_hung_handler_at_shutdown_times_out_uncommitted(memory_url: str) -> None
     assert not thread.is_alive()
     assert len(outcome) == 1 and isinstance(outcome[0], ShutdownTimeout)
     assert committed(url) == {TopicPartition("orders", 0): 1}  # the hung record is redelivered
+
+
+def test_a_partition_lane_reports_spans_and_the_others_their_records(
+    memory_url: str, core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A partition's one lane hands the poll thread a Span (it never reads those records);
+    key lanes and deduplicated lanes skip or regroup records, and report them one by one."""
+    from streamq import offsets
+
+    kinds: dict[str, set[str]] = defaultdict(set)
+    complete = offsets.OffsetTracker.complete
+
+    def spy(self, tp, epoch, msgs):  # type: ignore[no-untyped-def]
+        kinds[tp.topic].add(type(msgs).__name__)
+        return complete(self, tp, epoch, msgs)
+
+    monkeypatch.setattr(offsets.OffsetTracker, "complete", spy)
+    app = make_app(memory_url)
+    seen: dict[str, int] = defaultdict(int)
+    for topic, options in (
+        ("by-partition", {}),
+        ("by-key", {"ordering": "key"}),
+        ("deduplicated", {"dedup": "memory"}),
+    ):
+
+        def handle(m: Message, topic: str = topic) -> None:
+            seen[topic] += 1
+
+        app.handler(topic, **options)(handle)  # type: ignore[arg-type]
+    with Producer(memory_url) as p:
+        for i in range(300):
+            for topic in ("by-partition", "by-key", "deduplicated"):
+                p.send(topic, {"i": i}, key=f"k{i % 7}")
+    app.run(until_idle=0.2)
+
+    assert seen == {"by-partition": 300, "by-key": 300, "deduplicated": 300}
+    assert kinds == {
+        "by-partition": {core.Span.__name__},
+        "by-key": {"list"},
+        "deduplicated": {"list"},
+    }
+    done = committed(memory_url)
+    for topic in ("by-partition", "by-key", "deduplicated"):
+        ends = {tp: end for tp, end in end_offsets(memory_url, topic).items() if end}
+        assert ends and all(done.get(tp) == end for tp, end in ends.items()), topic

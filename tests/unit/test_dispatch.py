@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from streamq import _native, dispatch
 from streamq.message import Message, TopicPartition
-from streamq.offsets import PartitionOffsets
+from streamq.offsets import PartitionOffsets, Span, span_of
 from tests.core import COMPILED, COMPILED_NAMES, CORES, NOT_TWINS, PURE_PYTHON, RUNNING, Core
 
 
@@ -116,7 +116,7 @@ def test_the_core_fixture_names_what_streamq_runs() -> None:
     """Each piece streamq bound at import is the one the fixture names for that core (the
     supervisor looks ``watch_parent`` up when it starts a child, so it has no binding)."""
     bound = {name: getattr(dispatch, name) for name in dispatch.__all__}
-    bound.update(Message=Message, PartitionOffsets=PartitionOffsets)
+    bound.update(Message=Message, PartitionOffsets=PartitionOffsets, Span=Span, span_of=span_of)
     for piece in Core.pieces():
         if piece != "watch_parent":
             assert bound[piece] is getattr(RUNNING, piece), piece

@@ -183,3 +183,65 @@ def test_skip_to_steps_over_offsets_without_records_only_when_idle(core: Core) -
     assert part.position == 7
     part.skip_to(3)
     assert part.position == 7  # never backwards
+
+
+def test_a_span_completes_a_run_of_tracked_records_without_reading_them(core: Core) -> None:
+    part = core.PartitionOffsets(epoch=1)
+    batch = [core.Message("t", 0, o, None, b"x" * 10) for o in (3, 5, 8, 9, 12, 20)]
+    assert part.track_messages(batch) == 60
+    # a run in the middle first: finished out of order, the position stays
+    assert part.complete_span(core.span_of(batch[2:4])) == (2, 20)
+    assert (part.position, part.in_flight, part.bytes) == (3, 4, 40)
+    # the run at the head: the position moves past it and past what finished before
+    assert part.complete_span(core.span_of(batch[:2])) == (2, 20)
+    assert (part.position, part.in_flight, part.bytes) == (12, 2, 20)
+    # behind the position (an earlier epoch's leftovers): nothing
+    assert part.complete_span(core.span_of(batch[:2])) == (0, 0)
+    assert part.complete_span(core.span_of([])) == (0, 0)
+    assert part.complete_span(core.span_of(batch[4:])) == (2, 20)
+    assert (part.position, part.in_flight, part.bytes, part.held) == (21, 0, 0, 0)
+
+
+def test_a_span_that_is_not_a_run_of_tracked_records_raises(core: Core) -> None:
+    """A span names whole tracked runs by construction; anything else must not commit."""
+    part = core.PartitionOffsets(epoch=1)
+    batch = [core.Message("t", 0, o, None, b"x") for o in range(10)]
+    part.track_messages(batch)
+    with pytest.raises(RuntimeError, match="not a run of tracked offsets"):
+        part.complete_span(core.Span(2, 6, 3, 3))  # 2..6 holds five records, not three
+    with pytest.raises(RuntimeError, match="not a run of tracked offsets"):
+        part.complete_span(core.Span(8, 12, 5, 5))  # past the last tracked offset
+    part.complete_messages(batch[4:5])
+    with pytest.raises(RuntimeError, match="finished before"):
+        part.complete_span(core.span_of(batch[3:6]))
+    assert (part.position, part.in_flight) == (0, 9)  # a refused span changed nothing
+
+
+@settings(max_examples=200)
+@given(
+    sizes=st.lists(st.integers(min_value=1, max_value=6), min_size=1, max_size=8),
+    seed=st.integers(),
+)
+def test_spans_and_records_complete_alike(core: Core, sizes: list[int], seed: int) -> None:
+    """Runs of each tracked batch, finished in any order, one tracker told by span and one
+    told record by record: the same position, counts and bytes after every step."""
+    rng = random.Random(seed)
+    by_span, by_record = core.PartitionOffsets(1), core.PartitionOffsets(1)
+    runs, offset = [], 0
+    for n in sizes:
+        batch = [core.Message("t", 0, offset + 2 * i, None, b"x" * (i + 1)) for i in range(n)]
+        offset += 2 * n + rng.randint(0, 3)
+        by_span.track_messages(batch)
+        by_record.track_messages(batch)
+        cut = rng.randint(0, n)
+        runs += [run for run in (batch[:cut], batch[cut:]) if run]
+    rng.shuffle(runs)
+    for run in runs:
+        assert by_span.complete_span(core.span_of(run)) == by_record.complete_messages(run)
+        assert (by_span.position, by_span.in_flight, by_span.held, by_span.bytes) == (
+            by_record.position,
+            by_record.in_flight,
+            by_record.held,
+            by_record.bytes,
+        )
+    assert by_span.in_flight == 0 and by_span.bytes == 0
