@@ -75,13 +75,18 @@ class Producer:
                 back, said in an error line), and its ``timestamp`` is the move's.
 
         Raises:
-            ConfigError: The value, key or topic cannot be sent.
+            ConfigError: The value, key, topic or timestamp cannot be sent.
             UnknownTopicOrPartition: ``partition`` does not exist.
         """
         if self._closed:
             raise ConfigError("producer is closed")
         if not isinstance(topic, str) or not topic:
             raise ConfigError("topic: must be a non-empty string")
+        if timestamp is not None and (type(timestamp) is bool or not isinstance(timestamp, int)):
+            # every broker keeps an integer; refused here rather than by the consumer
+            raise ConfigError(
+                f"timestamp: an int of milliseconds since the epoch, not {timestamp!r}"
+            )
         if delay is not None or deliver_at is not None:
             return self._send_delayed(topic, value, key, headers, partition, delay, deliver_at)
         if self._tracer is not None:

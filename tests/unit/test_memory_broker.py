@@ -9,7 +9,7 @@ import pytest
 
 from streamq import CommitFailed, ConfigError, Producer, TopicPartition
 from streamq.brokers import connect
-from streamq.brokers.memory import MemoryConsumer
+from streamq.brokers.memory import MemoryConsumer, get_log, parse_url
 from streamq.errors import UnknownTopicOrPartition
 from streamq.murmur2 import partition_for_key
 from streamq.settings import load_settings
@@ -159,6 +159,15 @@ def test_offsets_for_times(memory_url: str) -> None:
     assert m.consumer.offsets_for_times("t", 999) == {tp: None}
     with pytest.raises(UnknownTopicOrPartition):
         m.consumer.offsets_for_times("nope", 0)
+
+
+@pytest.mark.parametrize("bad", [1.5, "100", True])
+def test_a_timestamp_that_is_not_an_int_is_refused_at_send(memory_url: str, bad: object) -> None:
+    """A record's timestamp is an integer on every broker (and in the compiled Message):
+    the producer says so, instead of a consumer failing on the record later."""
+    with Producer(memory_url) as p, pytest.raises(ConfigError, match="timestamp"):
+        p.send("t", b"x", timestamp=bad)  # type: ignore[arg-type]
+    assert "t" not in get_log(parse_url(memory_url)[0]).topics
 
 
 def test_poll_wakes_on_produce(memory_url: str) -> None:
