@@ -122,6 +122,7 @@ class Lane:
         "dead_run",
         "epoch",
         "halted",
+        "here",
         "key",
         "labels",
         "last_dead",
@@ -170,6 +171,8 @@ class Lane:
         # its units are runs of records tracked next to each other (a partition's lane, no
         # record skipped or handed elsewhere): reported as a Span (``Reporter.report``)
         self.spans = False
+        # an idle lane's unit may run in the callback that brings it (``Lanes._run_here``)
+        self.here = False
         self.stopped = False
         self.halted = False
         self.wake = asyncio.Event()

@@ -15,13 +15,13 @@ import time
 from collections.abc import Set
 
 from ..crashes import CrashCounter
-from ..dispatch import Dispatcher, Lease
+from ..dispatch import Dispatcher, Lease, call_each, call_each_until
 from ..errors import WorkerLost
 from ..handlers import CommitMode, Executor, HandlerSpec, Ordering
 from ..logs import get_logger
 from ..message import Message, TopicPartition
 from ..stats import Stats
-from .executors import LaneExecutor
+from .executors import INLINE_HOLD, INLINE_SLICE, LaneExecutor
 from .lanes import (
     ALL_KEYS,
     UNORDERED_UNIT,
@@ -132,6 +132,7 @@ class Lanes:
 
     def enqueue(self, units: list[Unit]) -> None:
         lanes = self._lanes
+        until = 0.0  # the hold of the units run right here (_run_here); 0: none run yet
         for unit in units:
             key, epoch, spec, lease, msgs = unit
             if spec.ordering is Ordering.NONE:
@@ -142,11 +143,62 @@ class Lanes:
                 lane = lanes[key] = self._lane(key, epoch, spec, lease)
             if lane.stopped or lane.halted:
                 continue
+            if lane.here and lane.task is None and not lane.pending and type(msgs) is list:
+                until = until or time.monotonic() + INLINE_HOLD
+                rest = self._run_here(lane, msgs, until)
+                if rest is None:
+                    continue
+                lane.pending.extend(rest)
+                if lane.task is None:
+                    lane.task = self._loop.create_task(self._run_lane(lane))
+                continue
             lane.pending.append(msgs)
             if key[1] >= 0 and spec.merges_keys:
                 self._keyed.setdefault(key[0], set()).add(lane)
             if lane.task is None:
                 lane.task = self._loop.create_task(self._run_lane(lane))
+
+    def _run_here(
+        self, lane: Lane, unit: list[Message], until: float
+    ) -> list[list[Message]] | None:
+        """Run an idle inline lane's unit in this callback, without a task of its own.
+
+        With many partitions a batch holds many small units, and a task per unit (created,
+        scheduled, stepped, finished) cost more than the records' handlers. A unit that
+        finishes here is reported as its task would have; what cannot (the hold ``until``
+        is over, a handler raised, the lease lapsed, a stop) returns as units for the
+        lane's task, which goes on exactly where this stopped: a failed record first, as
+        ``Retrying`` (its first call already failed), so it gets no extra attempt.
+        """
+        n = len(unit)
+        failed: list[BaseException] = []
+        lease = lane.lease
+        invoke = lane.spec.invoke
+        clock = time.monotonic
+        now = clock()
+        if now >= until or lane.stopped:
+            return [unit]
+        lane.dead_lettered = lane.progress = lane.reported = 0
+        lane.timed_at = now
+        i = 0
+        while i < n:
+            end = i + INLINE_SLICE if i + INLINE_SLICE < n else n
+            if lease is None:
+                i = call_each(invoke, unit, i, end, failed)
+            else:
+                i = call_each_until(invoke, unit, i, end, failed, lease)
+            if i < end or clock() >= until or lane.stopped:
+                break
+        if i:
+            self._stats.handled_by[lane.labels] += i
+            self._reporter.report(lane, unit, i)
+            lane.seq_base += i
+        if i == n:
+            return None
+        if failed:
+            retry = Retrying(unit[i], failed.pop())
+            return [retry, unit[i + 1 :]] if i + 1 < n else [retry]
+        return [unit[i:]]
 
     def spill(
         self, lane: Lane, unit: list[Message], start: int, failure: BaseException | None
@@ -228,6 +280,11 @@ class Lanes:
             spec.ordering is Ordering.PARTITION
             and spec.dedup is None
             and spec.commit is not CommitMode.BEFORE
+        )
+        # a sync handler record by record, nothing around the call (no dedup check, no crash
+        # probes, no outbox): an idle lane's unit runs in the callback that brought it
+        lane.here = (
+            lane.spans and spec.executor is Executor.INLINE and not spec.batch and spec is origin
         )
         return lane
 

@@ -499,3 +499,75 @@ def test_a_partition_lane_reports_spans_and_the_others_their_records(
     for topic in ("by-partition", "by-key", "deduplicated"):
         ends = {tp: end for tp, end in end_offsets(memory_url, topic).items() if end}
         assert ends and all(done.get(tp) == end for tp, end in ends.items()), topic
+
+
+def _spy_run_here(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """What each unit run in the callback (``Lanes._run_here``) handed to its lane's task."""
+    from streamq.runtime import loop as lanes_loop
+
+    handed: list[list[str]] = []
+    run_here = lanes_loop.Lanes._run_here
+
+    def spy(self, lane, unit, until):  # type: ignore[no-untyped-def]
+        rest = run_here(self, lane, unit, until)
+        handed.append([] if rest is None else [type(u).__name__ for u in rest])
+        return rest
+
+    monkeypatch.setattr(lanes_loop.Lanes, "_run_here", spy)
+    return handed
+
+
+def test_a_unit_run_in_the_callback_past_the_hold_goes_on_in_its_task(
+    memory_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle inline lane runs its unit without a task of its own; past the hold the rest
+    goes on in the lane's task, in order, each record once."""
+    from streamq.runtime import loop as lanes_loop
+
+    handed = _spy_run_here(monkeypatch)
+    monkeypatch.setattr(lanes_loop, "INLINE_HOLD", 0.02)
+    url = memory_url + "?partitions=1"
+    app = make_app(url, max_poll_records=500)
+    calls: list[int] = []
+
+    @app.handler("orders")
+    def handle(order: Order) -> None:
+        calls.append(order.id)
+        if order.id < 100:
+            time.sleep(0.001)  # a slice of these (64 records) passes the hold
+
+    produce_orders(url, 300)
+    app.run(until_idle=0.2)
+
+    assert handed[0] == ["list"]  # the first unit was cut: its rest went to the task
+    assert calls == list(range(300))
+    assert committed(url) == {TopicPartition("orders", 0): 300}
+
+
+def test_a_record_failing_in_the_callback_gets_its_attempts_in_its_task(
+    memory_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failed record goes to the lane's task first, as ``Retrying`` (its first call
+    already failed): no extra attempt, and nothing after it starts before it is done."""
+    from streamq.runtime.lanes import Retrying
+
+    handed = _spy_run_here(monkeypatch)
+    url = memory_url + "?partitions=1"
+    app = make_app(url, max_poll_records=500)
+    calls: list[tuple[int, int]] = []
+
+    @app.handler("orders", max_retries=2, retry_backoff=0.001)
+    def handle(order: Order, msg: Message) -> None:
+        calls.append((order.id, msg.attempt))
+        if order.id == 50 and msg.attempt < 3:
+            raise RuntimeError("transient")
+
+    produce_orders(url, 100)
+    app.run(until_idle=0.2)
+
+    assert handed[0] == [Retrying.__name__, "list"]  # cut at record 50, the rest after it
+    assert [i for i, _ in calls] == [*range(51), 50, 50, *range(51, 100)]
+    assert [a for i, a in calls if i == 50] == [1, 2, 3]
+    assert dlq_records(url, "orders.dlq") == []
+    assert app.stats.retried["orders"] == 2
+    assert committed(url) == {TopicPartition("orders", 0): 100}
