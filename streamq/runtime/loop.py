@@ -168,9 +168,9 @@ class Lanes:
         finishes here is reported as its task would have; what cannot (the hold ``until``
         is over, a handler raised, the lease lapsed, a stop) returns as units for the
         lane's task, which goes on exactly where this stopped: a failed record first, as
-        ``Retrying`` (its first call already failed), so it gets no extra attempt.
+        ``Retrying`` (its first call already failed), so it gets no extra attempt. A
+        partition's shared key lane hands keys on as its task would (``_spread``, ``spill``).
         """
-        n = len(unit)
         failed: list[BaseException] = []
         lease = lane.lease
         invoke = lane.spec.invoke
@@ -178,6 +178,11 @@ class Lanes:
         now = clock()
         if now >= until or lane.stopped:
             return [unit]
+        if lane.spill is not None:
+            unit = self._spread(lane, unit)
+            if not unit:
+                return None
+        n = len(unit)
         lane.dead_lettered = lane.progress = lane.reported = 0
         lane.timed_at = now
         i = 0
@@ -189,6 +194,9 @@ class Lanes:
                 i = call_each_until(invoke, unit, i, end, failed, lease)
             if i < end or clock() >= until or lane.stopped:
                 break
+        if failed and lane.spill is not None:  # the key waits alone, the others go on
+            lane.spill(lane, unit, i, failed.pop())
+            n = i
         if i:
             self._stats.handled_by[lane.labels] += i
             self._reporter.report(lane, unit, i)
@@ -284,7 +292,12 @@ class Lanes:
         # a sync handler record by record, nothing around the call (no dedup check, no crash
         # probes, no outbox): an idle lane's unit runs in the callback that brought it
         lane.here = (
-            lane.spans and spec.executor is Executor.INLINE and not spec.batch and spec is origin
+            (spec.ordering is Ordering.PARTITION or key[1] == ALL_KEYS)
+            and spec.executor is Executor.INLINE
+            and not spec.batch
+            and spec.dedup is None
+            and spec.commit is not CommitMode.BEFORE
+            and spec is origin
         )
         return lane
 

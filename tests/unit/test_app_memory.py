@@ -240,13 +240,18 @@ def test_key_ordering_runs_keys_of_one_partition_in_parallel(memory_url: str) ->
     assert committed(url) == {TopicPartition("orders", 0): 300}
 
 
-def test_sync_key_handler_moves_only_a_failing_key_aside(memory_url: str) -> None:
+def test_sync_key_handler_moves_only_a_failing_key_aside(
+    memory_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A sync ``ordering="key"`` handler runs a partition's keys in one lane, in log order.
 
     A record that fails moves its key to a lane of its own for the backoff: the other keys
     go on meanwhile, the key's later records (in later polls too) wait behind it, and the
     record gets exactly its attempts (the failed first call in the shared lane counts).
+    The first unit runs in the callback that brings it (``Lanes._run_here``), which moves
+    the key aside as the lane's task would.
     """
+    handed = _spy_run_here(monkeypatch)
     url = memory_url + "?partitions=1"
     app = make_app(url, key_lanes=8, max_poll_records=50)
     calls: list[tuple[int, str, int]] = []  # (id, customer, attempt), in call order
@@ -277,6 +282,7 @@ def test_sync_key_handler_moves_only_a_failing_key_aside(memory_url: str) -> Non
     other_keys_meanwhile = [i for i, c, _ in calls[first_try:last_try] if c != "c10"]
     assert len(other_keys_meanwhile) > 100, "the other keys waited for the backoff"
     assert committed(url) == {TopicPartition("orders", 0): 300}
+    assert handed[0] == []  # the unit with order 30 ended in the callback: its key moved aside
 
 
 def test_batch_handler_isolates_the_poison(memory_url: str) -> None:
