@@ -1,9 +1,11 @@
-"""The event loop side of a group: one task per lane, each running its units in order.
+"""The event loop side of a group: a task per busy lane, each running its units in order.
 
 Units arrive from the poll thread in one call per batch (``enqueue``). A lane runs one unit
 at a time through the executor chosen when the lane was set up, with the dedup check before
-and the crash probes around it, and reports what finished (``Reporter``). The poll thread
-stops lanes through ``quiesce``, the one call that crosses back into the loop.
+and the crash probes around it, and reports what finished (``Reporter``). An idle lane of a
+plain sync handler runs its unit right in that call (``_run_here``) and needs a task only
+for what cannot finish there. The poll thread stops lanes through ``quiesce``, the one call
+that crosses back into the loop.
 """
 
 from __future__ import annotations
