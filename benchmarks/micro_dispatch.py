@@ -6,7 +6,8 @@ One thread, no broker: batches of real confluent-kafka records (built in memory,
 partitions, 100-byte JSON) go through every per-record step the poll thread and an inline
 lane perform: conversion to Message, split by partition and by key lane, offset tracking,
 the handler loop (a no-op handler, so the call itself is measured; decoding is orjson in
-both cores), dedup keys, and completion. Each core runs in its own interpreter
+both cores), dedup keys, and completion (a ``Span`` of each unit, as a partition's lane
+reports it, applied to the tracker). Each core runs in its own interpreter
 (``STREAMQ_NO_EXTENSIONS=1`` for the twin) and reports nanoseconds per record per step.
 """
 
@@ -41,7 +42,7 @@ def measure() -> dict[str, Any]:
         kafka_messages,
         make_invoker,
     )
-    from streamq.offsets import OffsetTracker
+    from streamq.offsets import OffsetTracker, span_of
 
     value = orjson.dumps({"id": 1, "customer": "customer-0001", "amount": 12.5, "pad": "x" * 40})
     raw = [
@@ -89,7 +90,7 @@ def measure() -> dict[str, Any]:
             coordinate_keys(unit)
         t6 = clock()
         for tp, unit in parts.items():
-            tracker.complete(tp, epochs[tp], unit)
+            tracker.complete(tp, epochs[tp], span_of(unit))
         t7 = clock()
         for unit in parts.values():
             call_each(decode_invoke, unit, 0, len(unit), failed)
