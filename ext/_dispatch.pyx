@@ -842,31 +842,42 @@ cdef class PartitionOffsets:
         self._bytes += nbytes
         return nbytes
 
+    cdef void _advance(self, Py_ssize_t by):
+        # the first ``by`` entries are done: the head moves past them and past every entry
+        # behind them that finished out of order
+        self._head += by
+        self._len -= by
+        while self._len and self._flags[self._head]:
+            self._head += 1
+            self._len -= 1
+            self._ndone -= 1
+        if self._len == 0:
+            self._shrink()
+
+    cdef Py_ssize_t _above_head(self, int64_t offset):
+        # index of the first entry after the head at or above ``offset`` (binary search)
+        cdef Py_ssize_t lo = self._head + 1
+        cdef Py_ssize_t hi = self._head + self._len
+        cdef Py_ssize_t mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self._offs[mid] < offset:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
     cdef bint _done(self, int64_t offset):
-        cdef Py_ssize_t lo, hi, mid, end
+        cdef Py_ssize_t lo, end
         cdef int64_t* offs = self._offs
         if self._len == 0 or offset < offs[self._head]:
             return False
         if offset == offs[self._head]:
-            self._head += 1
-            self._len -= 1
-            while self._len and self._flags[self._head]:
-                self._head += 1
-                self._len -= 1
-                self._ndone -= 1
-            if self._len == 0:
-                self._shrink()
+            self._advance(1)
             return True
         if offset > self._last:
             return False
-        lo = self._head + 1
-        hi = self._head + self._len
-        while lo < hi:
-            mid = (lo + hi) >> 1
-            if offs[mid] < offset:
-                lo = mid + 1
-            else:
-                hi = mid
+        lo = self._above_head(offset)
         end = self._head + self._len
         if lo < end and offs[lo] == offset and not self._flags[lo]:
             self._flags[lo] = 1
@@ -902,23 +913,12 @@ cdef class PartitionOffsets:
         bug in whoever built it, and raises rather than commit past a record not done.
         """
         cdef Py_ssize_t count = span.count
-        cdef Py_ssize_t i, lo, hi, mid, end
+        cdef Py_ssize_t i, end
         cdef int64_t* offs = self._offs
         if count == 0 or self._len == 0 or span.last < offs[self._head]:
             return 0, 0  # nothing, or behind the position: an epoch's leftovers
         end = self._head + self._len
-        if span.first == offs[self._head]:
-            i = self._head
-        else:
-            lo = self._head + 1
-            hi = end
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if offs[mid] < span.first:
-                    lo = mid + 1
-                else:
-                    hi = mid
-            i = lo
+        i = self._head if span.first == offs[self._head] else self._above_head(span.first)
         if i + count > end or offs[i] != span.first or offs[i + count - 1] != span.last:
             raise RuntimeError(
                 f"span {span.first}..{span.last} of {count} records is not a run of tracked "
@@ -927,14 +927,7 @@ cdef class PartitionOffsets:
         if memchr(self._flags + i, 1, count) != NULL:
             raise RuntimeError(f"span {span.first}..{span.last} has records finished before")
         if i == self._head:
-            self._head += count
-            self._len -= count
-            while self._len and self._flags[self._head]:
-                self._head += 1
-                self._len -= 1
-                self._ndone -= 1
-            if self._len == 0:
-                self._shrink()
+            self._advance(count)
         else:
             memset(self._flags + i, 1, count)
             self._ndone += count

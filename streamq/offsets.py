@@ -110,6 +110,18 @@ class _PartitionOffsetsPy:
         self.track([m.offset for m in msgs], nbytes)
         return nbytes
 
+    def _advance(self, by: int) -> None:
+        """The first ``by`` entries are done: move past them and what finished behind them."""
+        offs, done = self._offs, self._done
+        head, n = self._head + by, len(offs)
+        while head < n and offs[head] in done:
+            done.discard(offs[head])
+            head += 1
+        if head == n:
+            offs.clear()
+            head = 0
+        self._head = head
+
     def done(self, offset: int) -> bool:
         """Mark one offset done; False if it was not in flight (duplicate, stale, a gap)."""
         offs, head = self._offs, self._head
@@ -117,15 +129,7 @@ class _PartitionOffsetsPy:
         if head >= n or offset < offs[head]:
             return False
         if offset == offs[head]:
-            head += 1
-            done = self._done
-            while head < n and offs[head] in done:
-                done.discard(offs[head])
-                head += 1
-            if head == n:
-                offs.clear()
-                head = 0
-            self._head = head
+            self._advance(1)
             return True
         if offset > self.last or offset in self._done:
             return False
@@ -169,14 +173,7 @@ class _PartitionOffsetsPy:
         if done and not done.isdisjoint(run):
             raise RuntimeError(f"span {span.first}..{span.last} has records finished before")
         if i == head:
-            head += count
-            while head < n and offs[head] in done:
-                done.discard(offs[head])
-                head += 1
-            if head == n:
-                offs.clear()
-                head = 0
-            self._head = head
+            self._advance(count)
         else:
             done.update(run)
         self.bytes -= span.nbytes

@@ -284,21 +284,18 @@ class Lanes:
         lane = Lane(key, epoch, spec, lease, labels, run, origin)
         if key[1] == ALL_KEYS:
             lane.spill = self.spill
+        # no dedup skips, and no commit-before (it completes records at dispatch)
+        whole = spec.dedup is None and spec.commit is not CommitMode.BEFORE
         # a partition's one lane gets its records in log order, as they were tracked, and
-        # reports them whole (no dedup skips; commit-before completes them at dispatch)
-        lane.spans = (
-            spec.ordering is Ordering.PARTITION
-            and spec.dedup is None
-            and spec.commit is not CommitMode.BEFORE
-        )
+        # reports them whole
+        lane.spans = whole and spec.ordering is Ordering.PARTITION
         # a sync handler record by record, nothing around the call (no dedup check, no crash
         # probes, no outbox): an idle lane's unit runs in the callback that brought it
         lane.here = (
-            (spec.ordering is Ordering.PARTITION or key[1] == ALL_KEYS)
+            whole
+            and (spec.ordering is Ordering.PARTITION or key[1] == ALL_KEYS)
             and spec.executor is Executor.INLINE
             and not spec.batch
-            and spec.dedup is None
-            and spec.commit is not CommitMode.BEFORE
             and spec is origin
         )
         return lane
