@@ -294,6 +294,15 @@ class KafkaNode:
                 return line.strip()[:300]
         return f"exit code {self.proc.poll() if self.proc else None}"
 
+    def last_complaint(self) -> str:
+        """The last WARN or ERROR of a live node that is slow to join, for a timeout's message."""
+        path = self.dir / "server.log"
+        lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+        for line in reversed(lines):
+            if " WARN " in line or " ERROR " in line:
+                return line.strip()[:300]
+        return f"{len(lines)} log lines, no warning"
+
 
 # Settings for a fast, small test node; the caller's ``overrides`` win.
 BASE_SETTINGS = {
@@ -390,16 +399,24 @@ class KafkaCluster:
 
         The ports are free when chosen but only taken when the JVMs bind them, seconds later:
         on a busy machine (tests in parallel) another process can take one first. A node
-        that then cannot bind is started again on fresh ports, twice at most.
+        that then cannot bind is started again on fresh ports, twice at most. A cluster that
+        does not answer within ``timeout`` is started afresh once: a three-node start that
+        takes seconds when idle has outlasted 90 s on CI's shared two cores.
         """
+        slow = False
         for attempt in range(3):
             try:
                 return cls._start_once(
                     nodes, version, root, settings, secure, timeout, tuple(jvm_options)
                 )
             except KafkaLaunchError as exc:
-                if attempt == 2 or root is not None or not _port_taken(str(exc)):
-                    raise
+                retry = root is None and attempt < 2
+                if retry and _port_taken(str(exc)):
+                    continue
+                if retry and not slow and "did not answer" in str(exc):
+                    slow = True
+                    continue
+                raise
         raise AssertionError("unreachable")
 
     @classmethod
@@ -493,13 +510,25 @@ class KafkaCluster:
                     f"Kafka node {node.node_id} exited at start: {node.why_dead()}"
                 )
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        listed: set[int] = set()
         while True:
             with contextlib.suppress(Exception):  # not up yet
-                if set(admin.list_topics(timeout=5).brokers) >= expected:
+                listed = set(admin.list_topics(timeout=5).brokers)
+                if listed >= expected:
                     return
+            # A node can die after "its" port answers: another process may hold that port
+            # (the node then fails to bind and exits), and waiting on it would only time out.
+            for node in self.nodes:
+                if node.node_id in expected and not node.alive():
+                    raise KafkaLaunchError(
+                        f"Kafka node {node.node_id} exited at start: {node.why_dead()}"
+                    )
             if time.monotonic() > deadline:
+                missing = sorted(expected - listed)
+                why = "; ".join(f"node {i}: {self.node(i).last_complaint()}" for i in missing)
                 raise KafkaLaunchError(
                     f"Kafka at {self.bootstrap} did not answer in {timeout:.0f} s"
+                    f" (brokers listed: {sorted(listed)}; {why or 'none missing'})"
                 )
             time.sleep(0.2)
 

@@ -75,7 +75,8 @@ def test_a_port_taken_before_the_jvm_bound_it_means_fresh_ports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A node that exits at start because another process took its port is started again
-    on fresh ports (twice at most); any other failure is said at once."""
+    on fresh ports (twice at most); a cluster that does not answer in time, once; any other
+    failure is said at once."""
     taken = "Kafka node 1 exited at start: ERROR Unable to start acceptor for CONTROLLER"
     calls: list[int] = []
 
@@ -97,6 +98,40 @@ def test_a_port_taken_before_the_jvm_bound_it_means_fresh_ports(
     assert len(calls) == 3
     calls.clear()
     monkeypatch.setattr(kafka.KafkaCluster, "_start_once", failing("did not answer", 1))
+    assert kafka.KafkaCluster.start(1) == "started" and len(calls) == 2
+    calls.clear()
+    monkeypatch.setattr(kafka.KafkaCluster, "_start_once", failing("did not answer", 2))
     with pytest.raises(kafka.KafkaLaunchError, match="did not answer"):
         kafka.KafkaCluster.start(1)
+    assert len(calls) == 2
+    calls.clear()
+    monkeypatch.setattr(kafka.KafkaCluster, "_start_once", failing("formatting failed", 1))
+    with pytest.raises(kafka.KafkaLaunchError, match="formatting failed"):
+        kafka.KafkaCluster.start(1)
     assert len(calls) == 1
+
+
+def test_a_node_that_dies_after_its_port_answers_is_said_at_once(tmp_path: Path) -> None:
+    """Another process on the node's port answers for it while the node, unable to bind,
+    exits: the wait says so (a port-taken failure, started again on fresh ports) instead of
+    waiting out its timeout for a broker that will never be listed."""
+    import socket
+    import subprocess
+
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen()
+    node = kafka.KafkaNode(1, squatter.getsockname()[1], 0, tmp_path, tmp_path)
+    (tmp_path / "stdout.log").write_text(
+        "ERROR Unable to start acceptor for PLAINTEXT: java.net.BindException\n"
+    )
+    node.proc = subprocess.Popen(["sleep", "1"])
+    cluster = kafka.KafkaCluster([node], tmp_path, "java")
+    try:
+        with pytest.raises(kafka.KafkaLaunchError, match="exited at start") as info:
+            cluster.wait_ready(timeout=60)
+    finally:
+        squatter.close()
+        node.proc.wait()
+    assert node.proc.returncode == 0  # the fault really happened: the node was alive, then not
+    assert kafka._port_taken(str(info.value))  # not "did not answer": said before the timeout
