@@ -294,9 +294,15 @@ class KafkaNode:
                 return line.strip()[:300]
         return f"exit code {self.proc.poll() if self.proc else None}"
 
+    def exited_at_start(self) -> KafkaLaunchError | None:
+        """The error to raise when this node was launched and its JVM has exited."""
+        if self.proc is None or self.alive():
+            return None
+        return KafkaLaunchError(f"Kafka node {self.node_id} exited at start: {self.why_dead()}")
+
     def last_complaint(self) -> str:
         """The last WARN or ERROR of a live node that is slow to join, for a timeout's message."""
-        path = self.dir / "server.log"
+        path = self.server_log
         lines = path.read_text(errors="replace").splitlines() if path.exists() else []
         for line in reversed(lines):
             if " WARN " in line or " ERROR " in line:
@@ -505,10 +511,8 @@ class KafkaCluster:
                 if time.monotonic() > deadline:
                     raise KafkaLaunchError(f"Kafka node {node.node_id} did not open its port")
                 time.sleep(0.1)
-            if node.proc is not None and not node.alive():
-                raise KafkaLaunchError(
-                    f"Kafka node {node.node_id} exited at start: {node.why_dead()}"
-                )
+            if (exited := node.exited_at_start()) is not None:
+                raise exited
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
         listed: set[int] = set()
         while True:
@@ -519,10 +523,8 @@ class KafkaCluster:
             # A node can die after "its" port answers: another process may hold that port
             # (the node then fails to bind and exits), and waiting on it would only time out.
             for node in self.nodes:
-                if node.node_id in expected and not node.alive():
-                    raise KafkaLaunchError(
-                        f"Kafka node {node.node_id} exited at start: {node.why_dead()}"
-                    )
+                if node.node_id in expected and (exited := node.exited_at_start()) is not None:
+                    raise exited
             if time.monotonic() > deadline:
                 missing = sorted(expected - listed)
                 why = "; ".join(f"node {i}: {self.node(i).last_complaint()}" for i in missing)
