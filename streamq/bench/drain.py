@@ -47,7 +47,7 @@ def drain(spec: BenchSpec, side: str) -> dict[str, Any]:
                 p.wait(30)
         else:
             os.environ["STREAMQ_BENCH_SPEC"] = json.dumps(asdict(spec))
-            app = streamq_side.build_app(spec, 0) if spec.workers == 1 else None
+            app = streamq_side.build_app(spec, 0, local=True) if spec.workers == 1 else None
             idle = _proc_mem(os.getpid(), "VmRSS:")  # imports done, nothing consumed yet
             box: dict[str, Any] = {}
 

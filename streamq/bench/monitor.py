@@ -25,6 +25,7 @@ from .tally import (
     _SLOT,
     _attach,
     _view,
+    publish_local,
 )
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ class Monitor:
         return range(self.spec.slots)
 
     def count(self) -> int:
+        publish_local()
         v = self.view
         return sum(v[_HEADER + s * _SLOT + _COUNT] for s in self.slots())
 
@@ -161,6 +163,7 @@ class Monitor:
             while self.count() < n + 1 and time.monotonic() < warm_by:
                 time.sleep(0.005)
             self.view[_PHASE] = 1
+            publish_local()
             time.sleep(0.05)  # streamq's counting threads turn latency sampling on (tally)
             sender.go()
             wait_until = time.monotonic() + 10 + spec.latency_messages / spec.latency_rate

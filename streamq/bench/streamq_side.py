@@ -24,10 +24,11 @@ from .tally import Tally
 from .workloads import BenchRecord, _burn, derive, work_fn
 
 
-def build_app(spec: BenchSpec, slot: int | None) -> Any:
+def build_app(spec: BenchSpec, slot: int | None, *, local: bool = False) -> Any:
     """The streamq app doing the same work: one handler with the chosen options.
 
     ``slot`` None is the supervisor of ``--workers N``: it only needs the app to exist.
+    ``local``: the monitor runs in this process and reads the handler's count itself.
     """
     import streamq
 
@@ -36,7 +37,7 @@ def build_app(spec: BenchSpec, slot: int | None) -> Any:
     # a plain inline handler counts in its own local (_counting_handler)
     plain = not (spec.batch or spec.transform) and spec.executor == "inline" and kind != "sleep"
     if slot is not None:
-        tally = Tally(spec.shm, slot)
+        tally = Tally(spec.shm, slot, local=local)
         _tallies.append(tally)
         if not (spec.batch or plain):
             tick = tally.counter()

@@ -7,8 +7,11 @@ process.
 How each side counts is what a user's own code would do, so the count costs neither side
 more than it would cost a user: the raw loops count per batch (``begin`` before a batch's
 work, ``add`` after it); streamq's handlers count per record in a local variable
-(``counter``), which a thread of the process publishes every millisecond. Latency is
-sampled per record on both sides only while the latency records flow, at a fixed rate.
+(``counter``). In the monitor's own process (one worker) the monitor reads that local each
+time it samples (``publish_local``), so streamq's side runs no thread the raw side lacks;
+each process of ``--workers N`` or of a process pool has a thread publishing it every
+millisecond. Latency is sampled per record on both sides only while the latency records
+flow, at a fixed rate.
 """
 
 from __future__ import annotations
@@ -28,6 +31,19 @@ _PHASE, _OUTPUTS, _HEADER = 0, 1, 8
 _COUNT, _PID, _LAT_N, _FIRST, _CPU0, _LAT0 = 0, 1, 2, 3, 4, 8
 _LAT_CAP = 1 << 16  # samples per process: every record of a latency scenario
 _SLOT = _LAT0 + _LAT_CAP
+
+# Tallies of this process that the monitor publishes as it samples (``Tally(local=True)``).
+_LOCAL: list[Tally] = []
+
+
+def publish_local() -> None:
+    """Copy the in-process handlers' counts into their slots (the monitor, before it reads).
+
+    A publishing thread would wake every millisecond and take the GIL from streamq's two
+    threads, a cost the raw loop (counting inline, per batch) does not pay.
+    """
+    for tally in _LOCAL:
+        tally.publish()
 
 
 def _attach(name: str) -> shared_memory.SharedMemory:
@@ -57,7 +73,9 @@ def _view(shm: shared_memory.SharedMemory) -> memoryview:
 class Tally:
     """This process's slot in the shared counters."""
 
-    def __init__(self, shm_name: str, slot: int | None, first_free: int = 0) -> None:
+    def __init__(
+        self, shm_name: str, slot: int | None, first_free: int = 0, *, local: bool = False
+    ) -> None:
         self._shm = _attach(shm_name)
         self.view = _view(self._shm)
         if slot is None:  # a pool process: claim a free slot past the workers'
@@ -68,6 +86,8 @@ class Tally:
         self._started = False
         self._read_at: tuple[int, int] | None = None  # the raw loops' read: see reading
         self._publisher: threading.Thread | None = None
+        self._local = local  # read by a Monitor of this process: published as it samples
+        self._cells: tuple[Any, Any] | None = None  # the handler's count and sampling cells
         self._closing = threading.Event()
         atexit.register(self.close)  # the view must go before the mapping can close
 
@@ -176,24 +196,35 @@ class Tally:
     def watch(self, fn: Callable[..., None]) -> None:
         """The thread that publishes ``fn``'s local ``count`` (and sets its ``sampling``)."""
         cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True))
-        self._publisher = threading.Thread(
-            target=self._publish, args=(cells["count"], cells["sampling"]), daemon=True,
-            name="bench-count",
-        )  # fmt: skip
+        self._cells = (cells["count"], cells["sampling"])
+        if self._local:
+            _LOCAL.append(self)
+            return
+        self._publisher = threading.Thread(target=self._publish_every_ms, daemon=True,
+                                           name="bench-count")  # fmt: skip
         self._publisher.start()
 
-    def _publish(self, count: Any, sampling: Any) -> None:
-        view, at_count = self.view, self.base + _COUNT
+    def publish(self) -> None:
+        """The handler's count into the slot; its latency sampling on once the phase says."""
+        if self._cells is None:
+            return
+        count, sampling = self._cells
+        self.view[self.base + _COUNT] = count.cell_contents
+        if not sampling.cell_contents and self.view[_PHASE]:
+            sampling.cell_contents = True
+
+    def _publish_every_ms(self) -> None:
         while not self._closing.wait(0.001):
-            view[at_count] = count.cell_contents
-            if not sampling.cell_contents and view[_PHASE]:
-                sampling.cell_contents = True
-        view[at_count] = count.cell_contents
+            self.publish()
+        self.publish()
 
     def close(self) -> None:
         self._closing.set()
         if self._publisher is not None and self._publisher is not threading.current_thread():
             self._publisher.join(1.0)
+        if self in _LOCAL:
+            self.publish()
+            _LOCAL.remove(self)
         self.view.release()
         self._shm.close()
         atexit.unregister(self.close)

@@ -18,7 +18,17 @@ import pytest
 from streamq.bench import monitor as monitor_module
 from streamq.bench.monitor import Monitor
 from streamq.bench.spec import BenchSpec
-from streamq.bench.tally import _COUNT, _FIRST, _HEADER, _PID, _SLOT, _view
+from streamq.bench.tally import (
+    _COUNT,
+    _FIRST,
+    _HEADER,
+    _PHASE,
+    _PID,
+    _SLOT,
+    Tally,
+    _view,
+    publish_local,
+)
 
 
 @pytest.fixture
@@ -84,3 +94,28 @@ def test_the_window_starts_once_every_member_handled_a_record(
     assert result["handled"] == spec.messages
     assert result["timed_records"] == spec.messages - 15  # from the full group's start
     assert result["members_handling"] == 2
+
+
+def test_a_handler_in_the_monitors_process_is_counted_without_a_thread(
+    two_workers: tuple[BenchSpec, memoryview],
+) -> None:
+    """streamq's side runs no publishing thread that the raw loop lacks (one worker)."""
+    spec, view = two_workers
+    tally = Tally(spec.shm, 0, local=True)
+    monitor = Monitor(spec)
+    try:
+        count = tally.counter()
+        for _ in range(7):
+            count(0)
+        assert tally._publisher is None  # no thread: the monitor publishes as it reads
+        assert view[_HEADER + _COUNT] == 0  # not yet published
+        assert monitor.count() == 7
+        view[_PHASE] = 1  # the latency records flow: the handler starts sampling
+        publish_local()
+        count(time.time_ns() // 1_000_000 - 3)
+        assert monitor.count() == 8
+        assert len(monitor.latencies()) == 1
+    finally:
+        tally.close()
+        monitor.close()
+    assert view[_HEADER + _COUNT] == 8  # published once more on close
