@@ -95,6 +95,34 @@ class Chunk(list[Message]):
     __slots__ = ()
 
 
+class Cost:
+    """Wall time a record of one handler's key lanes took, smoothed (``Lanes._spread``).
+
+    Every lane of the handler adds to it (the shared lanes and the key lanes of all its
+    partitions): a shared lane that handed all of a unit on measures nothing itself. An
+    average over the last few units, so one slow unit (a GC pause, the poll thread's turn
+    with the GIL) does not split the next ones.
+    """
+
+    __slots__ = ("per_record",)
+
+    def __init__(self) -> None:
+        self.per_record = 0.0
+
+    def add(self, seconds: float, records: int) -> None:
+        self.per_record += (seconds / records - self.per_record) * 0.25
+
+
+class Gapped(list[Message]):
+    """Records a partition's shared lane kept when some of their run went to key lanes.
+
+    Not a run of records tracked next to each other, so reported record by record rather
+    than as a ``Span``; what is left of it after a hold stays ``Gapped`` (``Lanes._run_here``).
+    """
+
+    __slots__ = ()
+
+
 class Retrying(list[Message]):
     """A record whose handler failed in its partition's shared lane, recovered in its key's.
 
@@ -118,6 +146,7 @@ class Lane:
     """Ordered work of one partition (or key lane); lives on the event loop thread."""
 
     __slots__ = (
+        "cost",
         "dead_lettered",
         "dead_run",
         "epoch",
@@ -127,6 +156,7 @@ class Lane:
         "labels",
         "last_dead",
         "lease",
+        "may_span",
         "origin",
         "peers",
         "pending",
@@ -171,6 +201,10 @@ class Lane:
         # its units are runs of records tracked next to each other (a partition's lane, no
         # record skipped or handed elsewhere): reported as a Span (``Reporter.report``)
         self.spans = False
+        self.may_span = False  # spans when its units are runs; a shared lane's are not always
+        # ordering="key" with shared lanes: its handler's time per record, so that a hot
+        # key leaves a shared lane only when its burst would hold the other keys up
+        self.cost: Cost | None = None
         # an idle lane's unit may run in the callback that brings it (``Lanes._run_here``)
         self.here = False
         self.stopped = False

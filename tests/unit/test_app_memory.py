@@ -465,8 +465,9 @@ def test_hung_handler_at_shutdown_times_out_uncommitted(memory_url: str) -> None
 def test_a_partition_lane_reports_spans_and_the_others_their_records(
     memory_url: str, core: Core, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A partition's one lane hands the poll thread a Span (it never reads those records);
-    key lanes and deduplicated lanes skip or regroup records, and report them one by one."""
+    """A partition's one lane hands the poll thread a Span (it never reads those records),
+    and so does a partition's shared key lane for the units it keeps whole; key lanes, and
+    deduplicated lanes skip or regroup records, and report them one by one."""
     from streamq import offsets
 
     kinds: dict[str, set[str]] = defaultdict(set)
@@ -479,30 +480,39 @@ def test_a_partition_lane_reports_spans_and_the_others_their_records(
     monkeypatch.setattr(offsets.OffsetTracker, "complete", spy)
     app = make_app(memory_url)
     seen: dict[str, int] = defaultdict(int)
+    failed: list[int] = []
+    topics = ("by-partition", "by-key", "key-failed-once", "deduplicated")
     for topic, options in (
         ("by-partition", {}),
         ("by-key", {"ordering": "key"}),
+        ("key-failed-once", {"ordering": "key", "retry_backoff": 0.01}),
         ("deduplicated", {"dedup": "memory"}),
     ):
 
         def handle(m: Message, topic: str = topic) -> None:
+            if topic == "key-failed-once" and m.offset == 5 and not failed:
+                failed.append(m.offset)  # its key leaves the shared lane for its own
+                raise ValueError("once")
             seen[topic] += 1
 
         app.handler(topic, **options)(handle)  # type: ignore[arg-type]
     with Producer(memory_url) as p:
         for i in range(300):
-            for topic in ("by-partition", "by-key", "deduplicated"):
+            for topic in topics:
                 p.send(topic, {"i": i}, key=f"k{i % 7}")
     app.run(until_idle=0.2)
 
-    assert seen == {"by-partition": 300, "by-key": 300, "deduplicated": 300}
+    assert failed == [5]
+    assert seen == dict.fromkeys(topics, 300)
     assert kinds == {
         "by-partition": {core.Span.__name__},
-        "by-key": {"list"},
+        "by-key": {core.Span.__name__},  # 7 keys of fast records: no key left the lane
+        # the key lane's records one by one: its retried record, then the key's others
+        "key-failed-once": {core.Span.__name__, "Retrying", "list"},
         "deduplicated": {"list"},
     }
     done = committed(memory_url)
-    for topic in ("by-partition", "by-key", "deduplicated"):
+    for topic in topics:
         ends = {tp: end for tp, end in end_offsets(memory_url, topic).items() if end}
         assert ends and all(done.get(tp) == end for tp, end in ends.items()), topic
 
