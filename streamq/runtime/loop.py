@@ -236,15 +236,15 @@ class Lanes:
         ones. A key with ``KEY_BURST`` records or more in the unit (a hot key's burst) gets
         a lane of its own, where the other keys take turns with it (F5) and its units are
         long enough to cost little; but only when the unit would take longer than
-        ``BURST_HOLD`` at the lane's last measured time per record (wall time, its waits
-        for the GIL and its turns included). A burst of fast records holds the keys behind
-        it up for a few milliseconds, and splitting it cost a task, a unit and a report per
-        key and batch: 10 keys on 4 partitions took 1.9 CPU-s per million records against
-        partition order's 1.2 (``streamq bench --broker memory://x --ordering key --keys
-        10``). A lane's first unit runs whole (nothing is measured yet); a slow handler's
-        hold then hands what is left of it back, split. The many keys of a
-        record or two each stay here, in log order, without a unit, a task and a report per
-        key. A unit kept whole is a run of tracked records, reported as a ``Span``.
+        ``BURST_HOLD`` at the handler's time per record (``Cost``: wall time, waits for
+        the GIL and other lanes' turns included, smoothed). A burst of fast records holds
+        the keys behind it up for a few milliseconds, and splitting it cost a task, a unit
+        and a report per key and batch: 10 keys on 4 partitions took 1.9 CPU-s per million
+        records against partition order's 1.2 (``streamq bench --broker memory://x
+        --ordering key --keys 10``). A handler's first unit runs whole (nothing is measured
+        yet); a slow handler's hold then hands what is left of it back, split. The many keys
+        of a record or two each stay here, in log order, without a unit, a task and a report
+        per key. A unit kept whole is a run of tracked records, reported as a ``Span``.
         """
         busy = self._busy_keys(lane)
         if not busy and (

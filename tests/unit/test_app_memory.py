@@ -517,6 +517,48 @@ def test_a_partition_lane_reports_spans_and_the_others_their_records(
         assert ends and all(done.get(tp) == end for tp, end in ends.items()), topic
 
 
+def test_a_burst_of_fast_records_stays_in_its_partitions_shared_lane(
+    memory_url: str, core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ordering="key": a hot key leaves the shared lane only when its burst would keep the
+    keys behind it waiting (``Lanes._spread``); a burst of fast records does not, so no key
+    lane, task or per-record report is made for it."""
+    from streamq import offsets
+    from streamq.runtime import loop as lanes_loop
+
+    kinds: set[str] = set()
+    complete = offsets.OffsetTracker.complete
+
+    def spy(self, tp, epoch, msgs):  # type: ignore[no-untyped-def]
+        kinds.add(type(msgs).__name__)
+        return complete(self, tp, epoch, msgs)
+
+    monkeypatch.setattr(offsets.OffsetTracker, "complete", spy)
+    costs: list[float] = []
+    spread = lanes_loop.Lanes._spread
+
+    def spy_spread(self, lane, unit):  # type: ignore[no-untyped-def]
+        costs.append(lane.cost.per_record)
+        return spread(self, lane, unit)
+
+    monkeypatch.setattr(lanes_loop.Lanes, "_spread", spy_spread)
+    app = make_app(memory_url, max_poll_records=500)
+    seen: list[int] = []
+
+    @app.handler("hot", ordering="key")
+    def handle(m: Message) -> None:
+        seen.append(m.offset)
+
+    with Producer(memory_url) as p:
+        for i in range(2000):
+            p.send("hot", {"i": i}, key="hot" if i % 10 else f"cold{i}", partition=0)
+    app.run(until_idle=0.2)
+
+    assert sorted(seen) == list(range(2000))
+    assert len(costs) >= 2 and costs[-1] > 0  # units of 500, 450 of them the hot key's
+    assert kinds == {core.Span.__name__}  # whole units, no key lane
+
+
 def _spy_run_here(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
     """What each unit run in the callback (``Lanes._run_here``) handed to its lane's task."""
     from streamq.runtime import loop as lanes_loop
