@@ -247,22 +247,22 @@ class Lanes:
         per key. A unit kept whole is a run of tracked records, reported as a ``Span``.
         """
         busy = self._busy_keys(lane)
-        if not busy and (
+        # the usual case (no key lane busy, no long burst) is told without building a list
+        # per key lane
+        if busy or not (
             (lane.cost is not None and len(unit) * lane.cost.per_record < BURST_HOLD)
             or self._busiest(unit, self._key_lanes) < KEY_BURST
         ):
-            lane.spans = lane.may_span and type(unit) is not Gapped
-            return unit  # the usual case, told without building a list per key lane
-        parts = self._split_keys(unit, self._key_lanes)
-        moved = {n: sub for n, sub in parts.items() if n in busy or len(sub) >= KEY_BURST}
-        if not moved:
-            lane.spans = lane.may_span and type(unit) is not Gapped
-            return unit
-        self._to_keys(lane, moved, None, None)
-        stay = Gapped(m for n, sub in parts.items() if n not in moved for m in sub)
-        stay.sort(key=_offset)  # back to log order: a merge of runs already in order
-        lane.spans = False
-        return stay
+            parts = self._split_keys(unit, self._key_lanes)
+            moved = {n: sub for n, sub in parts.items() if n in busy or len(sub) >= KEY_BURST}
+            if moved:
+                self._to_keys(lane, moved, None, None)
+                stay = Gapped(m for n, sub in parts.items() if n not in moved for m in sub)
+                stay.sort(key=_offset)  # back to log order: a merge of runs already in order
+                lane.spans = False
+                return stay
+        lane.spans = lane.may_span and type(unit) is not Gapped
+        return unit
 
     def _to_keys(
         self,
@@ -306,7 +306,7 @@ class Lanes:
         if key[1] == ALL_KEYS:
             lane.spill = self.spill
         if origin.merges_keys:  # one estimate per handler (topic), from all its lanes
-            lane.cost = self._costs.get(tp.topic) or self._costs.setdefault(tp.topic, Cost())
+            lane.cost = self._costs.setdefault(tp.topic, Cost())
         # no dedup skips, and no commit-before (it completes records at dispatch)
         whole = spec.dedup is None and spec.commit is not CommitMode.BEFORE
         # a partition's one lane gets its records in log order, as they were tracked, and
