@@ -185,8 +185,14 @@ def test_call_each_stops_at_the_record_that_raised(core: Core) -> None:
 def test_coordinate_keys_match_the_dedup_default(core: Core) -> None:
     from streamq.dedup import coordinates
 
-    unit = [core.Message("orders", 2, o, None, b"v") for o in (0, 5, 2**40)]
-    assert core.coordinate_keys(unit) == [coordinates(m) for m in unit]
+    unit = [core.Message("orders", 2, o, None, b"v") for o in (0, 5, 9, 10, 2**40)]
+    # the compiled core writes digits by hand and builds ASCII strings directly: every edge
+    unit += [core.Message("orders", 3, o, None, b"v") for o in (2**63 - 1, -1, -(2**63))]
+    unit += [core.Message("bestellungen-ä", 3, o, None, b"v") for o in (7, 100)]
+    unit += [core.Message("orders", 3, 12, None, b"v"), core.Message("o" * 500, 1, 3, None, b"")]
+    keys = core.coordinate_keys(unit)
+    assert keys == [coordinates(m) for m in unit]
+    assert [hash(k) for k in keys] == [hash(coordinates(m)) for m in unit]  # true str objects
 
 
 def test_message_behaves_the_same_in_both_cores(core: Core) -> None:
