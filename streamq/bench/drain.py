@@ -35,6 +35,7 @@ def drain(spec: BenchSpec, side: str) -> dict[str, Any]:
             procs.extend(_spawn_raw(spec, slot) for slot in range(1, spec.workers))
             idle = _proc_mem(os.getpid(), "VmRSS:")
             threads[0].start()
+            monitor.loop_thread = threads[0].native_id
 
             def finish() -> None:
                 stop.set()
@@ -47,6 +48,7 @@ def drain(spec: BenchSpec, side: str) -> dict[str, Any]:
                 p.wait(30)
         else:
             os.environ["STREAMQ_BENCH_SPEC"] = json.dumps(asdict(spec))
+            monitor.loop_thread = threading.get_native_id()  # the worker's event loop
             app = streamq_side.build_app(spec, 0, local=True) if spec.workers == 1 else None
             idle = _proc_mem(os.getpid(), "VmRSS:")  # imports done, nothing consumed yet
             box: dict[str, Any] = {}

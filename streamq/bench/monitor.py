@@ -7,6 +7,7 @@ CPU and memory come from ``/proc`` for every worker process.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -56,6 +57,52 @@ def _proc_mem(pid: int, key: str) -> float:
     return 0.0
 
 
+def thread_cpu(loop: int | None) -> dict[int, tuple[str, float]]:
+    """CPU seconds of each thread of this process so far, by thread id, with its role.
+
+    Roles: ``poll`` (streamq's poll threads), ``loop`` (thread id ``loop``: where the handlers
+    or the raw loop's work run), ``client`` (the client library's own threads, librdkafka's
+    ``rdk:*``), ``other`` (the monitor, producers, watchdogs). Linux only (``/proc``);
+    elsewhere empty.
+    """
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, tuple[str, float]] = {}
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in map(int, tids):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # ended since the listing
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat.rsplit(")", 1)[1].split()
+        name = names.get(tid, "")
+        if name.startswith("streamq-poll"):
+            role = "poll"
+        elif tid == loop:
+            role = "loop"
+        elif comm.startswith("rdk:"):
+            role = "client"
+        else:
+            role = "other"
+        out[tid] = (role, (int(fields[11]) + int(fields[12])) / tick)
+    return out
+
+
+def cpu_by_role(
+    before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
+) -> dict[str, float]:
+    """CPU seconds per role between two ``thread_cpu`` readings (threads may come and go)."""
+    roles: dict[str, float] = {}
+    for tid, (role, cpu) in after.items():
+        roles[role] = roles.get(role, 0.0) + cpu - before.get(tid, (role, 0.0))[1]
+    return roles
+
+
 class Monitor:
     """Reads the shared slots: when the drain starts and ends, and what it cost."""
 
@@ -63,6 +110,8 @@ class Monitor:
         self.spec = spec
         self._shm = _attach(spec.shm)
         self.view = _view(self._shm)
+        # the thread of this process that runs the handlers (or the raw loop's work), if any
+        self.loop_thread: int | None = None
 
     def slots(self) -> range:
         return range(self.spec.slots)
@@ -136,6 +185,9 @@ class Monitor:
             if self.all_workers_started() or self.count() < n:
                 started, base = time.monotonic_ns(), self.count()
                 cpu_base = self.cpu_now(self.pids())
+        # which thread spends the CPU: for a drain in this process (one worker) only
+        local = self.pids() == [os.getpid()]
+        threads_at_start = thread_cpu(self.loop_thread) if local else {}
         pids = self.pids()
         rss_start = max((_proc_mem(p, "VmRSS:") for p in pids), default=0.0)
         limit = None if spec.max_seconds is None else time.monotonic() + spec.max_seconds
@@ -149,6 +201,9 @@ class Monitor:
         # last one: at most one sampling interval late, plus, for streamq, its counting
         # thread's millisecond (tally)
         elapsed = (time.monotonic_ns() - started) / 1e9
+        roles = (
+            cpu_by_role(threads_at_start, thread_cpu(self.loop_thread)) if threads_at_start else {}
+        )
         pids = self.pids()
         # CPU from each process's first record (its handler stamped it) to now
         cpu = self.cpu_now(pids) - (self.cpu_at_first() if cpu_base is None else cpu_base)
@@ -179,6 +234,13 @@ class Monitor:
             "msg_s": round(timed / elapsed) if elapsed > 0 else 0,
             "mb_s": round(timed * spec.size / elapsed / 1e6, 2) if elapsed > 0 else 0.0,
             "cpu_s_per_m": round(cpu / timed * 1e6, 2) if timed else None,
+            # the same, by thread role (thread_cpu); the window starts a sample after the
+            # first record, so the roles add up to a little less than cpu_s_per_m
+            "thread_cpu_s_per_m": {
+                role: round(seconds / timed * 1e6, 2) for role, seconds in sorted(roles.items())
+            }
+            if roles and timed
+            else None,
             "timed_records": timed,
             "rss_start_mb": round(rss_start, 1),
             "rss_end_mb": round(rss_end, 1),

@@ -29,6 +29,14 @@ def summarize(spec: BenchSpec, runs: list[dict[str, Any]]) -> dict[str, Any]:
                 for k in ("msg_s", "mb_s", "cpu_s_per_m", "p50_ms", "p99_ms", "rss_start_mb",
                           "rss_peak_mb")
             }  # fmt: skip
+            by_role = [r["thread_cpu_s_per_m"] for r in runs
+                       if r["side"] == side and r.get("thread_cpu_s_per_m")]  # fmt: skip
+            if by_role:
+                roles = sorted({role for r in by_role for role in r})
+                summary[side]["thread_cpu_s_per_m"] = {
+                    role: round(statistics.median(r.get(role, 0.0) for r in by_role), 2)
+                    for role in roles
+                }
     if "raw" in summary and summary["raw"]["msg_s"]:
         # per round, then the median: each streamq drain is compared with the raw drain next to it
         ratios = []

@@ -180,6 +180,13 @@ def bench(
     if ratio is not None:
         click.echo(f"streamq / raw (median of {rounds} rounds): {ratio:.3f}x "
                    f"[dispatch core: {IMPLEMENTATION}]")  # fmt: skip
+    by_thread = [
+        f"{side}: " + ", ".join(f"{role} {cpu}" for role, cpu in roles.items())
+        for side in ("raw", "streamq")
+        if (roles := result["summary"].get(side, {}).get("thread_cpu_s_per_m"))
+    ]
+    if by_thread:
+        click.echo("CPU s/M by thread (medians): " + "; ".join(by_thread))
     if json_file:
         with open(json_file, "wb") as f:
             f.write(orjson.dumps(result, option=orjson.OPT_INDENT_2))
