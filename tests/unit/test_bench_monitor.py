@@ -119,3 +119,35 @@ def test_a_handler_in_the_monitors_process_is_counted_without_a_thread(
         tally.close()
         monitor.close()
     assert view[_HEADER + _COUNT] == 8  # published once more on close
+
+
+def test_thread_cpu_names_each_threads_role() -> None:
+    """CPU by thread role: the poll thread by its name, the loop by its id, the rest other."""
+    from streamq.bench.monitor import cpu_by_role, thread_cpu
+
+    release = threading.Event()
+
+    def burn(burnt: threading.Event) -> None:
+        until = time.thread_time() + 0.2  # CPU time: at least 20 clock ticks of it
+        while time.thread_time() < until:
+            pass
+        burnt.set()
+        release.wait(10)
+
+    burnt = [threading.Event(), threading.Event()]
+    poll = threading.Thread(target=burn, args=(burnt[0],), name="streamq-poll[g]")
+    loop = threading.Thread(target=burn, args=(burnt[1],))
+    poll.start()
+    loop.start()
+    try:
+        assert loop.native_id is not None and poll.native_id is not None
+        before = thread_cpu(loop.native_id)
+        assert before[loop.native_id][0] == "loop" and before[poll.native_id][0] == "poll"
+        assert before[threading.get_native_id()][0] == "other"
+        assert all(b.wait(10) for b in burnt)
+        roles = cpu_by_role(before, thread_cpu(loop.native_id))
+    finally:
+        release.set()
+        poll.join()
+        loop.join()
+    assert roles["poll"] > 0 and roles["loop"] > 0
