@@ -397,13 +397,23 @@ def write_readme(results: dict[str, Any], quick: bool) -> None:
     for target, measured, how, met in targets(results):
         mark = "n/a" if met is None else ("yes" if met else "**no**")
         lines.append(f"| {target} | {measured} | {how} | {mark} |")
-    lines += ["", "| scenario | side | msg/s | MB/s | CPU s/M | p50 ms | p99 ms | RSS peak MB |",
-              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines += ["", "| scenario | side | msg/s | MB/s | CPU s/M | CPU s/M by thread | p50 ms | "
+              "p99 ms | RSS peak MB | ratio (rounds) |",
+              "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in results.items():
-        for side, s in r.get("summary", {}).items():
+        summary = r.get("summary", {})
+        for side, s in summary.items():
             if isinstance(s, dict) and s.get("msg_s"):
-                cells = [s.get(k, "-") for k in ("mb_s", "cpu_s_per_m", "p50_ms", "p99_ms",
-                                                  "rss_peak_mb")]  # fmt: skip
+                cells = [s.get(k, "-") for k in ("mb_s", "cpu_s_per_m")]
+                by_thread = s.get("thread_cpu_s_per_m") or {}
+                cells.append(", ".join(f"{role} {cpu}" for role, cpu in by_thread.items()) or "-")
+                cells += [s.get(k, "-") for k in ("p50_ms", "p99_ms", "rss_peak_mb")]
+                rounds = summary.get("round_ratios")
+                cells.append(
+                    f"{summary['ratio']} ({', '.join(map(str, rounds))})"
+                    if side == "streamq" and rounds
+                    else "-"
+                )
                 lines.append(f"| {name} | {side} | {s['msg_s']:,.0f} | " + " | ".join(
                     "-" if c is None else str(c) for c in cells) + " |")  # fmt: skip
     lines += ["", "Commands (each also in `benchmarks/results/<scenario>.json`):", ""]

@@ -46,6 +46,7 @@ def summarize(spec: BenchSpec, runs: list[dict[str, Any]]) -> dict[str, Any]:
             if raw and ours and raw[0]:
                 ratios.append(ours[0] / raw[0])
         summary["ratio"] = round(statistics.median(ratios), 3) if ratios else None
+        summary["round_ratios"] = [round(x, 3) for x in ratios]  # the spread behind the median
     params = asdict(spec)
     for k in ("shm", "group", "extra", "latency_topic", "output_topic"):
         params.pop(k)

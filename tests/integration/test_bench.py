@@ -42,7 +42,13 @@ def test_raw_and_streamq_drain_the_same_backlog(broker: Broker, tmp_path: Path) 
         assert run["latency_samples"] == 100, side
         assert run["msg_s"] > 0 and run["cpu_s_per_m"] is not None and run["rss_peak_mb"] > 0
         assert run["p50_ms"] is not None and run["p50_ms"] <= run["p99_ms"]
+        # CPU by thread role: where each side's handlers run, and librdkafka's own threads
+        roles = set(run["thread_cpu_s_per_m"])
+        assert {"loop", "other"} <= roles, (side, roles)
+        assert ("poll" in roles) == (side == "streamq"), (side, roles)
+        assert ("client" in roles) == broker.url.startswith("kafka"), (side, roles)
     assert result["summary"]["ratio"] > 0
+    assert len(result["summary"]["round_ratios"]) == 1
     assert result["implementation"] in ("cython", "python")
 
 
