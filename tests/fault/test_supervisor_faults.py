@@ -118,7 +118,9 @@ def test_killing_the_supervisor_leaves_no_orphan_holding_partitions(
     finally:
         again.send_signal(signal.SIGTERM)
         code, out = again.finish(60)
-    assert code == 0, out[-3000:]
+    # a stop cut by the deadline dumps every thread of the child: all of it, to see which hung
+    # (CI, KIP-848 pass, 2026-12-04: once, a child's stop ended in that dump, code 1)
+    assert code == 0, out[-20000:]
 
     entries = read_ledger(ledger)
     dupes = check_run(entries, produced=set(range(450)), starts=read_ledger(ledger, "S"))
