@@ -125,9 +125,10 @@ def test_thread_cpu_names_each_threads_role() -> None:
     """CPU by thread role: the poll thread by its name, the loop by its id, the rest other."""
     from streamq.bench.monitor import cpu_by_role, thread_cpu
 
-    release = threading.Event()
+    go, release = threading.Event(), threading.Event()
 
     def burn(burnt: threading.Event) -> None:
+        go.wait(10)  # after the first reading: all the burning falls between the two
         until = time.thread_time() + 0.2  # CPU time: at least 20 clock ticks of it
         while time.thread_time() < until:
             pass
@@ -144,9 +145,11 @@ def test_thread_cpu_names_each_threads_role() -> None:
         before = thread_cpu(loop.native_id)
         assert before[loop.native_id][0] == "loop" and before[poll.native_id][0] == "poll"
         assert before[threading.get_native_id()][0] == "other"
+        go.set()
         assert all(b.wait(10) for b in burnt)
         roles = cpu_by_role(before, thread_cpu(loop.native_id))
     finally:
+        go.set()
         release.set()
         poll.join()
         loop.join()
