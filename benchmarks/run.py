@@ -51,6 +51,11 @@ class Scenario:
 # five, over a million records a drain, where the Redis rows need three.
 KAFKA_ROUNDS = "5"
 
+
+def rounds(broker: str) -> str:
+    return KAFKA_ROUNDS if broker == "kafka" else "3"
+
+
 SCENARIOS = [
     Scenario("kafka-json", "kafka",
              ["--messages", "1000000", "--rounds", KAFKA_ROUNDS],
@@ -125,7 +130,7 @@ SCENARIOS = [
       for suffix, guarantee in (("", "at_least_once"), ("-eos", "exactly_once"))),
     *(Scenario(f"{broker}-json-batch", broker,
                ["--messages", "1000000" if broker == "kafka" else "500000", "--rounds",
-                KAFKA_ROUNDS if broker == "kafka" else "3", "--batch"],
+                rounds(broker), "--batch"],
                ["--messages", "100000", "--rounds", "2", "--batch"],
                "the json workload with a batch=True handler looping over its records")
       for broker in ("kafka", "redis")),
@@ -162,8 +167,8 @@ SCENARIOS += [
 ]  # fmt: skip
 SCENARIOS += [
     Scenario(f"{broker}-scale-{cell}", broker,
-             ["--messages", str(n), "--rounds", KAFKA_ROUNDS if broker == "kafka" else "3",
-              "--latency-messages", "0", *args],
+             ["--messages", str(n), "--rounds", rounds(broker), "--latency-messages", "0",
+              *args],
              ["--messages", str(max(min(n // 5, 40_000), 4000)), "--rounds", "1",
               "--latency-messages", "0", *args],
              f"scale cell: {' '.join(args)}")

@@ -37,13 +37,21 @@ if TYPE_CHECKING:
 JOIN_WAIT = 60.0
 
 
-def _proc_cpu(pid: int) -> float:
+def _stat_cpu(path: str) -> tuple[str, float] | None:
+    """A ``/proc`` stat file's command name and CPU seconds (user + system); None if gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        with open(path) as f:
+            stat = f.read()
+        fields = stat.rsplit(")", 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return None
+    return stat[stat.index("(") + 1 : stat.rindex(")")], cpu
+
+
+def _proc_cpu(pid: int) -> float:
+    read = _stat_cpu(f"/proc/{pid}/stat")
+    return 0.0 if read is None else read[1]
 
 
 def _proc_mem(pid: int, key: str) -> float:
@@ -66,20 +74,16 @@ def thread_cpu(loop: int | None) -> dict[int, tuple[str, float]]:
     elsewhere empty.
     """
     names = {t.native_id: t.name for t in threading.enumerate()}
-    tick = os.sysconf("SC_CLK_TCK")
     out: dict[int, tuple[str, float]] = {}
     try:
         tids = os.listdir("/proc/self/task")
     except OSError:
         return out
     for tid in map(int, tids):
-        try:
-            with open(f"/proc/self/task/{tid}/stat") as f:
-                stat = f.read()
-        except OSError:
+        read = _stat_cpu(f"/proc/self/task/{tid}/stat")
+        if read is None:
             continue  # ended since the listing
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        fields = stat.rsplit(")", 1)[1].split()
+        comm, cpu = read
         name = names.get(tid, "")
         if name.startswith("streamq-poll"):
             role = "poll"
@@ -89,7 +93,7 @@ def thread_cpu(loop: int | None) -> dict[int, tuple[str, float]]:
             role = "client"
         else:
             role = "other"
-        out[tid] = (role, (int(fields[11]) + int(fields[12])) / tick)
+        out[tid] = (role, cpu)
     return out
 
 
@@ -185,10 +189,9 @@ class Monitor:
             if self.all_workers_started() or self.count() < n:
                 started, base = time.monotonic_ns(), self.count()
                 cpu_base = self.cpu_now(self.pids())
-        # which thread spends the CPU: for a drain in this process (one worker) only
-        local = self.pids() == [os.getpid()]
-        threads_at_start = thread_cpu(self.loop_thread) if local else {}
         pids = self.pids()
+        # which thread spends the CPU: for a drain in this process (one worker) only
+        threads_at_start = thread_cpu(self.loop_thread) if pids == [os.getpid()] else {}
         rss_start = max((_proc_mem(p, "VmRSS:") for p in pids), default=0.0)
         limit = None if spec.max_seconds is None else time.monotonic() + spec.max_seconds
         # a transform drain ends when its outputs are visible, not when its handlers returned
