@@ -10,6 +10,12 @@ record: attribute lookups through dicts, temporary tuples and lists, frames.
 - ``PartitionOffsets``: the offset tracker of one partition, on a C array of the offsets in
   flight (twin: ``streamq.offsets._PartitionOffsetsPy``); ``Span`` and ``span_of``: what a
   partition's lane finished, told to it without the records (twins in ``streamq.offsets``).
+- ``murmur2`` and ``partition_for_key``: Kafka's partitioner, which the Redis and memory
+  producers run per keyed record (twins in ``streamq.murmur2``).
+- ``outputs_of``: a handler's result as the records it produces, for the usual result (twin
+  in ``streamq.pipeline``).
+- ``Acks`` and ``Relay``: delivery reports of handlers' outputs, per output on the producer's
+  thread (twins in ``streamq.runtime.outbox`` and ``streamq.brokers.kafka.producer``).
 - ``call_each`` and ``coordinate_keys``: the inline handler loop and the default dedup keys
   (twins in ``streamq.dispatch``); ``call_each_until`` and ``Lease``: the same loop, stopping
   at a deadline another thread moves.
@@ -20,7 +26,7 @@ cimport cython
 from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 
 import orjson
@@ -470,6 +476,42 @@ cdef bint _find(const char* s, Py_ssize_t n, char first, const char* word, Py_ss
     return False
 
 
+cdef inline uint32_t _murmur2(const unsigned char* p, Py_ssize_t n) noexcept:
+    cdef Py_ssize_t i, end = n - (n & 3)
+    cdef uint32_t m = 0x5BD1E995
+    cdef uint32_t h = 0x9747B28C ^ <uint32_t>n
+    cdef uint32_t k
+    for i in range(0, end, 4):
+        k = p[i] | (<uint32_t>p[i + 1] << 8) | (<uint32_t>p[i + 2] << 16) | (<uint32_t>p[i + 3] << 24)
+        k *= m
+        k ^= k >> 24
+        k *= m
+        h = (h * m) ^ k
+    i = n & 3
+    if i == 3:
+        h ^= <uint32_t>p[end + 2] << 16
+    if i >= 2:
+        h ^= <uint32_t>p[end + 1] << 8
+    if i >= 1:
+        h ^= p[end]
+        h *= m
+    h ^= h >> 13
+    h *= m
+    h ^= h >> 15
+    return h
+
+
+def murmur2(bytes data not None):
+    """32-bit murmur2 of ``data`` with Kafka's seed (uint32 arithmetic wraps as Java's int)."""
+    return _murmur2(<const unsigned char*><const char*>data, len(data))
+
+
+def partition_for_key(bytes key not None, Py_ssize_t partitions):
+    """The partition Kafka's default partitioner picks for ``key``."""
+    cdef Py_ssize_t h = _murmur2(<const unsigned char*><const char*>key, len(key)) & 0x7FFFFFFF
+    return h % partitions
+
+
 def has_nonfinite(bytes value):
     """Whether ``NaN`` or ``Infinity`` occurs anywhere in the payload (two memchr scans).
 
@@ -727,6 +769,102 @@ def coordinate_keys(object unit_in):
             key = PyUnicode_FromStringAndSize(buf, n)
         out.append(key)
     return out
+
+
+# -- handlers' outputs -------------------------------------------------------------------------
+
+cdef object _out_type = None  # streamq.Out, streamq.pipeline.Output, orjson.dumps, the twin
+cdef object _output_type = None
+cdef object _dumps = None
+cdef object _outputs_slow = None
+
+
+def bind_outputs(object out_type, object output_type, object dumps, object slow):
+    """Give ``outputs_of`` what it builds from (``streamq.pipeline`` calls this at import)."""
+    global _out_type, _output_type, _dumps, _outputs_slow
+    _out_type, _output_type, _dumps, _outputs_slow = out_type, output_type, dumps, slow
+
+
+def outputs_of(object result, object input_key, object allowed=None):
+    """``streamq.pipeline.outputs_of`` without a Python frame for the usual result: one
+    ``Out`` to a str topic, its value a dict, list, bytes or None, its key bytes or None, no
+    headers and no delay. Anything else, and every error, is the twin's to handle (it raises
+    what users see)."""
+    if type(result) is not _out_type:
+        return _outputs_slow(result, input_key, allowed)
+    cdef tuple out = <tuple>result
+    cdef object topic = out[0], value = out[1], key = out[2], data
+    if out[3] is not None or out[4] is not None or type(topic) is not str or not topic:
+        return _outputs_slow(result, input_key, allowed)
+    if allowed is not None and topic not in allowed:
+        return _outputs_slow(result, input_key, allowed)
+    if key is None:
+        key = input_key
+    elif type(key) is not bytes:
+        return _outputs_slow(result, input_key, allowed)
+    cdef type kind = type(value)
+    if kind is dict or kind is list:
+        try:
+            data = _dumps(value)
+        except TypeError:
+            return _outputs_slow(result, input_key, allowed)
+    elif kind is bytes or value is None:
+        data = value
+    else:
+        return _outputs_slow(result, input_key, allowed)
+    # the NamedTuple's own __new__ is a Python function: tuple's, as Output._make does
+    cdef tuple args = ((topic, data, key, None, None, None),)
+    return [(<PyTypeObject*>tuple).tp_new(_output_type, <PyObject*>args, NULL)]
+
+
+# -- delivery reports of handlers' outputs --------------------------------------------------------
+
+
+@cython.final
+cdef class Acks:
+    """One outbox generation's outputs and their delivery reports, counted without a lock.
+
+    Lanes ``add`` what they publish; the producer's thread calls it once per output:
+    ``(None, None)`` when acknowledged, ``(error, output)`` when refused. Each runs in C
+    holding the GIL, so each increment is atomic: no lock, and no Python frame.
+    """
+
+    cdef readonly Py_ssize_t sent
+    cdef readonly Py_ssize_t acked
+    cdef readonly object refused
+
+    def __init__(self, object refused):
+        self.sent = 0
+        self.acked = 0
+        self.refused = refused
+
+    def add(self, Py_ssize_t n):
+        self.sent += n
+
+    def __call__(self, object exc, object out):
+        if exc is None:
+            self.acked += 1
+        else:
+            self.refused.append((exc, out))
+
+
+@cython.final
+cdef class Relay:
+    """A client's per-record delivery callback ``(err, msg)``: ``delivered(None, None)`` on
+    success, with no Python frame; ``refuse(err, msg)`` (Python: it translates) on failure."""
+
+    cdef object _delivered
+    cdef object _refuse
+
+    def __init__(self, object delivered, object refuse):
+        self._delivered = delivered
+        self._refuse = refuse
+
+    def __call__(self, object err, object msg):
+        if err is None:
+            self._delivered(None, None)
+        else:
+            self._refuse(err, msg)
 
 
 # -- the offset tracker of one partition --------------------------------------------------------

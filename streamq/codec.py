@@ -21,9 +21,17 @@ __all__ = ["Decoder", "encode_headers", "encode_key", "encode_value", "make_deco
 
 Decoder = Callable[[bytes | None], Any]
 
+_dumps = orjson.dumps
+
 
 def encode_value(value: Any) -> bytes | None:
     """Bytes as they are, str as UTF-8, pydantic models and JSON-able data through orjson."""
+    kind = type(value)
+    if kind is dict or kind is list:  # a handler's usual output, per record: no isinstance
+        try:
+            return _dumps(value)
+        except TypeError as exc:
+            raise ConfigError(f"value: cannot encode {kind.__name__} as JSON ({exc})") from exc
     if value is None or isinstance(value, bytes):
         return value
     if isinstance(value, str):

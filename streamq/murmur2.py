@@ -8,6 +8,10 @@ latter.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ._native import native
+
 __all__ = ["murmur2", "partition_for_key"]
 
 _M = 0x5BD1E995
@@ -43,3 +47,10 @@ def murmur2(data: bytes) -> int:
 def partition_for_key(key: bytes, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for ``key``."""
     return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+_murmur2_py, _partition_for_key_py = murmur2, partition_for_key
+
+if native is not None and not TYPE_CHECKING:  # per keyed record: 1.5 us here, ~60 ns compiled
+    murmur2 = native.murmur2
+    partition_for_key = native.partition_for_key

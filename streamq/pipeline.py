@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
+import orjson
+
+from ._native import native
 from .codec import encode_headers, encode_key, encode_value
 from .delays import due_ms
 from .errors import ConfigError
@@ -60,6 +63,9 @@ class Output(NamedTuple):
     due: int | None = None
 
 
+_new = tuple.__new__
+
+
 def outputs_of(
     result: Any, input_key: bytes | None, allowed: frozenset[str] | None = None
 ) -> list[Output]:
@@ -82,20 +88,30 @@ def outputs_of(
     return out
 
 
+_outputs_of_py = outputs_of
+
+if native is not None and not TYPE_CHECKING:  # per record: ~400 ns here, ~150 compiled
+    native.bind_outputs(Out, Output, orjson.dumps, _outputs_of_py)
+    outputs_of = native.outputs_of
+
+
 def _encode(out: Out, input_key: bytes | None, allowed: frozenset[str] | None) -> Output:
-    if not isinstance(out.topic, str) or not out.topic:
-        raise ConfigError(f"Out.topic: must be a non-empty string, got {out.topic!r}")
-    if allowed is not None and out.topic not in allowed:
+    topic, value, key, headers, delay = out
+    if (type(topic) is not str and not isinstance(topic, str)) or not topic:
+        raise ConfigError(f"Out.topic: must be a non-empty string, got {topic!r}")
+    if allowed is not None and topic not in allowed:
         raise ConfigError(
-            f"Out.topic: {out.topic!r} is not among the handler's outputs "
+            f"Out.topic: {topic!r} is not among the handler's outputs "
             f"({', '.join(sorted(allowed))})"
         )
-    key = input_key if out.key is None else encode_key(out.key)
-    value = encode_value(out.value)
-    if out.delay is None:
-        return Output(out.topic, value, key, encode_headers(out.headers))
-    due = due_ms(out.delay, None, value)
-    return Output(out.topic, value, key, encode_headers(out.headers), None, due)
+    key = input_key if key is None else encode_key(key)
+    data = encode_value(value)
+    if headers is not None:
+        headers = encode_headers(headers)
+    # tuple.__new__: the NamedTuple's own __new__ is a Python call with defaults, per record
+    if delay is None:
+        return _new(Output, (topic, data, key, headers, None, None))
+    return _new(Output, (topic, data, key, headers, None, due_ms(delay, None, data)))
 
 
 def _bad_result(value: Any, *, inside: bool = False) -> str:

@@ -1,11 +1,12 @@
 """streamq's per-record core, once per implementation: what the ``core`` fixture yields.
 
 The core exists twice, the compiled ``streamq._dispatch`` and the pure-Python twins in
-``streamq/{message,dispatch,offsets}.py`` and ``runtime/supervisor.py``, and streamq binds one
-of them at import (``streamq._native``). A ``Core`` names every piece of one of them, so a test
-takes the piece it exercises from whichever core it was given instead of importing a twin by
-its private name; ``test_dispatch`` fails when the compiled module grows a piece this class
-does not name.
+``streamq/{message,dispatch,offsets,murmur2,pipeline}.py``, ``runtime/{supervisor,outbox}.py`` and
+``brokers/kafka/producer.py``, and streamq binds one of them at import
+(``streamq._native``). A ``Core`` names every piece of one of them, so a test takes the piece
+it exercises from whichever core it was given instead of importing a twin by its private
+name; ``test_dispatch`` fails when the compiled module grows a piece this class does not
+name.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from typing import Any
 
 import pytest
 
-from streamq import _native, dispatch, message, offsets
-from streamq.runtime import supervisor
+from streamq import _native, dispatch, message, murmur2, offsets, pipeline
+from streamq.brokers.kafka import producer as kafka_producer
+from streamq.runtime import outbox, supervisor
 
 __all__ = ["COMPILED", "COMPILED_NAMES", "CORES", "NOT_TWINS", "PURE_PYTHON", "RUNNING", "Core"]
 
@@ -26,7 +28,10 @@ __all__ = ["COMPILED", "COMPILED_NAMES", "CORES", "NOT_TWINS", "PURE_PYTHON", "R
 COMPILED_NAMES = {"json_decoder": "JsonDecoder"}
 
 # What the compiled module exports that has no twin of its own, and why.
-NOT_TWINS = {"Invoker": "what the compiled make_invoker returns; the twin returns a closure"}
+NOT_TWINS = {
+    "Invoker": "what the compiled make_invoker returns; the twin returns a closure",
+    "bind_outputs": "hands the compiled outputs_of the types the twin imports",
+}
 
 # Where a record's class keeps its public identity during ``install``: users import it from
 # here, and handlers compare their annotations with it (``hint is Message``).
@@ -54,6 +59,11 @@ class Core:
     json_decoder: Callable[..., Callable[[Any], Any]]
     make_invoker: Callable[..., Callable[[Any], Any]]
     watch_parent: Callable[[int, float, int], None]
+    Acks: type
+    Relay: type
+    murmur2: Callable[[bytes], int]
+    outputs_of: Callable[..., list[Any]]
+    partition_for_key: Callable[[bytes, int], int]
 
     @property
     def compiled(self) -> bool:
@@ -108,6 +118,11 @@ PURE_PYTHON = Core(
     json_decoder=dispatch._json_decoder_py,
     make_invoker=dispatch._make_invoker_py,
     watch_parent=supervisor._watch_parent_py,
+    Acks=outbox._AcksPy,
+    Relay=kafka_producer._RelayPy,
+    murmur2=murmur2._murmur2_py,
+    outputs_of=pipeline._outputs_of_py,
+    partition_for_key=murmur2._partition_for_key_py,
 )
 
 # None under STREAMQ_NO_EXTENSIONS=1: the cython param is then absent, not skipped.

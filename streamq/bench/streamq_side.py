@@ -34,12 +34,14 @@ def build_app(spec: BenchSpec, slot: int | None, *, local: bool = False) -> Any:
 
     kind, sleep_s = parse_handler(spec.handler)
     tick: Callable[[int], None] = _no_tick
-    # a plain inline handler counts in its own local (_counting_handler)
+    # a plain inline handler counts in its own local (_counting_handler), as does a sync
+    # transform (_transform_handler)
     plain = not (spec.batch or spec.transform) and spec.executor == "inline" and kind != "sleep"
+    own_count = spec.transform and spec.executor != "asyncio"
     if slot is not None:
         tally = Tally(spec.shm, slot, local=local)
         _tallies.append(tally)
-        if not (spec.batch or plain):
+        if not (spec.batch or plain or own_count):
             tick = tally.counter()
     options: dict[str, Any] = {"ordering": spec.ordering, "dlq": False}
     if spec.batch:
@@ -68,7 +70,9 @@ def build_app(spec: BenchSpec, slot: int | None, *, local: bool = False) -> Any:
             h(fn)
 
     if spec.transform:
-        register(_transform_handler(spec, kind, tick))
+        register(
+            _transform_handler(spec, kind, tick, tally if own_count and slot is not None else None)
+        )
     elif spec.batch:
         register(_batch_handler(kind, tally.batch_counter() if slot is not None else _no_count))
     elif spec.executor == "processes":
@@ -183,9 +187,32 @@ def _counting_handler(kind: str, tally: Tally) -> Callable[..., None]:
     return handler
 
 
-def _transform_handler(spec: BenchSpec, kind: str, tick: Callable[[int], None]) -> Any:
-    """``--transform``: one ``Out`` per input, to the drain's own output topic, same key."""
+def _transform_handler(
+    spec: BenchSpec, kind: str, tick: Callable[[int], None], tally: Tally | None
+) -> Any:
+    """``--transform``: one ``Out`` per input, to the drain's own output topic, same key.
+
+    With ``tally``, the handler counts in its own local (``_counting_handler``'s way).
+    """
     topic, burn = spec.output_topic, kind == "cpu"
+    if tally is not None:
+        stamp_first, sample = tally.stamp_first, tally.sample
+        count = 0
+        sampling = False
+
+        def transform_counting(value: dict, msg: Message) -> Out:  # type: ignore[type-arg]
+            nonlocal count
+            if burn:
+                _burn()
+            count += 1
+            if count == 1:
+                stamp_first()
+            if sampling:
+                sample((msg.timestamp,))
+            return Out(topic, derive(value))
+
+        tally.watch(transform_counting)
+        return transform_counting
     if spec.executor == "asyncio":
 
         async def transform_async(value: dict, msg: Message) -> Out:  # type: ignore[type-arg]

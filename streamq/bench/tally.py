@@ -193,7 +193,7 @@ class Tally:
         self.watch(count_batch)
         return count_batch
 
-    def watch(self, fn: Callable[..., None]) -> None:
+    def watch(self, fn: Callable[..., object]) -> None:
         """The thread that publishes ``fn``'s local ``count`` (and sets its ``sampling``)."""
         cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=True))
         self._cells = (cells["count"], cells["sampling"])

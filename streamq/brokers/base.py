@@ -326,10 +326,15 @@ class ProducerBackend(Protocol):
         It is called once per record from the producer's own thread: ``(None, None)`` when
         acknowledged, ``(error, output)`` when refused. Handlers' outputs go this way (a
         future per record cost more than the send itself); this default serves any backend.
+        If it raises, it queued none of them (the outbox counts on that).
         """
         for out in outputs:
-            fut = self.send(out.topic, out.value, out.key, out.headers, out.partition)
-            fut.add_done_callback(_reporter(delivered, out))
+            try:
+                fut = self.send(out.topic, out.value, out.key, out.headers, out.partition)
+            except Exception as exc:
+                delivered(exc, out)
+            else:
+                fut.add_done_callback(_reporter(delivered, out))
 
     def flush(self, timeout: float | None = None) -> int:
         """Wait for queued records; returns how many are still unacknowledged."""

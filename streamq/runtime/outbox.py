@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .._native import native
 from ..brokers.base import Backend, Broker, ProducerBackend
 from ..delays import ensure_delay_topic, envelope
 from ..errors import ConfigError
@@ -49,30 +50,62 @@ log = get_logger("streamq.worker")
 Put = tuple[TopicPartition, int, int, list[Output]]
 
 
-class _Generation:
-    """At least once: outputs published between two commits, and their acknowledgements."""
+class _AcksPy:
+    """The compiled ``Acks``'s twin: the same counts, under a lock."""
 
-    __slots__ = ("_lock", "acked", "delivered", "refused", "sent", "troubled")
+    __slots__ = ("_lock", "acked", "refused", "sent")
 
-    def __init__(self) -> None:
-        self.sent = 0  # lanes add, under the outbox's lock
-        self.acked = 0  # the producer's thread adds (memory://: the lanes' threads)
+    def __init__(self, refused: deque[tuple[BaseException, Output]]) -> None:
+        self.sent = 0
+        self.acked = 0
+        self.refused = refused
         self._lock = threading.Lock()
-        self.refused: deque[tuple[BaseException, Output]] = deque()
-        self.troubled = False  # an output was refused: until it is in, partitions pause
-        self.delivered = self._delivered  # one bound method: the producer caches its wrapper
 
-    def _delivered(self, exc: BaseException | None, out: Output | None) -> None:
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.sent += n
+
+    def __call__(self, exc: BaseException | None, out: Output | None) -> None:
         if exc is None:
             with self._lock:
                 self.acked += 1
         else:
-            assert out is not None
-            self.refused.append((exc, out))
+            self.refused.append((exc, out))  # type: ignore[arg-type]
+
+
+Acks: Any = _AcksPy
+if native is not None:
+    Acks = native.Acks
+
+
+class _Generation:
+    """At least once: outputs published between two commits, and their acknowledgements.
+
+    A lane counts its outputs in the generation it finds current, with no lock against the
+    commit that closes it: an input's completion is reported after its outputs were counted,
+    so a closed generation's positions never pass an input whose outputs it does not count
+    (counted one generation early, they only hold that commit until they are in).
+    """
+
+    __slots__ = ("delivered", "refused", "troubled")
+
+    def __init__(self) -> None:
+        self.refused: deque[tuple[BaseException, Output]] = deque()
+        self.troubled = False  # an output was refused: until it is in, partitions pause
+        # lanes add to it; the producer's thread calls it per output (memory://: the lanes'
+        # threads); one object per generation, so the producer caches what it wraps it in
+        self.delivered = Acks(self.refused)
+
+    @property
+    def waiting(self) -> int:
+        """Outputs not acknowledged yet, refused ones included."""
+        acks = self.delivered
+        return max(0, acks.sent - acks.acked) + len(self.refused)  # type: ignore[no-any-return]
 
     @property
     def done(self) -> bool:
-        return self.acked >= self.sent and not self.refused
+        acks = self.delivered
+        return acks.acked >= acks.sent and not self.refused
 
 
 class Outbox:
@@ -133,32 +166,58 @@ class Outbox:
                 sink(batch[-1], outputs_of(inner(batch), None, allowed))
 
             return batch_sync
+        if not every:  # at least once: straight to the producer, per record (no sink call)
+            send = self._send
+            if spec.is_async:
+
+                async def send_async(msg: Message) -> None:
+                    result = await inner(msg)
+                    if result is not None:
+                        send(outputs_of(result, msg.key, allowed))
+
+                return send_async
+
+            def send_sync(msg: Message) -> None:
+                result = inner(msg)
+                if result is not None:
+                    send(outputs_of(result, msg.key, allowed))
+
+            return send_sync
         if spec.is_async:
 
             async def one_async(msg: Message) -> None:
-                result = await inner(msg)
-                if result is not None or every:
-                    sink(msg, outputs_of(result, msg.key, allowed))
+                sink(msg, outputs_of(await inner(msg), msg.key, allowed))
 
             return one_async
 
         def one_sync(msg: Message) -> None:
-            result = inner(msg)
-            if result is not None or every:
-                sink(msg, outputs_of(result, msg.key, allowed))
+            sink(msg, outputs_of(inner(msg), msg.key, allowed))
 
         return one_sync
 
     def _put(self, tp: TopicPartition, epoch: int, offset: int, outputs: list[Output]) -> None:
-        if outputs and any(o.due is not None for o in outputs):
-            outputs = [o if o.due is None else self._delayed(o) for o in outputs]
         if self.exactly_once:
-            self._incoming.append((tp, epoch, offset, outputs))
+            self._incoming.append((tp, epoch, offset, self._route(outputs)))
         elif outputs:
-            with self._lock:
-                generation = self._generation
-                generation.sent += len(outputs)
-            self._producer.publish(outputs, generation.delivered)
+            self._send(outputs)
+
+    def _send(self, outputs: list[Output]) -> None:
+        """At least once: publish now, counted in the current generation."""
+        outputs = self._route(outputs)
+        acks = self._generation.delivered  # no lock: see _Generation
+        acks.add(len(outputs))
+        try:
+            self._producer.publish(outputs, acks)
+        except BaseException:  # it queued none of them (publish's contract): none will report
+            acks.add(-len(outputs))
+            raise
+
+    def _route(self, outputs: list[Output]) -> list[Output]:
+        """Delayed outputs go to the delay topic instead (a loop: no generator per record)."""
+        for o in outputs:
+            if o.due is not None:
+                return [o if o.due is None else self._delayed(o) for o in outputs]
+        return outputs
 
     def _delayed(self, out: Output) -> Output:
         """A delayed output goes to the delay topic, created at the first one."""
@@ -192,8 +251,7 @@ class Outbox:
         synchronous commit: a revoke, a stop).
         """
         parts = self._tracker.parts
-        with self._lock:
-            closing, self._generation = self._generation, _Generation()
+        closing, self._generation = self._generation, _Generation()  # lanes take no lock
         self._closed.append(
             (closing, {tp: (parts[tp].epoch, p) for tp, p in positions.items() if tp in parts})
         )
@@ -264,7 +322,7 @@ class Outbox:
         """What is not out yet: unacknowledged outputs, or inputs whose outputs wait."""
         if not self.exactly_once:
             generations = [g for g, _ in self._closed] + [self._generation]
-            return sum(max(0, g.sent - g.acked) + len(g.refused) for g in generations)
+            return sum(g.waiting for g in generations)
         self._drain()
         return sum(len(h) for h in self._held.values())
 

@@ -4,9 +4,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamq import _native, dispatch
+from streamq import _native, dispatch, murmur2, pipeline
+from streamq.brokers.kafka import producer as kafka_producer
 from streamq.message import Message, TopicPartition
 from streamq.offsets import PartitionOffsets, Span, span_of
+from streamq.runtime import outbox
 from tests.core import COMPILED, COMPILED_NAMES, CORES, NOT_TWINS, PURE_PYTHON, RUNNING, Core
 
 
@@ -117,6 +119,8 @@ def test_the_core_fixture_names_what_streamq_runs() -> None:
     supervisor looks ``watch_parent`` up when it starts a child, so it has no binding)."""
     bound = {name: getattr(dispatch, name) for name in dispatch.__all__}
     bound.update(Message=Message, PartitionOffsets=PartitionOffsets, Span=Span, span_of=span_of)
+    bound.update(Acks=outbox.Acks, Relay=kafka_producer.Relay, outputs_of=pipeline.outputs_of)
+    bound.update(murmur2=murmur2.murmur2, partition_for_key=murmur2.partition_for_key)
     for piece in Core.pieces():
         if piece != "watch_parent":
             assert bound[piece] is getattr(RUNNING, piece), piece

@@ -7,20 +7,22 @@ The brokers' own exactly-once proof runs on Apache Kafka and Redis (tests/fault)
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 import streamq
 from streamq import Message, Out, Producer, TopicPartition
 from streamq.brokers.memory import get_log, parse_url
-from streamq.errors import ConfigError
+from streamq.errors import ConfigError, UnknownTopicOrPartition
 from streamq.offsets import OffsetTracker
 from streamq.pipeline import Output, outputs_of
 from streamq.runtime.outbox import Outbox
-from tests.core import Core
+from tests.core import COMPILED, PURE_PYTHON, Core
 
 GUARANTEES = ["at_least_once", "exactly_once"]
 
@@ -279,6 +281,35 @@ def test_at_least_once_commits_positions_once_their_outputs_are_acknowledged() -
     assert positions == {tp: 30} and box.waiting() == 0 and box.refused == set()
 
 
+def test_a_publish_that_raises_holds_no_commit_back() -> None:
+    """publish raises only before queueing anything: none of those outputs will report."""
+    box, producer, tp, epoch = outbox(exactly_once=False)
+
+    def refuse(outputs, delivered) -> None:
+        raise UnknownTopicOrPartition("out has 1 partitions; no partition 3")
+
+    producer.publish = refuse  # type: ignore[method-assign]
+    with pytest.raises(UnknownTopicOrPartition):
+        box._put(tp, epoch, 1, [Output("out", b"1", None, None, 3)])
+    box.gate(positions := {tp: 2})
+    assert positions == {tp: 2} and box.waiting() == 0
+
+
+def test_at_least_once_bound_invoke_publishes_each_result_at_once(memory_url: str) -> None:
+    box, producer, tp, epoch = outbox(exactly_once=False)
+    app = make_app(memory_url)
+
+    @app.handler("orders")
+    def handle(m: Message) -> Out | None:
+        return Out("out", {"n": m.offset}) if m.offset else None
+
+    spec = box.bind(app.handlers[("svc", "orders")], tp, epoch)
+    spec.invoke(msg(0))
+    spec.invoke(msg(1))
+    assert [out for out, _ in producer.published] == [Output("out", b'{"n":1}', b"k", None)]
+    assert box.waiting() == 1  # sent, not yet acknowledged
+
+
 def test_at_least_once_never_releases_a_position_of_an_ended_ownership() -> None:
     box, producer, tp, epoch = outbox(exactly_once=False)
     box._put(tp, epoch, 1, [Output("out", b"1", None, None)])
@@ -362,3 +393,47 @@ def test_an_out_to_an_undeclared_topic_fails_the_call(memory_url: str) -> None:
     assert records(memory_url, "invoice") == []
     with pytest.raises(ConfigError, match="outputs: must be a list of topic names"):
         app.handler("more", outputs=[""])(typo)
+
+
+# -- the compiled outputs_of against its twin -----------------------------------------------------
+
+_values = st.one_of(
+    st.none(), st.binary(max_size=8), st.text(max_size=4), st.integers(), st.floats(),
+    st.dictionaries(st.text(max_size=3), st.integers() | st.floats() | st.none(), max_size=3),
+    st.lists(st.integers(), max_size=3), st.just({"x": object()}), st.just(object()),
+    st.builds(bytearray, st.binary(max_size=4)),
+)  # fmt: skip
+_outs = st.builds(
+    Out,
+    st.sampled_from(["t", "", "u"]) | st.integers(),
+    _values,
+    st.none() | st.binary(max_size=4) | st.text(max_size=4) | st.integers() | st.just(1.5),
+    st.sampled_from([None, {}, {"h": "v"}, [("h", b"v")]]),
+)  # delay: its due is the clock's, so two calls differ by the time between them
+
+
+@pytest.mark.cython
+@given(
+    result=st.none() | _outs | st.lists(_outs, max_size=3) | st.just(b"x") | st.just({"a": 1}),
+    input_key=st.none() | st.binary(max_size=3),
+    allowed=st.sampled_from([None, frozenset({"t"})]),
+)
+def test_the_compiled_outputs_of_encodes_and_refuses_as_its_twin(
+    result: object, input_key: bytes | None, allowed: frozenset[str] | None
+) -> None:
+    assert COMPILED is not None
+
+    def run(outputs_of: Callable[..., list[Output]]) -> object:
+        try:
+            return [(type(o), tuple(o)) for o in outputs_of(result, input_key, allowed)]
+        except Exception as exc:
+            return type(exc), str(exc)
+
+    assert run(COMPILED.outputs_of) == run(PURE_PYTHON.outputs_of)
+
+
+@pytest.mark.cython
+def test_the_compiled_outputs_of_leaves_a_delayed_record_to_its_twin() -> None:
+    assert COMPILED is not None
+    [out] = COMPILED.outputs_of(Out("t", {"a": 1}, delay=60), b"k")
+    assert out[:5] == ("t", b'{"a":1}', b"k", None, None) and out.due is not None

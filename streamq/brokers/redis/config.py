@@ -42,6 +42,7 @@ class RedisBroker(Broker):
             self.default_partitions = int(raw)
         self._client_url = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         self._partitions: dict[str, int] = {}
+        self._streams: dict[str, list[str]] = {}  # a topic's stream names, by partition
         self._lock = threading.Lock()
         self._round_robin = itertools.count(1)
 
@@ -65,8 +66,7 @@ class RedisBroker(Broker):
 
     def partitions(self, client: redis.Redis, topic: str, *, create: bool) -> int:
         """Partition count of ``topic``, creating its metadata with the default if asked."""
-        with self._lock:
-            known = self._partitions.get(topic)
+        known = self._partitions.get(topic)  # a dict read is atomic: the lock guards writes
         if known is not None:
             return known
         key = topic_key(topic)
@@ -86,7 +86,12 @@ class RedisBroker(Broker):
         self, client: redis.Redis, topic: str, key: bytes | None, partition: int | None = None
     ) -> str:
         """The stream a record goes to: Kafka's murmur2 partition of its key, else in turn."""
-        count = self.partitions(client, topic, create=True)
+        streams = self._streams.get(topic)  # per record: the names are built once per topic
+        if streams is None:
+            count = self.partitions(client, topic, create=True)
+            streams = [stream_key(TopicPartition(topic, p)) for p in range(count)]
+            self._streams[topic] = streams
+        count = len(streams)
         if partition is None:
             partition = (
                 partition_for_key(key, count)
@@ -97,7 +102,7 @@ class RedisBroker(Broker):
             raise UnknownTopicOrPartition(
                 f"{topic} has {count} partitions; no partition {partition}"
             )
-        return stream_key(TopicPartition(topic, partition))
+        return streams[partition]
 
     def consumer(self, group: str, settings: Settings) -> RedisConsumer:
         return RedisConsumer(self, group)

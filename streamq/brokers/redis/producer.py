@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -21,17 +21,26 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisProducer"]
 
+MAX_TRIP = 1000  # entries per pipeline
+MAX_PENDING = 20_000  # entries queued for the writer before senders wait (about 4 MB)
+
 
 class RedisProducer(ProducerBackend):
-    """XADD through a background thread that pipelines what accumulated since its last trip."""
+    """XADD through a background thread that pipelines what accumulated since its last trip.
+
+    Senders append to a deque (atomic, no lock: it runs per record) and wake the writer only
+    if it sleeps; the writer takes up to ``MAX_TRIP`` entries per pipeline. Past
+    ``MAX_PENDING`` queued entries senders wait for it.
+    """
 
     def __init__(self, broker: RedisBroker) -> None:
         self._broker = broker
         self._r = broker.client()
-        # (stream, fields, a future or a publish callback, the topic or the output) or None
-        self._queue: queue.Queue[tuple[str, dict[str, bytes], Any, Any] | None] = queue.Queue()
-        self._idle = threading.Condition()
-        self._outstanding = 0
+        # (stream, fields, a future or a publish callback, the topic or the output)
+        self._pending: deque[tuple[str, dict[str, bytes], Any, Any]] = deque()
+        self._wake = threading.Event()
+        self._idle = threading.Condition()  # flush() waits on it for the writer to catch up
+        self._writing = 0  # entries the writer took from _pending and has not written yet
         self._closed = False
         self._thread = threading.Thread(target=self._serve, name="streamq-redis-producer",
                                         daemon=True)  # fmt: skip
@@ -49,44 +58,65 @@ class RedisProducer(ProducerBackend):
         stream = self._broker.stream_for(self._r, topic, key, partition)
         fields = entry_fields(value, key, headers, timestamp)
         fut: Future[RecordMetadata] = Future()
-        with self._idle:
-            self._outstanding += 1
-        self._queue.put((stream, fields, fut, topic))
+        self._pending.append((stream, fields, fut, topic))
+        if not self._wake.is_set():
+            self._wake.set()
+        if len(self._pending) > MAX_PENDING:
+            self._wait_for_room()
         return fut
 
     def publish(self, outputs: Sequence[Output], delivered: Delivered) -> None:
-        """The writer thread reports each XADD's answer to ``delivered`` (no futures)."""
+        """The writer thread reports each XADD's answer to ``delivered`` (no futures).
+
+        An output whose stream cannot be looked up while Redis is down (a topic's first
+        output) is reported refused, as a failed XADD is, and the outbox publishes it again.
+        A partition the topic does not have raises, before anything is queued.
+        """
+        stream_for, r = self._broker.stream_for, self._r
         items = []
         for out in outputs:
-            stream = self._broker.stream_for(self._r, out.topic, out.key, out.partition)
+            try:
+                stream = stream_for(r, out.topic, out.key, out.partition)
+            except BrokerUnavailable as exc:
+                delivered(exc, out)
+                continue
             items.append((stream, entry_fields(out.value, out.key, out.headers), delivered, out))
+        self._pending.extend(items)  # one C call: a trip takes all of them or none yet
+        if not self._wake.is_set():
+            self._wake.set()
+        if len(self._pending) > MAX_PENDING:
+            self._wait_for_room()
+
+    def _wait_for_room(self) -> None:
+        """Back-pressure, as librdkafka's full queue gives.
+
+        Senders faster than the writer wait until it has written down to half the bound,
+        instead of growing the queue (and the process) without end.
+        """
         with self._idle:
-            self._outstanding += len(items)
-        put = self._queue.put
-        for item in items:
-            put(item)
+            while len(self._pending) > MAX_PENDING // 2 and not self._closed:
+                self._idle.wait(0.05)
 
     def _serve(self) -> None:
+        pending, wake, idle = self._pending, self._wake, self._idle
         while True:
-            first = self._queue.get()
-            if first is None:
-                return
-            batch: list[Any] = [first]
-            stop = False
-            while len(batch) < 1000:
+            wake.wait()
+            wake.clear()  # before taking: an append after this wakes the next round
+            while pending:
+                self._writing = 1  # before taking: flush() never sees them nowhere
+                batch: list[Any] = []
+                take = pending.popleft
                 try:
-                    item = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:  # close() was called: write what came before it, then end
-                    stop = True
-                    break
-                batch.append(item)
-            self._write(batch)
-            with self._idle:
-                self._outstanding -= len(batch)
-                self._idle.notify_all()
-            if stop:
+                    while len(batch) < MAX_TRIP:
+                        batch.append(take())
+                except IndexError:
+                    pass
+                self._writing = len(batch)
+                self._write(batch)
+                with idle:
+                    self._writing = 0
+                    idle.notify_all()
+            if self._closed:  # close() flushed first: what came before it is written
                 return
 
     def _write(self, batch: list[Any]) -> None:
@@ -118,18 +148,20 @@ class RedisProducer(ProducerBackend):
     def flush(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._idle:
-            while self._outstanding:
+            while self._pending or self._writing:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     break
-                self._idle.wait(remaining)
-            return self._outstanding
+                # the writer notifies after each trip; the timeout covers an append it has
+                # not woken for yet (its wake is an Event, not this condition)
+                self._idle.wait(0.05 if remaining is None else min(remaining, 0.05))
+            return len(self._pending) + self._writing
 
     def close(self) -> None:
         if not self._closed:
-            self._closed = True
             self.flush(30)
-            self._queue.put(None)
+            self._closed = True
+            self._wake.set()
             self._thread.join(5)
             self._r.close()
 
