@@ -148,9 +148,15 @@ class Outbox:
         def sink(msg: Message, outputs: list[Output]) -> None:
             put(tp, epoch, msg.offset, outputs)
 
-        return dataclasses.replace(spec, invoke=self._bound(spec, sink), sink=sink)
+        return dataclasses.replace(spec, invoke=self._bound(spec, sink, tp, epoch), sink=sink)
 
-    def _bound(self, spec: HandlerSpec, sink: Callable[[Message, list[Output]], None]) -> Any:
+    def _bound(
+        self,
+        spec: HandlerSpec,
+        sink: Callable[[Message, list[Output]], None],
+        tp: TopicPartition,
+        epoch: int,
+    ) -> Any:
         inner = spec.invoke
         every = self.exactly_once  # an entry per input, even without outputs (see above)
         allowed = spec.outputs
@@ -183,15 +189,19 @@ class Outbox:
                     send(outputs_of(result, msg.key, allowed))
 
             return send_sync
+        # exactly once: held under the input's coordinates (sink's work, without its frames)
+        hold, route = self._incoming.append, self._route
         if spec.is_async:
 
             async def one_async(msg: Message) -> None:
-                sink(msg, outputs_of(await inner(msg), msg.key, allowed))
+                outputs = outputs_of(await inner(msg), msg.key, allowed)
+                hold((tp, epoch, msg.offset, route(outputs)))
 
             return one_async
 
         def one_sync(msg: Message) -> None:
-            sink(msg, outputs_of(inner(msg), msg.key, allowed))
+            outputs = outputs_of(inner(msg), msg.key, allowed)
+            hold((tp, epoch, msg.offset, route(outputs)))
 
         return one_sync
 
@@ -294,13 +304,16 @@ class Outbox:
         out: list[Output] = []
         taken = self._taken
         taken.clear()
+        extend, took = out.extend, taken.append
         for tp, position in positions.items():
             held = self._held.get(tp)
             if not held:
                 continue
-            for offset in sorted(o for o in held if o < position):
-                out.extend(held[offset])
-                taken.append((tp, offset))
+            for offset in sorted(held):  # ints: a C sort, no generator per commit
+                if offset >= position:
+                    break
+                extend(held[offset])
+                took((tp, offset))
         return out
 
     def settle(self) -> None:
