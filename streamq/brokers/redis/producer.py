@@ -93,6 +93,8 @@ class RedisProducer(ProducerBackend):
         Senders faster than the writer wait until it has written down to half the bound,
         instead of growing the queue (and the process) without end.
         """
+        if threading.current_thread() is self._thread:
+            return  # a future's callback sending again: the writer cannot wait for itself
         with self._idle:
             while len(self._pending) > MAX_PENDING // 2 and not self._closed:
                 self._idle.wait(0.05)
@@ -103,7 +105,7 @@ class RedisProducer(ProducerBackend):
             wake.wait()
             wake.clear()  # before taking: an append after this wakes the next round
             while pending:
-                self._writing = 1  # before taking: flush() never sees them nowhere
+                self._writing = 1  # set before taking: flush() sees each entry somewhere
                 batch: list[Any] = []
                 take = pending.popleft
                 try:
