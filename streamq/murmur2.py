@@ -51,6 +51,6 @@ def partition_for_key(key: bytes, partitions: int) -> int:
 
 _murmur2_py, _partition_for_key_py = murmur2, partition_for_key
 
-if native is not None and not TYPE_CHECKING:  # per keyed record: 1.5 us here, ~60 ns compiled
+if native is not None and not TYPE_CHECKING:  # per keyed record: 1.5 us here, ~40 ns compiled
     murmur2 = native.murmur2
     partition_for_key = native.partition_for_key

@@ -90,14 +90,14 @@ def outputs_of(
 
 _outputs_of_py = outputs_of
 
-if native is not None and not TYPE_CHECKING:  # per record: ~400 ns here, ~150 compiled
+if native is not None and not TYPE_CHECKING:  # per record: ~450 ns here, ~220 compiled
     native.bind_outputs(Out, Output, orjson.dumps, _outputs_of_py)
     outputs_of = native.outputs_of
 
 
 def _encode(out: Out, input_key: bytes | None, allowed: frozenset[str] | None) -> Output:
     topic, value, key, headers, delay = out
-    if (type(topic) is not str and not isinstance(topic, str)) or not topic:
+    if not isinstance(topic, str) or not topic:
         raise ConfigError(f"Out.topic: must be a non-empty string, got {topic!r}")
     if allowed is not None and topic not in allowed:
         raise ConfigError(
