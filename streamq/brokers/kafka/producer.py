@@ -77,25 +77,7 @@ class KafkaProducer(ProducerBackend):
         if last is not delivered:
             report = _report(delivered)
             self._report = (delivered, report)
-        produce = self._producer.produce
-        for out in outputs:
-            topic, value, key, headers, partition, _ = out
-            if partition is None:
-                partition = -1  # RD_KAFKA_PARTITION_UA: the partitioner picks
-            while True:
-                try:
-                    # positional: each keyword costs the client a lookup, and headers=None
-                    # alone about 250 ns (it builds an empty list), per record
-                    if headers is None:
-                        produce(topic, value, key, partition, report)
-                    else:
-                        produce(topic, value, key, partition, report, headers=headers)  # type: ignore[arg-type]
-                    break
-                except BufferError:  # the local queue is full: wait for deliveries to free it
-                    self._producer.poll(0.05)
-                except KafkaException as exc:
-                    delivered(translate(exc, f"produce to {out.topic}"), out)
-                    break
+        produce_each(self._producer, outputs, report, delivered)
 
     def flush(self, timeout: float | None = None) -> int:
         return int(self._producer.flush(-1 if timeout is None else timeout))
@@ -105,6 +87,40 @@ class KafkaProducer(ProducerBackend):
             self._producer.flush(30)
             self._closed.set()
             self._thread.join(5)
+
+
+def produce_each(
+    client: Any,
+    outputs: Sequence[Output],
+    report: Callable[[Any, Any], None] | None = None,
+    refused: Delivered | None = None,
+) -> None:
+    """Hand ``outputs`` to a confluent-kafka producer, waiting while its queue is full.
+
+    ``report`` is each one's delivery callback (None: no report, as in a transaction). A
+    record the client refuses at once goes to ``refused``; without one the error is raised.
+    Positional arguments, and ``headers=`` only when there are some: each keyword costs the
+    client a lookup, ``headers=None`` alone about 250 ns (it builds an empty list), per record.
+    """
+    produce = client.produce
+    for out in outputs:
+        topic, value, key, headers, partition, _ = out
+        if partition is None:
+            partition = -1  # RD_KAFKA_PARTITION_UA: the partitioner picks
+        while True:
+            try:
+                if headers is None:
+                    produce(topic, value, key, partition, report)
+                else:
+                    produce(topic, value, key, partition, report, headers=headers)
+                break
+            except BufferError:  # the local queue is full: wait for deliveries to free it
+                client.poll(0.05)
+            except KafkaException as exc:
+                if refused is None:
+                    raise
+                refused(translate(exc, f"produce to {topic}"), out)
+                break
 
 
 def _report(delivered: Delivered) -> Callable[[Any, Any], None]:

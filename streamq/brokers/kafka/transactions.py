@@ -23,6 +23,7 @@ from ...errors import CommitFailed, MemberFenced
 from ...logs import get_logger
 from ...message import TopicPartition
 from .client import KafkaError, KafkaException, ck, to_ck
+from .producer import produce_each
 
 if TYPE_CHECKING:
     from ...pipeline import Output
@@ -64,8 +65,7 @@ class Transactions:
                 producer.init_transactions(self._timeout)
                 self._ready = True
             producer.begin_transaction()
-            for out in outputs:
-                self._produce(out)
+            produce_each(producer, outputs)  # no delivery reports: the commit tells
             producer.send_offsets_to_transaction(
                 [to_ck(tp, offset) for tp, offset in offsets.items()],
                 consumer.consumer_group_metadata(),
@@ -88,22 +88,6 @@ class Transactions:
                 f"group {self._group}: transaction aborted ({exc}); its outputs were not "
                 "published and go into the next commit"
             ) from None
-
-    def _produce(self, out: Output) -> None:
-        topic, value, key, headers, partition, _ = out
-        if partition is None:
-            partition = -1  # RD_KAFKA_PARTITION_UA: the partitioner picks
-        while True:
-            try:
-                # positional, and headers only when there are some: keywords cost the
-                # client a lookup each, headers=None about 250 ns (per output)
-                if headers is None:
-                    self._producer.produce(topic, value, key, partition)
-                else:
-                    self._producer.produce(topic, value, key, partition, headers=headers)
-                return
-            except BufferError:  # the local queue is full: let deliveries drain it
-                self._producer.poll(0.1)
 
     def _commit_transaction(self) -> None:
         """A retriable failure (a timeout) is retried: the outcome is then still open."""
