@@ -31,6 +31,7 @@ __all__ = [
     "UNORDERED_UNIT_INLINE",
     "Chunk",
     "Completion",
+    "FailedBatch",
     "Lane",
     "LaneKey",
     "Probe",
@@ -134,6 +135,20 @@ class Retrying(list[Message]):
 
     def __init__(self, msg: Message, exc: BaseException) -> None:
         super().__init__((msg,))
+        self.exc = exc
+
+
+class FailedBatch(list[Message]):
+    """A batch whose handler already failed once, in the callback that brought it.
+
+    Its lane's task goes on with the retries (``Outcomes.run_batch``), so the batch gets no
+    more attempts than it would have had in the task.
+    """
+
+    __slots__ = ("exc",)
+
+    def __init__(self, msgs: list[Message], exc: BaseException) -> None:
+        super().__init__(msgs)
         self.exc = exc
 
 

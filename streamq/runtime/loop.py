@@ -3,9 +3,9 @@
 Units arrive from the poll thread in one call per batch (``enqueue``). A lane runs one unit
 at a time through the executor chosen when the lane was set up, with the dedup check before
 and the crash probes around it, and reports what finished (``Reporter``). An idle lane of a
-plain sync handler runs its unit right in that call (``_run_here``) and needs a task only
-for what cannot finish there. The poll thread stops lanes through ``quiesce``, the one call
-that crosses back into the loop.
+plain sync handler runs its unit right in that call (``_run_here``, ``_run_batch_here``) and
+needs a task only for what cannot finish there. The poll thread stops lanes through
+``quiesce``, the one call that crosses back into the loop.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .lanes import (
     Chunk,
     Completion,
     Cost,
+    FailedBatch,
     Gapped,
     Lane,
     LaneKey,
@@ -152,7 +153,10 @@ class Lanes:
                 continue
             if lane.here and lane.task is None and not lane.pending and type(msgs) is list:
                 until = until or time.monotonic() + INLINE_HOLD
-                rest = self._run_here(lane, msgs, until)
+                if spec.batch:
+                    rest = self._run_batch_here(lane, msgs, until)
+                else:
+                    rest = self._run_here(lane, msgs, until)
                 if rest is None:
                     continue
                 lane.pending.extend(rest)
@@ -216,6 +220,39 @@ class Lanes:
             retry = Retrying(unit[i], failed.pop())
             return [retry, unit[i + 1 :]] if i + 1 < n else [retry]
         return [Gapped(unit[i:]) if type(unit) is Gapped else unit[i:]]
+
+    def _run_batch_here(
+        self, lane: Lane, unit: list[Message], until: float
+    ) -> list[list[Message]] | None:
+        """An idle inline lane's batch, handled in the callback that brings it.
+
+        A task per unit (created, stepped through four coroutines, finished) cost the loop
+        about 30 us a batch: 0.06 of the loop thread's 0.36 CPU-s per million records with a
+        batch handler on Apache Kafka (four partitions, 2,000-record polls). A batch the lane
+        cannot start here (the hold is over, a stop, a lapsed lease, more than ``max_batch``
+        records) goes to the lane's task whole; one whose handler raised goes there as a
+        ``FailedBatch``, which the task retries from the second attempt on.
+        """
+        now = time.monotonic()
+        lease = lane.lease
+        if (
+            now >= until
+            or lane.stopped
+            or len(unit) > lane.spec.max_batch
+            or (lease is not None and now >= lease.deadline)
+        ):
+            return [unit]
+        lane.dead_lettered = lane.progress = lane.reported = 0
+        lane.timed_at = now
+        try:
+            lane.spec.invoke(unit)
+        except BaseException as exc:  # the task's retries decide (critical ones included)
+            return [FailedBatch(unit, exc)]
+        n = len(unit)
+        self._stats.handled_by[lane.labels] += n
+        self._reporter.report(lane, unit, n)
+        lane.seq_base += n
+        return None
 
     def spill(
         self, lane: Lane, unit: list[Message], start: int, failure: BaseException | None
@@ -314,13 +351,13 @@ class Lanes:
         lane.may_span = lane.spans = whole and (
             spec.ordering is Ordering.PARTITION or key[1] == ALL_KEYS
         )
-        # a sync handler record by record, nothing around the call (no dedup check, no crash
-        # probes, no outbox): an idle lane's unit runs in the callback that brought it
+        # a sync handler, nothing around the call (no dedup check, no crash probes, no
+        # outbox): an idle lane's unit runs in the callback that brought it; a batch
+        # handler's only in partition order (a shared key lane's units are spread first)
         lane.here = (
             whole
-            and (spec.ordering is Ordering.PARTITION or key[1] == ALL_KEYS)
+            and (spec.ordering is Ordering.PARTITION or (key[1] == ALL_KEYS and not spec.batch))
             and spec.executor is Executor.INLINE
-            and not spec.batch
             and spec is origin
         )
         return lane
@@ -427,6 +464,8 @@ class Lanes:
                         done = await self._run_probe(lane, unit)  # type: ignore[arg-type]
                     elif kind is Retrying:
                         done = await self._recover(lane, unit)  # type: ignore[arg-type]
+                    elif kind is FailedBatch:
+                        done = await self._retry_batch(lane, unit)  # type: ignore[arg-type]
                     else:
                         done = await lane.run(lane, unit)
                 except asyncio.CancelledError:
@@ -491,6 +530,11 @@ class Lanes:
         """Retry (or dead-letter) a record that failed in its partition's shared lane."""
         call = self._executors[Executor.INLINE].call
         return 1 if await self._outcomes.recover(lane, unit[0], unit.exc, 0, call) else 0
+
+    async def _retry_batch(self, lane: Lane, unit: FailedBatch) -> int:
+        """Retry (or dead-letter) a batch whose first call failed in ``_run_batch_here``."""
+        call = self._executors[Executor.INLINE].call
+        return await self._outcomes.run_batch(lane, unit, call, unit.exc)
 
     def _skip_seen(self, lane: Lane, unit: list[Message]) -> list[Message]:
         """One dedup check per unit: records already marked are done without a handler."""

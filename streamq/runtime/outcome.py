@@ -151,36 +151,46 @@ class Outcomes:
             what="retry copy",
         )  # fmt: skip
 
-    async def run_batch(self, lane: Lane, unit: list[Message], call: Call) -> int:
-        """Retry the whole batch; then try each member alone once and dead-letter the failures."""
+    async def run_batch(
+        self, lane: Lane, unit: list[Message], call: Call, failed: BaseException | None = None
+    ) -> int:
+        """Retry the whole batch; then try each member alone once and dead-letter the failures.
+
+        ``failed``: the first attempt already ran elsewhere and raised that
+        (``Lanes._run_batch_here``).
+        """
         spec = lane.spec
         policy = spec.retry
         for attempt in range(1, policy.max_retries + 2):
-            if attempt > 1:
-                if not await self.sleep(lane, policy.delay(attempt - 1)):
+            if failed is not None:
+                exc, failed = failed, None
+            else:
+                if attempt > 1:
+                    if not await self.sleep(lane, policy.delay(attempt - 1)):
+                        return 0
+                    self._stats.retried_by[lane.labels] += len(unit)
+                    for m in unit:
+                        m.attempt = attempt
+                if not await self.await_lease(lane):
                     return 0
-                self._stats.retried_by[lane.labels] += len(unit)
-                for m in unit:
-                    m.attempt = attempt
-            if not await self.await_lease(lane):
+                try:
+                    await call(spec, unit)
+                    return len(unit)
+                except BaseException as raised:
+                    exc = raised
+            self._stats.failed_by[lane.labels] += 1
+            if self.is_critical(lane, unit[0], exc):
                 return 0
-            try:
-                await call(spec, unit)
-                return len(unit)
-            except BaseException as exc:
-                self._stats.failed_by[lane.labels] += 1
-                if self.is_critical(lane, unit[0], exc):
-                    return 0
-                log.warning(
-                    "batch handler %s failed on %d records of %s[%d] from offset %s "
-                    "(attempt %d of %d): %s: %s",
-                    spec.name, len(unit), unit[0].topic, unit[0].partition,
-                    self.at(unit[0].offset),
-                    attempt, policy.max_retries + 1, type(exc).__name__, exc,
-                    extra=about(spec.name, unit[0], self._group),
-                )  # fmt: skip
-                if isinstance(exc, PoisonMessage | Reject) or not spec.retryable(exc):
-                    break
+            log.warning(
+                "batch handler %s failed on %d records of %s[%d] from offset %s "
+                "(attempt %d of %d): %s: %s",
+                spec.name, len(unit), unit[0].topic, unit[0].partition,
+                self.at(unit[0].offset),
+                attempt, policy.max_retries + 1, type(exc).__name__, exc,
+                extra=about(spec.name, unit[0], self._group),
+            )  # fmt: skip
+            if isinstance(exc, PoisonMessage | Reject) or not spec.retryable(exc):
+                break
         for i, msg in enumerate(unit):
             if not await self.await_lease(lane):
                 return i

@@ -308,6 +308,100 @@ def test_batch_handler_isolates_the_poison(memory_url: str) -> None:
     assert committed(url) == {TopicPartition("orders", 0): 40}
 
 
+def _spy_batches_here(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """What each batch run in the callback that brought it came to (None: it finished)."""
+    from streamq.runtime.loop import Lanes
+
+    outcomes: list[object] = []
+    original = Lanes._run_batch_here
+
+    def spy(self: Lanes, lane: object, unit: object, until: float) -> object:
+        rest = original(self, lane, unit, until)  # type: ignore[arg-type]
+        outcomes.append(rest if rest is None else type(rest[0]).__name__)
+        return rest
+
+    monkeypatch.setattr(Lanes, "_run_batch_here", spy)
+    return outcomes
+
+
+def test_batch_failing_in_its_callback_gets_no_extra_attempt(
+    memory_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose first call fails in the callback (no task) has max_retries retries left."""
+    outcomes = _spy_batches_here(monkeypatch)
+    url = memory_url + "?partitions=1"
+    app = make_app(url)
+    calls: list[tuple[int, list[int]]] = []
+
+    @app.handler("orders", batch=True, max_batch=100, max_retries=2, retry_backoff=0.001)
+    def handle(batch: list[Message]) -> None:
+        ids = [m.json()["id"] for m in batch]
+        calls.append((batch[0].attempt, ids))
+        if 20 in ids:
+            raise ValueError("bad record in batch")
+
+    produce_orders(url, 40)
+    app.run(until_idle=0.2)
+    assert "FailedBatch" in outcomes  # the first call ran in the callback, and failed there
+    whole = [attempt for attempt, ids in calls if len(ids) > 1 and 20 in ids]
+    assert whole == [1, 2, 3]  # max_retries=2: three calls in all, as in a task
+    alone = sorted(ids[0] for _, ids in calls if len(ids) == 1)
+    assert alone == list(range(40))  # then each record alone once
+    (dead,) = dlq_records(url, "orders.dlq")
+    assert dict(dead[2])["streamq-original-offset"] == b"20"
+    assert committed(url) == {TopicPartition("orders", 0): 40}
+
+
+@pytest.mark.parametrize("max_batch", [50, 20])
+def test_batches_run_in_their_callback_when_they_can(
+    memory_url: str, monkeypatch: pytest.MonkeyPatch, max_batch: int
+) -> None:
+    """An idle lane handles a polled unit in the callback; one over max_batch goes to a task."""
+    outcomes = _spy_batches_here(monkeypatch)
+    url = memory_url + "?partitions=1"
+    app = make_app(url, max_poll_records=50)
+    seen: list[int] = []
+    sizes: list[int] = []
+
+    @app.handler("orders", batch=True, max_batch=max_batch)
+    def handle(batch: list[Message]) -> None:
+        sizes.append(len(batch))
+        seen.extend(m.json()["id"] for m in batch)
+
+    produce_orders(url, 400)
+    app.run(until_idle=0.2)
+    assert seen == list(range(400))  # in order, each once
+    assert max(sizes) <= max_batch
+    if max_batch == 50:
+        assert outcomes and set(outcomes) == {None}  # every unit ran whole in its callback
+    else:
+        assert set(outcomes) == {"list"}  # 50-record units: to the task, taken 20 at a time
+    assert committed(url) == {TopicPartition("orders", 0): 400}
+
+
+@pytest.mark.parametrize("critical", [SystemExit, MemoryError])
+def test_process_critical_errors_in_a_batch_are_never_poison(
+    memory_url: str, critical: type, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    outcomes = _spy_batches_here(monkeypatch)
+    url = memory_url + "?partitions=1"
+    app = make_app(url)
+    calls = []
+
+    @app.handler("orders", batch=True, max_retries=3)
+    def handle(batch: list[Message]) -> None:
+        calls.append(len(batch))
+        raise critical()
+
+    produce_orders(url, 5)
+    with pytest.raises(critical):
+        app.run(until_idle=0.2)
+    assert outcomes == ["FailedBatch"]
+    assert calls == [5]  # no retries, no record alone
+    assert dlq_records(url, "orders.dlq") == []
+    assert committed(url).get(TopicPartition("orders", 0), 0) == 0  # redelivered from the first
+
+
 def test_commit_before_is_at_most_once(memory_url: str) -> None:
     url = memory_url + "?partitions=1"
     app = make_app(url)
