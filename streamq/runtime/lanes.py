@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import NamedTuple
 
 from .. import failpoints
@@ -32,6 +32,7 @@ __all__ = [
     "Chunk",
     "Completion",
     "FailedBatch",
+    "FirstCallFailed",
     "Lane",
     "LaneKey",
     "Probe",
@@ -124,32 +125,33 @@ class Gapped(list[Message]):
     __slots__ = ()
 
 
-class Retrying(list[Message]):
-    """A record whose handler failed in its partition's shared lane, recovered in its key's.
+class FirstCallFailed(list[Message]):
+    """Records whose handler's first call already failed with ``exc``, outside their task.
 
-    Its first call already failed with ``exc``: the key lane goes straight to the retries,
-    so the record gets no more attempts than it would have had in place.
+    The lane's task goes straight to the retries (``Lanes._recover``), so they get no more
+    attempts than they would have had in it.
     """
 
     __slots__ = ("exc",)
 
-    def __init__(self, msg: Message, exc: BaseException) -> None:
-        super().__init__((msg,))
-        self.exc = exc
-
-
-class FailedBatch(list[Message]):
-    """A batch whose handler already failed once, in the callback that brought it.
-
-    Its lane's task goes on with the retries (``Outcomes.run_batch``), so the batch gets no
-    more attempts than it would have had in the task.
-    """
-
-    __slots__ = ("exc",)
-
-    def __init__(self, msgs: list[Message], exc: BaseException) -> None:
+    def __init__(self, msgs: Iterable[Message], exc: BaseException) -> None:
         super().__init__(msgs)
         self.exc = exc
+
+
+class Retrying(FirstCallFailed):
+    """A record whose handler failed in its partition's shared lane, recovered in its key's."""
+
+    __slots__ = ()
+
+    def __init__(self, msg: Message, exc: BaseException) -> None:
+        super().__init__((msg,), exc)
+
+
+class FailedBatch(FirstCallFailed):
+    """A batch whose handler failed in the callback that brought it (``_run_batch_here``)."""
+
+    __slots__ = ()
 
 
 # How a lane runs one unit: its executor's per-record loop, or the batch path; chosen once

@@ -32,6 +32,7 @@ from .lanes import (
     Completion,
     Cost,
     FailedBatch,
+    FirstCallFailed,
     Gapped,
     Lane,
     LaneKey,
@@ -463,10 +464,8 @@ class Lanes:
                 try:
                     if kind is Probe:
                         done = await self._run_probe(lane, unit)  # type: ignore[arg-type]
-                    elif kind is Retrying:
+                    elif kind is Retrying or kind is FailedBatch:
                         done = await self._recover(lane, unit)  # type: ignore[arg-type]
-                    elif kind is FailedBatch:
-                        done = await self._retry_batch(lane, unit)  # type: ignore[arg-type]
                     else:
                         done = await lane.run(lane, unit)
                 except asyncio.CancelledError:
@@ -527,15 +526,12 @@ class Lanes:
                 crashes.end(tp, msg.offset)
             return done
 
-    async def _recover(self, lane: Lane, unit: Retrying) -> int:
-        """Retry (or dead-letter) a record that failed in its partition's shared lane."""
+    async def _recover(self, lane: Lane, unit: FirstCallFailed) -> int:
+        """Retry (or dead-letter) what failed outside the task: a batch, or one record."""
         call = self._executors[Executor.INLINE].call
+        if type(unit) is FailedBatch:
+            return await self._outcomes.run_batch(lane, unit, call, unit.exc)
         return 1 if await self._outcomes.recover(lane, unit[0], unit.exc, 0, call) else 0
-
-    async def _retry_batch(self, lane: Lane, unit: FailedBatch) -> int:
-        """Retry (or dead-letter) a batch whose first call failed in ``_run_batch_here``."""
-        call = self._executors[Executor.INLINE].call
-        return await self._outcomes.run_batch(lane, unit, call, unit.exc)
 
     def _skip_seen(self, lane: Lane, unit: list[Message]) -> list[Message]:
         """One dedup check per unit: records already marked are done without a handler."""
